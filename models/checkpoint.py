@@ -1,0 +1,211 @@
+"""The checkpoint format: a directory, never a pickle.
+
+    <dir>/config.json         format version, model and tokenizer settings,
+                              training metadata and metrics, weights' sha256
+    <dir>/model.safetensors   the weights
+    <dir>/vocab.json | spm.model   the tokenizer
+
+Writes are atomic: the new directory is written and fsync'd beside the old one
+under a temporary name, then renamed into place. Between the two renames a
+crash leaves `.<name>.old`; loading and the next save both recover it, so a
+good checkpoint is never lost.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_model, save_model
+
+from models.errors import CheckpointError, TokenizerError
+from models.model import RNNLM, ModelConfig
+from models.tokenizers import Tokenizer, load_tokenizer, tokenizer_file
+
+FORMAT_VERSION = 1
+CONFIG = "config.json"
+WEIGHTS = "model.safetensors"
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    model: RNNLM
+    tokenizer: Tokenizer
+    config: dict[str, Any]
+
+    @property
+    def mode(self) -> str:
+        """'sentence' (each text from <bos>) or 'stream' (char-rnn style, after <eos>)."""
+        return str(self.config.get("training", {}).get("mode", "sentence"))
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fsync_tree(root: Path) -> None:
+    for p in sorted(root.rglob("*"), reverse=True) + [root]:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _old(target: Path) -> Path:
+    return target.with_name(f".{target.name}.old")
+
+
+def recover(target: Path) -> Path:
+    """Put back a checkpoint a crash left under its `.old` name; return `target`."""
+    old = _old(target)
+    if old.is_dir() and not target.exists():
+        os.rename(old, target)
+    return target
+
+
+@contextmanager
+def atomic_directory(target: Path) -> Iterator[Path]:
+    """Yield a fresh directory; on success it replaces `target` in one rename."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    recover(target)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        yield tmp
+        _fsync_tree(tmp)
+        old = _old(target)
+        if old.exists():
+            shutil.rmtree(old)
+        if target.exists():
+            os.rename(target, old)
+        os.rename(tmp, target)
+        _fsync_dir(target.parent)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def write_checkpoint_files(
+    directory: Path, model: RNNLM, tokenizer: Tokenizer, **extra: Any
+) -> dict[str, Any]:
+    """Write weights, tokenizer and config.json into an existing directory."""
+    weights = directory / WEIGHTS
+    # save_model handles tied (shared) tensors, which plain save_file refuses.
+    save_model(model, str(weights), metadata={"format": "pt", "producer": "rnnlm"})
+    tokenizer.save(directory)
+    config: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "model": model.config.to_dict(),
+        "tokenizer": tokenizer.settings(),
+        **extra,
+        "weights_sha256": sha256_file(weights),
+    }
+    write_json(directory / CONFIG, config)
+    return config
+
+
+def save_checkpoint(directory: Path, model: RNNLM, tokenizer: Tokenizer, **extra: Any) -> None:
+    """Atomically write a complete checkpoint to `directory`.
+
+    `extra` becomes top-level keys of config.json (`training`, `metrics`, ...).
+    """
+    with atomic_directory(Path(directory)) as tmp:
+        write_checkpoint_files(tmp, model, tokenizer, **extra)
+
+
+def read_config(directory: Path) -> dict[str, Any]:
+    path = directory / CONFIG
+    if not directory.exists():
+        raise CheckpointError(f"{directory}: no such checkpoint directory")
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory}: a checkpoint is a directory, this is a file")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing (is {directory} a checkpoint directory?)")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: must hold a JSON object")
+    version = config.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: format_version {version!r} is not supported (this rnnlm reads "
+            f"{FORMAT_VERSION})"
+        )
+    for key in ("model", "tokenizer"):
+        if not isinstance(config.get(key), dict):
+            raise CheckpointError(f"{path}: missing the {key!r} section")
+    return config
+
+
+def load_checkpoint(
+    directory: Path | str, device: str | torch.device = "cpu", verify: bool = True
+) -> Checkpoint:
+    """Load a checkpoint directory; every problem names the file and what is wrong."""
+    directory = recover(Path(directory))
+    config = read_config(directory)
+    model_config = ModelConfig.from_dict(config["model"])
+    try:
+        tokenizer = load_tokenizer(directory, config["tokenizer"])
+    except TokenizerError as e:
+        raise CheckpointError(str(e)) from e
+    if tokenizer.vocab_size != model_config.vocab_size:
+        raise CheckpointError(
+            f"{directory / tokenizer_file(config['tokenizer'])}: {tokenizer.vocab_size} tokens, "
+            f"but config.json says the model has {model_config.vocab_size}"
+        )
+    weights = directory / WEIGHTS
+    if not weights.is_file():
+        raise CheckpointError(f"{weights}: missing")
+    expected = config.get("weights_sha256")
+    if verify and expected is not None and sha256_file(weights) != expected:
+        raise CheckpointError(
+            f"{weights}: sha256 does not match config.json (the file was changed or truncated)"
+        )
+    model = RNNLM(model_config)
+    try:
+        # safe_open parses only the JSON header: a pickle or a truncated file fails here.
+        with safe_open(str(weights), framework="pt") as f:
+            f.keys()
+        missing, unexpected = load_model(model, str(weights), strict=False)
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{weights}: not a valid safetensors file ({e})") from e
+    except RuntimeError as e:
+        raise CheckpointError(f"{weights}: weights do not fit the config ({e})") from e
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{weights}: weights do not fit the config (missing: {sorted(missing)}, "
+            f"unexpected: {sorted(unexpected)})"
+        )
+    model.to(device).eval()
+    return Checkpoint(directory, model, tokenizer, config)

@@ -1,0 +1,522 @@
+"""The synchronous, batched inference engine: scoring and sampling.
+
+No asyncio, no HTTP: the CLI, the evaluator and the service's scheduler all
+drive this module.
+
+Scoring packs texts into right-padded batches sorted by length. A recurrent
+model reads left to right, so padding after a text never reaches its scores,
+and only real positions are gathered.
+
+Sampling keeps a `Batch`: each running `Generation` owns a slice of the
+recurrent state along dimension 1, its own parameters and its own random
+generator (one uniform number per step, drawn whether or not it is needed), so
+a sequence gives the same tokens alone or beside any others. `add()` prefills
+new prompts into the batch, `step()` picks one token for every sequence and
+advances the model once for all that continue, and finished sequences leave at
+once.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.nn.utils.rnn import pack_padded_sequence
+
+from models.checkpoint import Checkpoint
+from models.model import State
+from models.tokenizers import BOS, EOS, PAD, UNK
+
+# Sampling never emits these: they have no text, and a sample's text must score
+# back to the same tokens. (Their probability still counts in every logprob.)
+_NEVER_SAMPLED = [PAD, UNK, BOS]
+_OUTPUT_CHUNK = 4096  # positions per output-layer call: bounds the (N, V) buffer
+_TIME_WINDOW = 512  # time steps per recurrent call when scoring long texts
+
+
+@dataclass
+class TokenLogprob:
+    id: int
+    token: str
+    logprob: float
+    top: list[tuple[str, float]] | None = None
+
+
+@dataclass
+class ScoreResult:
+    text: str
+    logprob: float
+    num_tokens: int
+    oov_count: int
+    tokens: list[TokenLogprob] | None = None
+
+    @property
+    def log10prob(self) -> float:
+        return self.logprob / math.log(10)
+
+    @property
+    def perplexity(self) -> float | None:
+        """exp(-logprob / num_tokens); None when no token was scored."""
+        if self.num_tokens == 0:
+            return None
+        return math.exp(-self.logprob / self.num_tokens)
+
+
+@dataclass
+class SampleParams:
+    max_tokens: int = 100
+    temperature: float = 1.0  # 0 is greedy
+    top_k: int = 0  # 0: no limit
+    top_p: float = 1.0
+    min_p: float = 0.0
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    logprobs: bool = False  # keep each token's log-probability
+    top_logprobs: int = 0  # and this many alternatives per position
+
+    def __post_init__(self) -> None:
+        checks = [
+            ("max_tokens", self.max_tokens >= 0, "must be >= 0"),
+            ("temperature", 0.0 <= self.temperature <= 100.0, "must be in [0, 100]"),
+            ("top_k", self.top_k >= 0, "must be >= 0"),
+            ("top_p", 0.0 < self.top_p <= 1.0, "must be in (0, 1]"),
+            ("min_p", 0.0 <= self.min_p < 1.0, "must be in [0, 1)"),
+            ("stop", all(isinstance(s, str) and s for s in self.stop), "must be non-empty"),
+            ("top_logprobs", self.top_logprobs >= 0, "must be >= 0"),
+        ]
+        for name, ok, message in checks:
+            if not ok:
+                raise ValueError(f"{name} {message}, not {getattr(self, name)!r}")
+        if self.seed is not None and not 0 <= self.seed < 2**63:
+            raise ValueError(f"seed must be in [0, 2**63), not {self.seed}")
+
+
+@dataclass
+class SampleResult:
+    text: str
+    finish_reason: str  # "eos" | "length" | "stop"
+    num_tokens: int
+    logprob: float
+    seed: int
+    tokens: list[TokenLogprob] | None = None
+
+
+@dataclass
+class Generation:
+    """One sequence being sampled; `key` is whatever the caller uses to find it."""
+
+    params: SampleParams
+    seed: int
+    prompt_ids: list[int]
+    prompt_text: str
+    key: object = None
+    ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    tops: list[list[tuple[str, float]]] = field(default_factory=list)
+    text: str = ""
+    sent: int = 0  # characters of `text` already handed out by `delta()`
+    finish_reason: str | None = None
+    rng: np.random.Generator = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.rng = np.random.Generator(np.random.PCG64(self.seed))
+
+    def delta(self) -> str:
+        """Text not yet handed out that can no longer change.
+
+        While running, hold back the end of the text that could still grow into
+        a stop string (it would be cut) and an unfinished UTF-8 character.
+        """
+        end = len(self.text)
+        if self.finish_reason is None:
+            while end > self.sent and self.text[end - 1] == "\ufffd":
+                end -= 1
+            for stop in self.params.stop:
+                for k in range(min(len(stop) - 1, end - self.sent), 0, -1):
+                    if self.text[end - k : end] == stop[:k]:
+                        end -= k
+                        break
+        out = self.text[self.sent : end]
+        self.sent = max(self.sent, end)
+        return out
+
+    def result(self) -> SampleResult:
+        assert self.finish_reason is not None
+        return SampleResult(
+            text=self.text,
+            finish_reason=self.finish_reason,
+            num_tokens=len(self.ids),
+            logprob=float(sum(self.logprobs)),
+            seed=self.seed,
+        )
+
+
+def choose_tokens(
+    logprobs: Tensor,
+    temperature: Tensor,
+    top_k: Tensor,
+    top_p: Tensor,
+    min_p: Tensor,
+    uniform: Tensor,
+) -> Tensor:
+    """Pick one token per row by inverse-CDF sampling with each row's parameters.
+
+    logprobs (B, V); the rest (B,). Rows are computed independently, so a
+    row's choice never depends on its neighbours.
+    """
+    lp = logprobs.clone()
+    lp[:, _NEVER_SAMPLED] = float("-inf")
+    greedy = temperature == 0
+    scaled = lp / temperature.clamp(min=1e-6).unsqueeze(1)
+    probs = torch.softmax(scaled, dim=-1)  # (B, V)
+    if bool((top_k > 0).any() or (top_p < 1).any() or (min_p > 0).any()):
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        rank = torch.arange(probs.shape[1], device=probs.device).unsqueeze(0)
+        keep = (top_k.unsqueeze(1) == 0) | (rank < top_k.unsqueeze(1))
+        keep &= (sorted_p.cumsum(-1) - sorted_p) < top_p.unsqueeze(1)  # the top one always
+        keep &= sorted_p >= min_p.unsqueeze(1) * sorted_p[:, :1]
+        cdf = (sorted_p * keep).cumsum(-1)
+    else:
+        order, cdf = None, probs.cumsum(-1)
+    target = (uniform * cdf[:, -1]).unsqueeze(1)
+    # right=True: the first position whose cumulative mass exceeds the target,
+    # which always carries positive probability.
+    pos = torch.searchsorted(cdf, target, right=True).clamp(max=cdf.shape[1] - 1)
+    chosen = order.gather(1, pos) if order is not None else pos
+    chosen = chosen.squeeze(1)
+    return torch.where(greedy, lp.argmax(-1), chosen)
+
+
+class Engine:
+    """Scores and samples with one loaded checkpoint."""
+
+    def __init__(self, checkpoint: Checkpoint, max_batch: int = 64) -> None:
+        self.checkpoint = checkpoint
+        self.model = checkpoint.model.eval()
+        self.tokenizer = checkpoint.tokenizer
+        self.device = next(self.model.parameters()).device
+        self.max_batch = max_batch
+        # Sentence-mode models condition every text on <bos>; a stream-mode
+        # model saw each line after the previous line's <eos>.
+        self.start_id = EOS if checkpoint.mode == "stream" else BOS
+
+    # ---------------------------------------------------------------- scoring
+
+    @torch.inference_mode()
+    def score_token_ids(
+        self, seqs: Sequence[Sequence[int]], bos: bool = True, eos: bool = True, top: int = 0
+    ) -> list[tuple[list[int], list[float], list[list[tuple[int, float]]]]]:
+        """For each id sequence: (scored ids, their log-probs, top alternatives).
+
+        The scored ids are t1..tn (t2..tn without `bos`), then <eos> with `eos`.
+        """
+        fulls = [([self.start_id] if bos else []) + list(s) + ([EOS] if eos else []) for s in seqs]
+        out: list[tuple[list[int], list[float], list[list[tuple[int, float]]]]] = [
+            ([], [], []) for _ in fulls
+        ]
+        order = sorted(range(len(fulls)), key=lambda i: -len(fulls[i]))
+        order = [i for i in order if len(fulls[i]) >= 2]
+        for start in range(0, len(order), self.max_batch):
+            chunk = order[start : start + self.max_batch]
+            T = len(fulls[chunk[0]]) - 1  # longest first
+            inp = torch.full((len(chunk), T), PAD, dtype=torch.long)
+            tgt = torch.full((len(chunk), T), PAD, dtype=torch.long)
+            lengths = torch.zeros(len(chunk), dtype=torch.long)
+            for row, i in enumerate(chunk):
+                f = fulls[i]
+                inp[row, : len(f) - 1] = torch.tensor(f[:-1])
+                tgt[row, : len(f) - 1] = torch.tensor(f[1:])
+                lengths[row] = len(f) - 1
+            inp, tgt = inp.to(self.device), tgt.to(self.device)
+            mask = torch.arange(T).unsqueeze(0) < lengths.unsqueeze(1)  # (B, T)
+            lps = torch.zeros(len(chunk), T)
+            tops: list[tuple[Tensor, Tensor]] = []
+            state: State | None = None
+            for t0 in range(0, T, _TIME_WINDOW):
+                feats, state = self.model.features(inp[:, t0 : t0 + _TIME_WINDOW], state)
+                m = mask[:, t0 : t0 + _TIME_WINDOW].to(self.device)
+                lp_win, top_win = self._gather(feats[m], tgt[:, t0 : t0 + _TIME_WINDOW][m], top)
+                lps[:, t0 : t0 + _TIME_WINDOW][m.cpu()] = lp_win.float().cpu()
+                if top:
+                    tops.append(top_win)
+            top_vals = torch.cat([v for v, _ in tops]).tolist() if top else []
+            top_ids = torch.cat([i for _, i in tops]).tolist() if top else []
+            # Window-major order of the top alternatives -> per row positions.
+            flat_pos = [
+                (r, t)
+                for t0 in range(0, T, _TIME_WINDOW)
+                for r in range(len(chunk))
+                for t in range(t0, min(t0 + _TIME_WINDOW, T))
+                if mask[r, t]
+            ]
+            per_row_top: dict[int, list[list[tuple[int, float]]]] = {
+                r: [] for r in range(len(chunk))
+            }
+            if top:
+                for (r, _t), ids_, vals in zip(flat_pos, top_ids, top_vals, strict=True):
+                    per_row_top[r].append(list(zip(ids_, vals, strict=True)))
+            lp_rows = lps.tolist()
+            for row, i in enumerate(chunk):
+                n = int(lengths[row])
+                out[i] = (fulls[i][1:], lp_rows[row][:n], per_row_top[row])
+        return out
+
+    def _gather(
+        self, feats: Tensor, targets: Tensor, top: int
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """feats (N, F), targets (N,) -> log P(target) (N,), top-k (values, ids) (N, k)."""
+        lps, vals, ids = [], [], []
+        for s in range(0, feats.shape[0], _OUTPUT_CHUNK):
+            f, t = feats[s : s + _OUTPUT_CHUNK], targets[s : s + _OUTPUT_CHUNK]
+            if top:
+                full = self.model.log_probs(f)
+                lps.append(full.gather(1, t.unsqueeze(1)).squeeze(1))
+                v, i = full.topk(min(top, full.shape[1]), dim=-1)
+                vals.append(v)
+                ids.append(i)
+            else:
+                lps.append(self.model.token_log_probs(f, t))
+        empty = torch.zeros(0)
+        if not lps:
+            return empty, (torch.zeros(0, top), torch.zeros(0, top, dtype=torch.long))
+        if top:
+            return torch.cat(lps), (torch.cat(vals).cpu(), torch.cat(ids).cpu())
+        return torch.cat(lps), (empty, empty)
+
+    def score_batch(
+        self,
+        texts: Sequence[str],
+        bos: bool = True,
+        eos: bool = True,
+        per_token: bool = False,
+        top: int = 0,
+    ) -> list[ScoreResult]:
+        """Score texts; the result of a text never depends on the others in the batch."""
+        tok = self.tokenizer
+        encoded = [tok.tokenize(t) for t in texts]
+        scored = self.score_token_ids([ids for ids, _ in encoded], bos=bos, eos=eos, top=top)
+        results = []
+        for text, (ids, pieces), (tids, lps, tops) in zip(texts, encoded, scored, strict=True):
+            tokens = None
+            if per_token or top:
+                names = (pieces[0 if bos else 1 :] if ids else []) + (["<eos>"] if eos else [])
+                tokens = [
+                    TokenLogprob(
+                        id=tid,
+                        token=name,
+                        logprob=lp,
+                        top=[(tok.piece(a), v) for a, v in tops[j]] if top else None,
+                    )
+                    for j, (tid, name, lp) in enumerate(zip(tids, names, lps, strict=True))
+                ]
+            results.append(
+                ScoreResult(
+                    text=text,
+                    logprob=float(sum(lps)),
+                    num_tokens=len(lps),
+                    oov_count=sum(1 for i in ids if i == UNK),
+                    tokens=tokens,
+                )
+            )
+        return results
+
+    # --------------------------------------------------------------- sampling
+
+    def generation(
+        self, prompt: str, params: SampleParams, seed: int | None = None, key: object = None
+    ) -> Generation:
+        """A new sequence to `add()` to a batch; draws a seed when none is given."""
+        if seed is None:
+            seed = params.seed if params.seed is not None else secrets.randbits(63)
+        ids = self.tokenizer.encode(prompt) if prompt else []
+        return Generation(params, seed, ids, self.tokenizer.decode(ids), key=key)
+
+    def new_batch(self) -> Batch:
+        return Batch(self)
+
+    def sample(self, prompt: str, params: SampleParams, n: int = 1) -> list[SampleResult]:
+        """Run n samples to completion: sample i uses seed `seed + i`."""
+        base = params.seed if params.seed is not None else secrets.randbits(62)
+        batch = self.new_batch()
+        gens = [self.generation(prompt, params, seed=base + i) for i in range(n)]
+        for s in range(0, n, self.max_batch):
+            batch.add(gens[s : s + self.max_batch])
+            while len(batch):
+                batch.step()
+        return [self.result(g) for g in gens]
+
+    def result(self, g: Generation) -> SampleResult:
+        r = g.result()
+        if g.params.logprobs or g.params.top_logprobs:
+            pieces = [self.tokenizer.piece(i) if i != EOS else "<eos>" for i in g.ids]
+            r.tokens = [
+                TokenLogprob(i, p, lp, g.tops[j] if g.params.top_logprobs else None)
+                for j, (i, p, lp) in enumerate(zip(g.ids, pieces, g.logprobs, strict=True))
+            ]
+        return r
+
+
+class Batch:
+    """Running generations and their recurrent state, along the batch dimension."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.gens: list[Generation] = []
+        self.state: State | None = None  # each (layers, B, hidden)
+        self.next_logprobs: Tensor | None = None  # (B, V): each sequence's next-token distribution
+
+    def __len__(self) -> int:
+        return len(self.gens)
+
+    @torch.inference_mode()
+    def add(self, gens: list[Generation]) -> list[Generation]:
+        """Prefill the prompts of `gens` together and join them to the batch.
+
+        Returns those already finished (max_tokens 0), which do not join.
+        """
+        done = [g for g in gens if g.params.max_tokens == 0]
+        for g in done:
+            g.finish_reason = "length"
+        gens = [g for g in gens if g.params.max_tokens > 0]
+        if not gens:
+            return done
+        model, dev = self.engine.model, self.engine.device
+        inputs = [[self.engine.start_id] + g.prompt_ids for g in gens]
+        lengths = torch.tensor([len(x) for x in inputs])
+        ids = torch.full((len(gens), int(lengths.max())), PAD, dtype=torch.long)
+        for row, x in enumerate(inputs):
+            ids[row, : len(x)] = torch.tensor(x)
+        ids = ids.to(dev)
+        # Packing makes the returned state each row's state after its own last
+        # token, not after the padding.
+        emb = model.drop(model.embed(ids))
+        packed = pack_padded_sequence(emb, lengths, batch_first=True, enforce_sorted=False)
+        zero = model.init_state(len(gens), dev)
+        if model.config.cell == "lstm":
+            out_packed, (h, c) = model.rnn(packed, (zero[0], zero[1]))
+            state: State = (h, c)
+        else:
+            out_packed, h = model.rnn(packed, zero[0])
+            state = (h,)
+        out, _ = torch.nn.utils.rnn.pad_packed_sequence(out_packed, batch_first=True)
+        last = out[torch.arange(len(gens)), lengths.to(dev) - 1]  # (B_new, H)
+        if model.proj is not None:
+            last = model.proj(last)
+        lp = model.log_probs(last)  # (B_new, V)
+        self.gens.extend(gens)
+        if self.state is None or self.next_logprobs is None:
+            self.state, self.next_logprobs = state, lp
+        else:
+            self.state = tuple(
+                torch.cat([a, b], dim=1) for a, b in zip(self.state, state, strict=True)
+            )
+            self.next_logprobs = torch.cat([self.next_logprobs, lp])
+        return done
+
+    def remove(self, keep: list[int]) -> None:
+        """Keep only the rows in `keep` (indices into the batch)."""
+        if len(keep) == len(self.gens):
+            return
+        self.gens = [self.gens[i] for i in keep]
+        if not keep:
+            self.state, self.next_logprobs = None, None
+            return
+        assert self.state is not None and self.next_logprobs is not None
+        idx = torch.tensor(keep, device=self.engine.device)
+        self.state = tuple(s.index_select(1, idx) for s in self.state)
+        self.next_logprobs = self.next_logprobs.index_select(0, idx)
+
+    def cancel(self, gen: Generation) -> None:
+        """Drop a generation whose client went away."""
+        self.remove([i for i, g in enumerate(self.gens) if g is not gen])
+
+    @torch.inference_mode()
+    def step(self) -> list[Generation]:
+        """Pick the next token of every sequence; advance those that go on.
+
+        Returns the generations that finished in this step (already removed).
+        """
+        if not self.gens:
+            return []
+        assert self.state is not None and self.next_logprobs is not None
+        gens, lp = self.gens, self.next_logprobs
+        p = [g.params for g in gens]
+        dev = lp.device
+        tokens = choose_tokens(
+            lp,
+            torch.tensor([x.temperature for x in p], device=dev),
+            torch.tensor([x.top_k for x in p], device=dev),
+            torch.tensor([x.top_p for x in p], device=dev),
+            torch.tensor([x.min_p for x in p], device=dev),
+            torch.tensor([g.rng.random() for g in gens], device=dev, dtype=lp.dtype),
+        )
+        chosen_lp = lp.gather(1, tokens.unsqueeze(1)).squeeze(1).tolist()
+        want_top = max(x.top_logprobs for x in p)
+        top_v, top_i = lp.topk(min(want_top, lp.shape[1]), dim=-1) if want_top else (None, None)
+        tok_list = tokens.tolist()
+        keep, finished = [], []
+        for row, (g, t, lp_t) in enumerate(zip(gens, tok_list, chosen_lp, strict=True)):
+            g.ids.append(t)
+            g.logprobs.append(lp_t)
+            if g.params.top_logprobs and top_v is not None and top_i is not None:
+                k = g.params.top_logprobs
+                g.tops.append(
+                    [
+                        (self.engine.tokenizer.piece(a), v)
+                        for a, v in zip(
+                            top_i[row, :k].tolist(), top_v[row, :k].tolist(), strict=True
+                        )
+                    ]
+                )
+            self._update_text(g)
+            if g.finish_reason is None:
+                keep.append(row)
+            else:
+                finished.append(g)
+        self.remove(keep)
+        if keep:
+            inp = torch.tensor([[gens[r].ids[-1]] for r in keep], device=dev)
+            feats, self.state = self.engine.model.features(inp, self.state)
+            self.next_logprobs = self.engine.model.log_probs(feats[:, -1])
+        return finished
+
+    def _update_text(self, g: Generation) -> None:
+        if g.ids[-1] == EOS:
+            # <eos> counts in logprob and num_tokens; it has no text.
+            g.finish_reason = "eos"
+            return
+        old_len = len(g.text)
+        g.text = self._completion(g, g.ids)
+        if g.params.stop:
+            longest = max(len(s) for s in g.params.stop)
+            lo = max(0, old_len - longest + 1)
+            hits = [i for s in g.params.stop if (i := g.text.find(s, lo)) >= 0]
+            if hits:
+                self._cut_at(g, min(hits))
+                return
+        if len(g.ids) >= g.params.max_tokens:
+            g.finish_reason = "length"
+
+    def _cut_at(self, g: Generation, pos: int) -> None:
+        """End `g` at a stop string found at `pos`: keep the tokens wholly before it."""
+        g.text = g.text[:pos]
+        k = len(g.ids)
+        while k > 0 and not g.text.startswith(self._completion(g, g.ids[:k])):
+            k -= 1
+        del g.ids[k:]
+        del g.logprobs[k:]
+        del g.tops[k:]
+        g.finish_reason = "stop"
+
+    def _completion(self, g: Generation, ids: list[int]) -> str:
+        """The text of `ids` as it continues the prompt (spacing decided in context)."""
+        tok = self.engine.tokenizer
+        full = tok.decode(g.prompt_ids + ids)
+        if full.startswith(g.prompt_text):
+            return full[len(g.prompt_text) :]
+        return tok.decode(ids)

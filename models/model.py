@@ -1,0 +1,163 @@
+"""The recurrent language model.
+
+    ids (B, T) ─ embedding ─ dropout ─ RNN/GRU/LSTM × layers ─ dropout ─ [proj]
+               ─ output layer ─ log-probs (B, T, V)
+
+The recurrent layers are torch's fused `nn.RNN`/`nn.GRU`/`nn.LSTM`. The output
+layer is either a full softmax whose weight may be tied to the embedding (a
+projection makes tying possible when `hidden != embedding`), or torch's
+`AdaptiveLogSoftmaxWithLoss`, which gives exact probabilities while spending
+most of its work on the frequent words: the right choice for large vocabularies
+on a CPU.
+
+The recurrent state is a tuple of tensors, each (layers, B, hidden): `(h, c)`
+for an LSTM, `(h,)` otherwise, so code that batches sequences can treat every
+cell alike along dimension 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from models.errors import CheckpointError
+
+State = tuple[Tensor, ...]
+CELLS = ("rnn", "gru", "lstm")
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int
+    cell: str = "lstm"
+    embedding: int = 256
+    hidden: int = 512
+    layers: int = 2
+    dropout: float = 0.2
+    tied: bool = True
+    # Adaptive softmax cluster boundaries (ascending, < vocab_size); empty = full softmax.
+    adaptive_cutoffs: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.cell not in CELLS:
+            problems.append(f"cell must be one of {', '.join(CELLS)}, not {self.cell!r}")
+        if self.vocab_size < 5:
+            problems.append(f"vocab_size must be at least 5, not {self.vocab_size}")
+        for name in ("embedding", "hidden", "layers"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be at least 1, not {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0:
+            problems.append(f"dropout must be in [0, 1), not {self.dropout}")
+        cutoffs = self.adaptive_cutoffs
+        if cutoffs:
+            if self.tied:
+                problems.append("tied embeddings and an adaptive softmax cannot be combined")
+            if cutoffs != sorted(set(cutoffs)) or cutoffs[0] <= 0 or cutoffs[-1] >= self.vocab_size:
+                problems.append(
+                    f"adaptive_cutoffs must be increasing and inside (0, {self.vocab_size}), "
+                    f"not {cutoffs}"
+                )
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise CheckpointError(f"unknown model settings: {', '.join(sorted(unknown))}")
+        try:
+            return cls(**d)
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"bad model settings: {e}") from e
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def out_features(self) -> int:
+        """Width of the vector the output layer reads."""
+        return self.embedding if self.tied else self.hidden
+
+
+class RNNLM(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = c = config
+        self.embed = nn.Embedding(c.vocab_size, c.embedding)
+        self.drop = nn.Dropout(c.dropout)
+        rnn_cls = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}[c.cell]
+        self.rnn = rnn_cls(
+            c.embedding,
+            c.hidden,
+            num_layers=c.layers,
+            dropout=c.dropout if c.layers > 1 else 0.0,
+            batch_first=True,
+        )
+        self.proj = nn.Linear(c.hidden, c.embedding) if c.tied and c.hidden != c.embedding else None
+        self.adaptive: nn.AdaptiveLogSoftmaxWithLoss | None = None
+        self.decoder: nn.Linear | None = None
+        if c.adaptive_cutoffs:
+            self.adaptive = nn.AdaptiveLogSoftmaxWithLoss(
+                c.out_features, c.vocab_size, c.adaptive_cutoffs, div_value=4.0
+            )
+        else:
+            self.decoder = nn.Linear(c.out_features, c.vocab_size)
+            if c.tied:
+                self.decoder.weight = self.embed.weight
+        nn.init.uniform_(self.embed.weight, -0.1, 0.1)
+        if self.decoder is not None:
+            nn.init.zeros_(self.decoder.bias)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def init_state(self, batch_size: int, device: torch.device | None = None) -> State:
+        c = self.config
+        zeros = torch.zeros(c.layers, batch_size, c.hidden, device=device)
+        return (zeros, zeros.clone()) if c.cell == "lstm" else (zeros,)
+
+    def features(self, ids: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        """Run the recurrent stack: ids (B, T) -> features (B, T, out_features), new state."""
+        x = self.drop(self.embed(ids))  # (B, T, E)
+        if state is None:
+            state = self.init_state(ids.shape[0], ids.device)
+        if self.config.cell == "lstm":
+            out, (h, c) = self.rnn(x, (state[0], state[1]))  # out (B, T, H)
+            new_state: State = (h, c)
+        else:
+            out, h = self.rnn(x, state[0])
+            new_state = (h,)
+        out = self.drop(out)
+        if self.proj is not None:
+            out = self.proj(out)  # (B, T, E)
+        return out, new_state
+
+    def log_probs(self, feats: Tensor) -> Tensor:
+        """features (..., F) -> normalised log-probabilities (..., V)."""
+        if self.adaptive is not None:
+            flat = feats.reshape(-1, feats.shape[-1])
+            return self.adaptive.log_prob(flat).reshape(*feats.shape[:-1], -1)
+        assert self.decoder is not None
+        return F.log_softmax(self.decoder(feats), dim=-1)
+
+    def token_log_probs(self, feats: Tensor, targets: Tensor) -> Tensor:
+        """log P(target) at each position: feats (N, F), targets (N,) -> (N,).
+
+        Cheaper than `log_probs` with an adaptive softmax, which then only
+        evaluates the clusters the targets fall in.
+        """
+        if self.adaptive is not None:
+            out: Tensor = self.adaptive(feats, targets).output
+            return out
+        return self.log_probs(feats).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+
+    def forward(self, ids: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        """ids (B, T) -> log-probabilities (B, T, V) of the next token, new state."""
+        feats, state = self.features(ids, state)
+        return self.log_probs(feats), state
