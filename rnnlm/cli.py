@@ -1,0 +1,209 @@
+"""`rnnlm`: the one command. Argument parsing and one call per sub-command.
+
+Each sub-command imports its code lazily, so `rnnlm score` never pays for
+FastAPI and `rnnlm serve` never pays for matplotlib. Every error a user can
+cause ends as one line on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {s!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
+    return v
+
+
+def _nonneg_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {s!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {v}")
+    return v
+
+
+def _float_in(lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) -> type[float]:
+    def parse(s: str) -> float:
+        try:
+            v = float(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+        if not (lo < v if lo_open else lo <= v) or not (v < hi if hi_open else v <= hi):
+            left, right = "(" if lo_open else "[", ")" if hi_open else "]"
+            raise argparse.ArgumentTypeError(f"must be in {left}{lo}, {hi}{right}, got {v}")
+        return v
+
+    return parse  # type: ignore[return-value]
+
+
+def _add_corpus(sub: argparse._SubParsersAction[_Parser]) -> None:
+    p = sub.add_parser("corpus", help="tokenise text files into a training corpus")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="UTF-8 text files")
+    p.add_argument("--out", required=True, help="corpus directory to write")
+    p.add_argument("--tokenizer", choices=["char", "word", "sentencepiece"], default="char")
+    p.add_argument("--vocab-size", type=_positive_int, default=None,
+                   help="vocabulary cap (word default 10000, sentencepiece 8000, char none)")
+    p.add_argument("--min-freq", type=_positive_int, default=None,
+                   help="keep tokens seen at least this often (char default 2, word 1)")
+    p.add_argument("--lowercase", action="store_true", help="fold case (word level)")
+    p.add_argument("--pretokenized", action="store_true",
+                   help="word level: split on whitespace only; a literal <unk> is unknown")
+    p.add_argument("--sp-model-type", choices=["unigram", "bpe"], default="unigram")
+    p.add_argument("--valid-fraction", type=_float_in(0, 0.5, hi_open=True), default=0.05)
+    p.add_argument("--test-fraction", type=_float_in(0, 0.5, hi_open=True), default=0.05)
+    p.add_argument("--valid", metavar="FILE", help="use this file as the validation split")
+    p.add_argument("--test", metavar="FILE", help="use this file as the test split")
+    p.add_argument("--unit", choices=["line", "paragraph"], default="line",
+                   help="a sequence is one line, or one blank-line separated paragraph")
+    p.add_argument("--seed", type=_nonneg_int, default=1234)
+
+
+def _add_train(sub: argparse._SubParsersAction[_Parser]) -> None:
+    p = sub.add_parser("train", help="train a model on a corpus directory")
+    p.add_argument("--corpus", required=True, help="directory written by `rnnlm corpus`")
+    p.add_argument("--out", required=True, help="run directory (best/ and latest/ checkpoints)")
+    p.add_argument("--mode", choices=["sentence", "stream"], default=None,
+                   help="sentence: each line from <bos>; stream: char-rnn style "
+                        "(default: sentence)")
+    p.add_argument("--cell", choices=["rnn", "gru", "lstm"], default=None)
+    p.add_argument("--layers", type=_positive_int, default=None)
+    p.add_argument("--hidden", type=_positive_int, default=None)
+    p.add_argument("--embedding", type=_positive_int, default=None)
+    p.add_argument("--dropout", type=_float_in(0, 1, hi_open=True), default=None)
+    tied = p.add_mutually_exclusive_group()
+    tied.add_argument("--tied", dest="tied", action="store_true", default=None)
+    tied.add_argument("--no-tied", dest="tied", action="store_false")
+    p.add_argument("--adaptive", dest="adaptive", choices=["auto", "on", "off"], default="auto",
+                   help="adaptive softmax (auto: on for vocabularies over 5000)")
+    p.add_argument("--optimizer", choices=["adamw", "sgd"], default=None)
+    p.add_argument("--lr", type=_float_in(0, 1000, lo_open=True), default=None)
+    p.add_argument("--weight-decay", type=_float_in(0, 10), default=None)
+    p.add_argument("--schedule", choices=["cosine", "plateau", "constant"], default=None)
+    p.add_argument("--batch-size", type=_positive_int, default=None)
+    p.add_argument("--bptt", type=_positive_int, default=None)
+    p.add_argument("--clip", type=_float_in(0, 1e6), default=None, help="0: no clipping")
+    p.add_argument("--patience", type=_positive_int, default=None,
+                   help="evaluations without improvement before stopping")
+    p.add_argument("--eval-every", type=_positive_int, default=None, help="steps")
+    p.add_argument("--max-steps", type=_positive_int, default=None)
+    p.add_argument("--epochs", type=_positive_int, default=None)
+    p.add_argument("--time-budget", type=_float_in(0, 1e9, lo_open=True), default=None,
+                   metavar="SECONDS")
+    p.add_argument("--save-every", type=_positive_int, default=None, metavar="STEPS")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/latest")
+    p.add_argument("--seed", type=_nonneg_int, default=None)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _add_use(sub: argparse._SubParsersAction[_Parser]) -> None:
+    p = sub.add_parser("eval", help="perplexity of a model on a text file")
+    p.add_argument("--model", required=True, help="checkpoint directory")
+    p.add_argument("--input", required=True, help="UTF-8 text, one sequence per line")
+    p.add_argument("--device", default="cpu")
+
+    p = sub.add_parser("score", help="log-probability of texts, one JSON object each")
+    p.add_argument("--model", required=True, help="checkpoint directory")
+    p.add_argument("texts", nargs="*", metavar="TEXT")
+    p.add_argument("--input", help="score every line of this file ('-' for stdin)")
+    p.add_argument("--no-bos", dest="bos", action="store_false")
+    p.add_argument("--no-eos", dest="eos", action="store_false")
+    p.add_argument("--per-token", action="store_true")
+    p.add_argument("--device", default="cpu")
+
+    p = sub.add_parser("sample", help="generate text")
+    p.add_argument("--model", required=True, help="checkpoint directory")
+    p.add_argument("--prompt", default="")
+    p.add_argument("--max-tokens", type=_nonneg_int, default=200)
+    p.add_argument("--temperature", type=_float_in(0, 100), default=1.0, help="0 is greedy")
+    p.add_argument("--top-k", type=_nonneg_int, default=0)
+    p.add_argument("--top-p", type=_float_in(0, 1, lo_open=True), default=1.0)
+    p.add_argument("--min-p", type=_float_in(0, 1, hi_open=True), default=0.0)
+    p.add_argument("--seed", type=_nonneg_int, default=None)
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    p.add_argument("-n", type=_positive_int, default=1, help="number of samples")
+    p.add_argument("--json", action="store_true", help="one JSON object per sample")
+    p.add_argument("--device", default="cpu")
+
+    p = sub.add_parser("serve", help="serve models over HTTP")
+    p.add_argument("--models", help="directory of checkpoint directories "
+                                    "(default: RNNLM_MODELS_DIR)")
+    p.add_argument("--host", default=None)
+    p.add_argument("--port", type=_positive_int, default=None)
+    p.add_argument("--default-model", default=None)
+
+    p = sub.add_parser("demo", help="build the demo model from the standard library's docstrings")
+    p.add_argument("--out", default="demo", help="models directory (demo model in OUT/demo)")
+    p.add_argument("--time-budget", type=_float_in(0, 1e9, lo_open=True), default=150.0,
+                   metavar="SECONDS")
+    p.add_argument("--force", action="store_true", help="rebuild even if it exists")
+
+
+def build_parser() -> _Parser:
+    parser = _Parser(prog="rnnlm", description=__doc__.splitlines()[0] if __doc__ else None)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_corpus(sub)
+    _add_train(sub)
+    _add_use(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from models.errors import RnnlmError
+
+    try:
+        if args.command == "corpus":
+            from training.corpus import corpus_command
+
+            corpus_command(args)
+        elif args.command == "train":
+            from training.train import train_command
+
+            train_command(args)
+        elif args.command == "eval":
+            from training.evaluate import eval_command
+
+            eval_command(args)
+        elif args.command in ("score", "sample"):
+            from rnnlm import commands
+
+            getattr(commands, f"{args.command}_command")(args)
+        elif args.command == "serve":
+            from app.main import serve
+
+            serve(args.models, args.host, args.port, args.default_model)
+        elif args.command == "demo":
+            from rnnlm.demo import demo_command
+
+            demo_command(args)
+    except RnnlmError as e:
+        print(f"rnnlm {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"rnnlm {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""Shared fixtures: tiny checkpoints built straight from `models/`, no training needed."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.checkpoint import save_checkpoint
+from models.model import RNNLM, ModelConfig
+from models.tokenizers import CharTokenizer, WordTokenizer
+
+TEXT = [
+    "the cat sat on the mat.",
+    "the dog sat on the log.",
+    "a bird sang in the tree, and the cat listened.",
+    "hello world! it's a fine day.",
+]
+
+
+def make_checkpoint(
+    directory: Path, kind: str = "char", cell: str = "lstm", mode: str = "sentence", seed: int = 0
+) -> Path:
+    """A small random-weight model: enough to test scoring, sampling and serving."""
+    torch.manual_seed(seed)
+    if kind == "char":
+        tok: CharTokenizer | WordTokenizer = CharTokenizer.fit(Counter("".join(TEXT)))
+    else:
+        w = WordTokenizer.fit(Counter(), vocab_size=None)
+        tok = WordTokenizer.fit(Counter(t for line in TEXT for t in w.split(line)))
+    cfg = ModelConfig(
+        vocab_size=tok.vocab_size, cell=cell, embedding=16, hidden=32, layers=2, tied=True
+    )
+    save_checkpoint(directory, RNNLM(cfg), tok, training={"mode": mode, "step": 0})
+    return directory
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A models directory with `char` (char LSTM) and `word` (word GRU) checkpoints."""
+    root = tmp_path_factory.mktemp("models")
+    make_checkpoint(root / "char", "char", "lstm")
+    make_checkpoint(root / "word", "word", "gru", seed=1)
+    return root
+
+
+@pytest.fixture(scope="session")
+def char_checkpoint(models_dir: Path) -> Path:
+    return models_dir / "char"
+
+
+@pytest.fixture(scope="session")
+def word_checkpoint(models_dir: Path) -> Path:
+    return models_dir / "word"

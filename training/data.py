@@ -1,0 +1,82 @@
+"""Batches for training, read from memory-mapped token files.
+
+Sentence mode: every sequence is `<bos> t1 .. tn <eos>` from a zero state.
+Sequences are sorted by length (ties shuffled), cut into batches of similar
+length, and the batch order is shuffled per epoch, so padding is small.
+Padding is masked out of the loss. A batch longer than `bptt` is fed in
+windows that carry the (detached) state: truncated BPTT inside long sequences.
+
+Stream mode (char-rnn, pytorch/examples word_language_model): the split is one
+long text. It is cut into B lanes read side by side, each window of `bptt`
+tokens continuing the previous one, the state carried across windows:
+
+    lane 0: ┃ a b c d ┃ e f g h ┃ ...      window k of lane b covers
+    lane 1: ┃ m n o p ┃ q r s t ┃ ...      tokens[b*L + k*bptt : ... + bptt]
+
+Under DistributedDataParallel each rank takes its own batches (sentence mode)
+or its own lanes (stream mode): `rank`, `world` below.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from models.tokenizers import BOS, PAD
+from training.corpus import TokenSplit
+
+
+def sentence_batches(
+    split: TokenSplit, batch_size: int, epoch: int, seed: int, rank: int = 0, world: int = 1
+) -> list[np.ndarray[Any, np.dtype[np.int64]]]:
+    """The epoch's batches of sequence indices, for this rank (same on every resume)."""
+    rng = np.random.default_rng([seed, epoch])
+    lengths = split.lengths
+    # Sort by length, random among equal lengths.
+    order = np.lexsort((rng.random(len(lengths)), lengths))
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    perm = rng.permutation(len(batches))
+    batches = [batches[i] for i in perm]
+    # Every rank gets the same number of batches, so steps stay in lock-step.
+    per_rank = len(batches) // world if world > 1 else len(batches)
+    return batches[rank * per_rank : (rank + 1) * per_rank] if world > 1 else batches
+
+
+def sentence_tensors(split: TokenSplit, indices: np.ndarray[Any, Any]) -> tuple[Tensor, Tensor]:
+    """Padded inputs and targets (B, T): inputs `<bos> t1..tn`, targets `t1..tn <eos>`."""
+    seqs = [split.sequence(int(i)) for i in indices]
+    T = max(len(s) for s in seqs)
+    inp = np.full((len(seqs), T), PAD, dtype=np.int64)
+    tgt = np.full((len(seqs), T), PAD, dtype=np.int64)
+    for row, s in enumerate(seqs):
+        inp[row, 0] = BOS
+        inp[row, 1 : len(s)] = s[:-1]
+        tgt[row, : len(s)] = s
+    return torch.from_numpy(inp), torch.from_numpy(tgt)
+
+
+def windows(inp: Tensor, tgt: Tensor, bptt: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """Cut (B, T) tensors into time windows of at most `bptt`, dropping all-padding tails."""
+    for t0 in range(0, inp.shape[1], bptt):
+        yield inp[:, t0 : t0 + bptt], tgt[:, t0 : t0 + bptt]
+
+
+def stream_lanes(split: TokenSplit, batch_size: int, rank: int = 0, world: int = 1) -> int:
+    """Length L of each lane; the global batch is batch_size * world lanes."""
+    return (len(split.tokens) - 1) // (batch_size * world)
+
+
+def stream_window(
+    split: TokenSplit, batch_size: int, pos: int, bptt: int, rank: int = 0, world: int = 1
+) -> tuple[Tensor, Tensor]:
+    """Window starting at `pos` in every lane of this rank: inputs and targets (B, T)."""
+    L = stream_lanes(split, batch_size, rank, world)
+    T = min(bptt, L - pos)
+    lanes = range(rank * batch_size, (rank + 1) * batch_size)
+    chunk = np.stack([np.asarray(split.tokens[b * L + pos : b * L + pos + T + 1]) for b in lanes])
+    chunk = torch.from_numpy(chunk.astype(np.int64))
+    return chunk[:, :-1], chunk[:, 1:]

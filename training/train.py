@@ -1,0 +1,649 @@
+"""`rnnlm train`: a flat training loop.
+
+Defaults sit in `TrainConfig` at the top; `resolve()` fills the ones that
+depend on the corpus (tokenizer kind, vocabulary size). One optimizer step per
+window of at most `bptt` tokens. The run directory holds:
+
+    <out>/best/      checkpoint with the best validation perplexity
+    <out>/latest/    checkpoint + trainer_state.{json,safetensors}: resumable
+    <out>/metrics.jsonl   one line per evaluation
+    <out>/curve.png       training and validation loss
+
+Under `torchrun` (WORLD_SIZE > 1) the same loop runs under
+DistributedDataParallel; only rank 0 evaluates, writes and prints, and it
+broadcasts when to stop, so every rank takes the same number of steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from models.checkpoint import (
+    Checkpoint,
+    atomic_directory,
+    load_checkpoint,
+    read_config,
+    recover,
+    write_checkpoint_files,
+    write_json,
+)
+from models.engine import Engine
+from models.errors import RnnlmError
+from models.model import RNNLM, ModelConfig, State
+from models.tokenizers import PAD, Tokenizer
+from training.corpus import TokenSplit, load_corpus_tokenizer, read_corpus_meta
+from training.data import sentence_batches, sentence_tensors, stream_lanes, stream_window, windows
+
+
+@dataclass
+class TrainConfig:
+    # None: chosen by resolve() from the corpus (see DEFAULTS there).
+    mode: str = "sentence"
+    cell: str = "lstm"
+    layers: int = 2
+    hidden: int | None = None
+    embedding: int | None = None
+    dropout: float | None = None
+    tied: bool | None = None
+    adaptive: str = "auto"  # auto: adaptive softmax for vocabularies over 5000
+    optimizer: str = "adamw"
+    lr: float | None = None
+    weight_decay: float | None = None
+    schedule: str | None = None  # cosine (adamw) | plateau (sgd) | constant
+    warmup: int = 100
+    batch_size: int = 64
+    bptt: int | None = None
+    clip: float = 1.0
+    patience: int = 5
+    eval_every: int | None = None  # steps; None: ten times per time budget or per epoch
+    max_eval_tokens: int = 200_000
+    max_steps: int | None = None
+    epochs: int | None = None
+    time_budget: float | None = None
+    save_every: int | None = None
+    seed: int = 1234
+
+    def resolve(self, kind: str, vocab_size: int) -> TrainConfig:
+        word = kind != "char"
+        pick = {
+            "hidden": 512,
+            "embedding": 256 if word else 64,
+            "dropout": 0.25 if word else 0.1,
+            "tied": word and vocab_size <= 5000,
+            "lr": 20.0 if self.optimizer == "sgd" else 3e-3,
+            "weight_decay": 0.0 if self.optimizer == "sgd" else 0.01,
+            "schedule": "plateau" if self.optimizer == "sgd" else "cosine",
+            "bptt": 70 if word else 200,
+        }
+        for name, value in pick.items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        if self.adaptive == "on" or (self.adaptive == "auto" and vocab_size > 5000):
+            self.tied = False if self.adaptive == "auto" else self.tied
+        if self.max_steps is None and self.epochs is None and self.time_budget is None:
+            self.epochs = 20
+        return self
+
+    def model_config(self, vocab_size: int) -> ModelConfig:
+        use_adaptive = self.adaptive == "on" or (self.adaptive == "auto" and vocab_size > 5000)
+        cutoffs = [c for c in (2000, 10000, 50000) if c < vocab_size - 1] if use_adaptive else []
+        assert self.hidden and self.embedding and self.dropout is not None
+        return ModelConfig(
+            vocab_size=vocab_size,
+            cell=self.cell,
+            embedding=self.embedding,
+            hidden=self.hidden,
+            layers=self.layers,
+            dropout=self.dropout,
+            tied=bool(self.tied),
+            adaptive_cutoffs=cutoffs,
+        )
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    epoch: int = 0
+    unit: int = 0  # batches (sentence) or windows (stream) done in this epoch
+    best_valid: float = math.inf
+    bad_evals: int = 0
+    lr_scale: float = 1.0  # plateau schedule
+    elapsed: float = 0.0
+    tokens: int = 0
+    last_eval_step: int = 0
+    last_eval_time: float = 0.0
+
+
+LIMIT_FIELDS = ("max_steps", "epochs", "time_budget", "patience", "save_every", "eval_every")
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _is_main() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def _log(msg: str) -> None:
+    if _is_main():
+        tqdm.write(msg, file=sys.stderr)
+
+
+def evaluate_split(
+    model: RNNLM, tok: Tokenizer, split: TokenSplit, mode: str, max_tokens: int | None = None
+) -> tuple[float, int]:
+    """(total negative log-likelihood in nats, tokens scored) per the engine's convention."""
+    seqs, n = [], 0
+    for i in range(len(split)):
+        s = split.sequence(i)
+        seqs.append(s[:-1].tolist())  # the engine appends <eos>
+        n += len(s)
+        if max_tokens is not None and n >= max_tokens:
+            break
+    was_training = model.training
+    engine = Engine(Checkpoint(Path("."), model, tok, {"training": {"mode": mode}}))
+    scored = engine.score_token_ids(seqs)
+    model.train(was_training)
+    nll = -sum(sum(lps) for _, lps, _ in scored)
+    return nll, sum(len(lps) for _, lps, _ in scored)
+
+
+def _optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    assert cfg.lr is not None and cfg.weight_decay is not None
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _progress(cfg: TrainConfig, st: TrainState, units_per_epoch: int) -> float:
+    """Fraction of the run done, by whichever limit comes first."""
+    p = 0.0
+    if cfg.max_steps:
+        p = max(p, st.step / cfg.max_steps)
+    if cfg.time_budget:
+        p = max(p, st.elapsed / cfg.time_budget)
+    if cfg.epochs:
+        p = max(p, (st.epoch + st.unit / max(1, units_per_epoch)) / cfg.epochs)
+    return min(1.0, p)
+
+
+def _lr(cfg: TrainConfig, st: TrainState, units_per_epoch: int) -> float:
+    assert cfg.lr is not None
+    warm = min(1.0, (st.step + 1) / cfg.warmup) if cfg.warmup else 1.0
+    if cfg.schedule == "cosine":
+        p = _progress(cfg, st, units_per_epoch)
+        return cfg.lr * warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * p)))
+    if cfg.schedule == "plateau":
+        return cfg.lr * warm * st.lr_scale
+    return cfg.lr * warm
+
+
+def _plot(out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    steps = [r["step"] for r in rows]
+    ax.plot(steps, [r["train_loss"] for r in rows], label="train")
+    valid = [(r["step"], r["valid_loss"]) for r in rows if r.get("valid_loss") is not None]
+    if valid:
+        ax.plot(*zip(*valid, strict=True), label="validation")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats per token)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = out / ".curve.png.tmp"
+    fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    os.replace(tmp, out / "curve.png")
+
+
+# ---------------------------------------------------------- trainer state
+
+
+def _save_latest(
+    out: Path,
+    model: RNNLM,
+    tok: Tokenizer,
+    opt: torch.optim.Optimizer,
+    cfg: TrainConfig,
+    st: TrainState,
+    carried: State | None,
+    meta: dict[str, Any],
+) -> None:
+    with atomic_directory(out / "latest") as tmp:
+        write_checkpoint_files(tmp, model, tok, **meta)
+        tensors: dict[str, Tensor] = {"rng.torch": torch.get_rng_state()}
+        opt_sd = opt.state_dict()
+        scalars: dict[str, dict[str, Any]] = {}
+        for pid, pstate in opt_sd["state"].items():
+            for k, v in pstate.items():
+                if isinstance(v, Tensor):
+                    tensors[f"optim.{pid}.{k}"] = v.detach().cpu().contiguous()
+                elif v is not None:
+                    scalars.setdefault(str(pid), {})[k] = v
+        for i, s in enumerate(carried or ()):
+            tensors[f"carried.{i}"] = s.detach().cpu().contiguous()
+        save_file(tensors, str(tmp / "trainer_state.safetensors"))
+        write_json(
+            tmp / "trainer_state.json",
+            {
+                "config": asdict(cfg),
+                "state": asdict(st),
+                "param_groups": opt_sd["param_groups"],
+                "optim_scalars": scalars,
+                "world_size": dist.get_world_size() if dist.is_initialized() else 1,
+            },
+        )
+
+
+def _load_latest(
+    out: Path, model: RNNLM, opt: torch.optim.Optimizer, device: torch.device
+) -> tuple[TrainState, State | None]:
+    latest = recover(out / "latest")
+    ck = load_checkpoint(latest, device=device)
+    model.load_state_dict(ck.model.state_dict())
+    try:
+        saved = json.loads((latest / "trainer_state.json").read_text())
+        tensors = load_file(str(latest / "trainer_state.safetensors"))
+    except (OSError, ValueError) as e:
+        raise RnnlmError(f"{latest}: trainer state is missing or broken ({e})") from e
+    state: dict[int, dict[str, Any]] = {}
+    for key, v in tensors.items():
+        if key.startswith("optim."):
+            _, pid, name = key.split(".", 2)
+            state.setdefault(int(pid), {})[name] = v.to(device)
+    for pid, extra in saved.get("optim_scalars", {}).items():
+        state.setdefault(int(pid), {}).update(extra)
+    opt.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
+    torch.set_rng_state(tensors["rng.torch"])
+    carried_keys = sorted(k for k in tensors if k.startswith("carried."))
+    carried = tuple(tensors[k].to(device) for k in carried_keys) or None
+    return TrainState(**saved["state"]), carried
+
+
+def _resume_config(out: Path, cfg: TrainConfig, given: set[str]) -> TrainConfig:
+    path = recover(out / "latest") / "trainer_state.json"
+    if not path.is_file():
+        raise RnnlmError(f"{path}: nothing to resume (no trainer state in {out}/latest)")
+    saved = TrainConfig(**json.loads(path.read_text())["config"])
+    for name in given:
+        new, old = getattr(cfg, name), getattr(saved, name)
+        if name in LIMIT_FIELDS:
+            setattr(saved, name, new)
+        elif new != old:
+            raise RnnlmError(
+                f"--{name.replace('_', '-')} {new} differs from the run being resumed ({old}); "
+                "only limits (steps, epochs, time budget, patience, saving) can change"
+            )
+    return saved
+
+
+# ------------------------------------------------------------------- loop
+
+
+def _units(
+    cfg: TrainConfig, split: TokenSplit, epoch: int, start: int, rank: int, world: int
+) -> Iterator[tuple[list[tuple[Tensor, Tensor]], bool]]:
+    """This epoch's units from `start`: (windows, fresh_state) per batch or stream window."""
+    assert cfg.bptt is not None
+    if cfg.mode == "sentence":
+        batches = sentence_batches(split, cfg.batch_size, epoch, cfg.seed, rank, world)
+        for idx in batches[start:]:
+            yield list(windows(*sentence_tensors(split, idx), cfg.bptt)), True
+    else:
+        lane = stream_lanes(split, cfg.batch_size, rank, world)
+        for k in range(start, _units_per_epoch(cfg, split, world)):
+            inp, tgt = stream_window(split, cfg.batch_size, k * cfg.bptt, cfg.bptt, rank, world)
+            yield [(inp, tgt)], k == 0 and lane > 0
+
+
+def _units_per_epoch(cfg: TrainConfig, split: TokenSplit, world: int) -> int:
+    assert cfg.bptt is not None
+    if cfg.mode == "sentence":
+        n = math.ceil(len(split) / cfg.batch_size)
+        return n // world if world > 1 else n
+    return math.ceil(stream_lanes(split, cfg.batch_size, 0, world) / cfg.bptt)
+
+
+def train(
+    cfg: TrainConfig,
+    corpus: Path,
+    out: Path,
+    resume: bool = False,
+    given: set[str] | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train; returns the run summary (also printed by the CLI)."""
+    meta = read_corpus_meta(corpus)
+    tok = load_corpus_tokenizer(corpus)
+    if resume:
+        cfg = _resume_config(out, cfg, given or set())
+    else:
+        cfg.resolve(meta["tokenizer"]["kind"], tok.vocab_size)
+        if (out / "latest").exists() or (out / "best").exists():
+            raise RnnlmError(f"{out}: already holds a run; use --resume, or another --out")
+    splits = {s: TokenSplit(corpus, s) for s in ("train", "valid", "test")}
+    train_split = splits["train"]
+    if len(train_split) == 0:
+        raise RnnlmError(f"{corpus}: the training split is empty")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    dev = torch.device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        if dev.type == "cuda":
+            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(dev)
+    if cfg.mode == "stream" and stream_lanes(train_split, cfg.batch_size, 0, world) < 2:
+        raise RnnlmError(
+            f"{corpus}: {len(train_split.tokens)} training tokens are too few for "
+            f"--batch-size {cfg.batch_size} in stream mode"
+        )
+    torch.manual_seed(cfg.seed)
+    model_cfg = cfg.model_config(tok.vocab_size)
+    model = RNNLM(model_cfg).to(dev)
+    opt = _optimizer(cfg, model)
+    st, carried = TrainState(), None
+    if resume:
+        st, carried = _load_latest(out, model, opt, dev)
+        _log(f"resuming at step {st.step} (epoch {st.epoch}, unit {st.unit})")
+    net: nn.Module = LossModule(model)
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(net)
+    if _is_main():
+        out.mkdir(parents=True, exist_ok=True)
+    run_meta = {"corpus": str(corpus), "mode": cfg.mode, "config": asdict(cfg)}
+    units_per_epoch = _units_per_epoch(cfg, train_split, world)
+    if units_per_epoch == 0:
+        raise RnnlmError(f"{corpus}: too little training data for --batch-size {cfg.batch_size}")
+    _log(
+        f"model: {model_cfg.cell} {model_cfg.layers}x{model_cfg.hidden}, "
+        f"{model.num_parameters():,} parameters, vocabulary {tok.vocab_size}; "
+        f"{units_per_epoch} {'batches' if cfg.mode == 'sentence' else 'windows'} per epoch"
+    )
+
+    def meta_now(metrics: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "training": {**run_meta, "step": st.step, "epoch": st.epoch, "elapsed_s": st.elapsed},
+            "metrics": metrics,
+        }
+
+    # Ctrl-C / SIGTERM: finish the step in hand, save latest, stop.
+    stop_signal: list[int] = []
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        stop_signal.append(signum)
+
+    old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    bar = tqdm(
+        total=cfg.max_steps or (units_per_epoch * cfg.epochs if cfg.epochs else None),
+        initial=st.step,
+        disable=not progress or not _is_main(),
+        unit="step",
+        dynamic_ncols=True,
+    )
+    t_start = time.monotonic() - st.elapsed
+    train_nll, train_n, window_tokens, window_t0 = 0.0, 0, 0, time.monotonic()
+    stopped, last_metrics = "", {}
+    net.train()
+    while not stopped:
+        for wins, fresh in _units(cfg, train_split, st.epoch, st.unit, rank, world):
+            state = None if fresh else carried
+            for inp, tgt in wins:
+                inp, tgt = inp.to(dev), tgt.to(dev)
+                for group in opt.param_groups:
+                    group["lr"] = _lr(cfg, st, units_per_epoch)
+                loss, n_t, new_state = net(inp, tgt, state)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.clip > 0:
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+                opt.step()
+                state = tuple(s.detach() for s in new_state)
+                n = int(n_t)
+                train_nll += float(loss.detach()) * n
+                train_n += n
+                window_tokens += n
+                st.step += 1
+                st.tokens += n * world
+            carried = state if cfg.mode == "stream" else None
+            st.unit += 1
+            st.elapsed = time.monotonic() - t_start
+            bar.update(len(wins))
+            if train_n and st.step % 10 == 0:
+                tps = window_tokens * world / max(1e-9, time.monotonic() - window_t0)
+                bar.set_postfix(
+                    loss=f"{train_nll / train_n:.3f}",
+                    ppl=f"{math.exp(min(50.0, train_nll / train_n)):.1f}",
+                    tok_s=f"{tps:,.0f}",
+                    refresh=False,
+                )
+            # Decide together: rank 0's clock and evaluation rule for everyone.
+            epoch_end = st.unit >= units_per_epoch
+            due_eval = (
+                cfg.eval_every is not None and st.step - st.last_eval_step >= cfg.eval_every
+            ) or (
+                cfg.eval_every is None
+                and (
+                    (cfg.time_budget and st.elapsed - st.last_eval_time >= cfg.time_budget / 10)
+                    or (not cfg.time_budget and epoch_end)
+                )
+            )
+            limit = ""
+            if cfg.max_steps and st.step >= cfg.max_steps:
+                limit = "max_steps"
+            elif cfg.time_budget and st.elapsed >= cfg.time_budget:
+                limit = "time_budget"
+            elif cfg.epochs and epoch_end and st.epoch + 1 >= cfg.epochs:
+                limit = "epochs"
+            elif stop_signal:
+                limit = "interrupted"
+            flags = _agree([bool(due_eval or limit), bool(limit), bool(stop_signal)], dev)
+            if flags[0]:
+                tps = window_tokens * world / max(1e-9, time.monotonic() - window_t0)
+                last_metrics = _evaluate_and_save(
+                    out,
+                    model,
+                    tok,
+                    opt,
+                    cfg,
+                    st,
+                    carried,
+                    splits,
+                    train_nll,
+                    train_n,
+                    tps,
+                    meta_now,
+                )
+                bar.set_postfix(
+                    valid_ppl=f"{last_metrics.get('valid_ppl') or float('nan'):.2f}", refresh=True
+                )
+                train_nll, train_n, window_tokens, window_t0 = 0.0, 0, 0, time.monotonic()
+                if _agree([st.bad_evals >= cfg.patience], dev)[0]:
+                    limit = limit or "early_stopping"
+            elif cfg.save_every and st.step % cfg.save_every < len(wins) and _is_main():
+                _save_latest(out, model, tok, opt, cfg, st, carried, meta_now(last_metrics))
+            if flags[1] or flags[2] or limit:
+                stopped = limit or "interrupted"
+                break
+            if epoch_end:
+                break
+        if not stopped:
+            st.epoch += 1
+            st.unit = 0
+            carried = None
+    bar.close()
+    for s, h in old_handlers.items():
+        signal.signal(s, h)
+    summary = _finish(out, tok, cfg, st, splits, stopped, last_metrics, dev)
+    if dist.is_initialized():
+        dist.barrier()
+    return summary
+
+
+class LossModule(nn.Module):
+    """The training objective as a module, so DistributedDataParallel can wrap it.
+
+    inputs, targets (B, T) -> mean NLL over non-padding targets, their count, new state.
+    """
+
+    def __init__(self, model: RNNLM) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, inp: Tensor, tgt: Tensor, state: State | None
+    ) -> tuple[Tensor, Tensor, State]:
+        feats, new_state = self.model.features(inp, state)  # (B, T, F)
+        mask = tgt != PAD
+        lp = self.model.token_log_probs(feats[mask], tgt[mask])  # (N,)
+        return -lp.mean(), mask.sum(), new_state
+
+
+def _agree(flags: list[bool], dev: torch.device) -> list[bool]:
+    """Rank 0's flags, on every rank."""
+    if not dist.is_initialized():
+        return flags
+    t = torch.tensor([float(f) for f in flags], device=dev)
+    dist.broadcast(t, src=0)
+    return [bool(x) for x in t.tolist()]
+
+
+def _evaluate_and_save(
+    out: Path,
+    model: RNNLM,
+    tok: Tokenizer,
+    opt: torch.optim.Optimizer,
+    cfg: TrainConfig,
+    st: TrainState,
+    carried: State | None,
+    splits: dict[str, TokenSplit],
+    train_nll: float,
+    train_n: int,
+    tokens_per_s: float,
+    meta_now: Any,
+) -> dict[str, Any]:
+    st.last_eval_step, st.last_eval_time = st.step, st.elapsed
+    metrics: dict[str, Any] = {}
+    if _is_main():
+        valid_loss = None
+        if len(splits["valid"]):
+            nll, n = evaluate_split(model, tok, splits["valid"], cfg.mode, cfg.max_eval_tokens)
+            valid_loss = nll / n
+        train_loss = train_nll / train_n if train_n else None
+        metrics = {
+            "step": st.step,
+            "epoch": st.epoch + st.unit / max(1, _units_per_epoch(cfg, splits["train"], 1)),
+            "elapsed_s": round(st.elapsed, 2),
+            "lr": opt.param_groups[0]["lr"],
+            "train_loss": train_loss,
+            "train_ppl": math.exp(min(50.0, train_loss)) if train_loss is not None else None,
+            "valid_loss": valid_loss,
+            "valid_ppl": math.exp(min(50.0, valid_loss)) if valid_loss is not None else None,
+            "tokens_per_s": round(tokens_per_s, 1),
+        }
+        with open(out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(metrics) + "\n")
+        _plot(out)
+        # Without a validation split the latest model counts as the best.
+        score = valid_loss if valid_loss is not None else -st.step
+        if score < st.best_valid - 1e-4:
+            st.best_valid, st.bad_evals = score, 0
+            with atomic_directory(out / "best") as tmp:
+                write_checkpoint_files(tmp, model, tok, **meta_now(metrics))
+        else:
+            st.bad_evals += 1
+            if cfg.schedule == "plateau":
+                st.lr_scale /= 4.0
+        _save_latest(out, model, tok, opt, cfg, st, carried, meta_now(metrics))
+    # Keep the ranks' copies of the counters that drive decisions in step.
+    if dist.is_initialized():
+        t = torch.tensor(
+            [float(st.bad_evals), st.lr_scale, st.best_valid],
+            device=next(model.parameters()).device,
+        )
+        dist.broadcast(t, src=0)
+        st.bad_evals, st.lr_scale, st.best_valid = int(t[0]), float(t[1]), float(t[2])
+    return metrics
+
+
+def _finish(
+    out: Path,
+    tok: Tokenizer,
+    cfg: TrainConfig,
+    st: TrainState,
+    splits: dict[str, TokenSplit],
+    stopped: str,
+    last_metrics: dict[str, Any],
+    dev: torch.device,
+) -> dict[str, Any]:
+    summary: dict[str, Any] = {
+        "stopped": stopped,
+        "steps": st.step,
+        "epochs": st.epoch,
+        "elapsed_s": round(st.elapsed, 1),
+        "tokens": st.tokens,
+    }
+    if not _is_main():
+        return summary
+    best = load_checkpoint(out / "best", device=dev)
+    summary["best_valid_ppl"] = best.config.get("metrics", {}).get("valid_ppl")
+    summary["best_step"] = best.config.get("training", {}).get("step")
+    if len(splits["test"]) and stopped != "interrupted":
+        nll, n = evaluate_split(best.model, tok, splits["test"], cfg.mode)
+        summary["test_ppl"] = math.exp(nll / n)
+        summary["test_tokens"] = n
+        config = read_config(out / "best")
+        config.setdefault("metrics", {})["test_ppl"] = summary["test_ppl"]
+        with atomic_directory(out / "best") as tmp:
+            write_checkpoint_files(
+                tmp, best.model, tok, training=config["training"], metrics=config["metrics"]
+            )
+    summary["tokens_per_s"] = last_metrics.get("tokens_per_s")
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+def train_command(args: argparse.Namespace) -> None:
+    names = {f.name for f in fields(TrainConfig)}
+    given = {k for k, v in vars(args).items() if k in names and v is not None}
+    cfg = TrainConfig(**{k: getattr(args, k) for k in given})
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    summary = train(
+        cfg,
+        Path(args.corpus),
+        Path(args.out),
+        resume=args.resume,
+        given=given,
+        device=args.device,
+        progress=not args.no_progress,
+    )
+    if _is_main():
+        print(json.dumps(summary, indent=2))
+    if summary["stopped"] == "interrupted":
+        sys.exit(130)
