@@ -1,0 +1,162 @@
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.checkpoint import load_checkpoint
+from models.engine import Engine, SampleParams, choose_tokens
+from models.tokenizers import BOS, EOS, PAD, UNK
+from tests.conftest import make_checkpoint
+
+TEXTS = ["the cat sat on the mat.", "", "a", "hello world! it's a fine day.", "zzz qqq", "x" * 300]
+
+
+@pytest.fixture(scope="module", params=["char", "word"])
+def engine(request: pytest.FixtureRequest, models_dir: Path) -> Engine:
+    return Engine(load_checkpoint(models_dir / request.param), max_batch=4)
+
+
+def test_scores_do_not_depend_on_the_batch(engine: Engine):
+    alone = [engine.score_batch([t])[0] for t in TEXTS]
+    together = engine.score_batch(TEXTS)
+    reversed_ = engine.score_batch(TEXTS[::-1])[::-1]
+    for a, b, c in zip(alone, together, reversed_, strict=True):
+        assert b.logprob == pytest.approx(a.logprob, rel=1e-5, abs=1e-4)
+        assert c.logprob == pytest.approx(a.logprob, rel=1e-5, abs=1e-4)
+        assert a.num_tokens == b.num_tokens
+
+
+def test_score_fields_follow_the_design(engine: Engine):
+    r = engine.score_batch(["the cat"], per_token=True)[0]
+    n = len(engine.tokenizer.encode("the cat"))
+    assert r.num_tokens == n + 1  # <eos> counted
+    assert r.tokens is not None and r.tokens[-1].token == "<eos>"
+    assert sum(t.logprob for t in r.tokens) == pytest.approx(r.logprob, abs=1e-4)
+    assert r.log10prob == pytest.approx(r.logprob / math.log(10))
+    assert r.perplexity == pytest.approx(math.exp(-r.logprob / r.num_tokens))
+    no_eos = engine.score_batch(["the cat"], eos=False)[0]
+    assert no_eos.num_tokens == n
+    no_bos = engine.score_batch(["the cat"], bos=False, eos=False)[0]
+    assert no_bos.num_tokens == n - 1  # the first token is context, not scored
+    empty = engine.score_batch([""], eos=False)[0]
+    assert empty.num_tokens == 0 and empty.logprob == 0 and empty.perplexity is None
+
+
+def test_score_matches_the_model_directly(engine: Engine):
+    text = "the cat sat"
+    ids = [BOS] + engine.tokenizer.encode(text) + [EOS]
+    with torch.no_grad():
+        lp, _ = engine.model(torch.tensor([ids[:-1]]))
+    expected = sum(lp[0, i, ids[i + 1]].item() for i in range(len(ids) - 1))
+    assert engine.score_batch([text])[0].logprob == pytest.approx(expected, abs=1e-4)
+
+
+def test_unknown_tokens_are_scored_and_counted(engine: Engine):
+    r = engine.score_batch(["the ☃ cat 象"])[0]
+    assert r.oov_count >= 2
+    assert math.isfinite(r.logprob)
+
+
+def test_top_alternatives(engine: Engine):
+    r = engine.score_batch(["the cat"], top=3)[0]
+    assert r.tokens is not None
+    for t in r.tokens:
+        assert t.top is not None and len(t.top) == 3
+        assert t.top[0][1] >= t.logprob - 1e-6
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7, 0.0])
+def test_sample_logprob_equals_the_score_of_its_text(engine: Engine, temperature: float):
+    params = SampleParams(max_tokens=30, temperature=temperature, seed=7)
+    for s in engine.sample("", params, n=6):
+        r = engine.score_batch([s.text], eos=s.finish_reason == "eos")[0]
+        assert s.logprob == pytest.approx(r.logprob, abs=1e-3)
+        assert s.num_tokens == r.num_tokens
+
+
+def test_same_seed_same_samples_alone_or_in_a_batch(engine: Engine):
+    params = SampleParams(max_tokens=25, seed=11, top_k=5, top_p=0.9)
+    together = engine.sample("the", params, n=5)  # seeds 11..15, batched
+    for i, s in enumerate(together):
+        alone = engine.sample("the", SampleParams(max_tokens=25, seed=11 + i, top_k=5, top_p=0.9))
+        assert alone[0].text == s.text
+        assert alone[0].logprob == pytest.approx(s.logprob, abs=1e-4)
+    other = engine.sample("the", SampleParams(max_tokens=25, seed=99, top_k=5, top_p=0.9))
+    assert [s.seed for s in together] == [11, 12, 13, 14, 15]
+    assert other[0].seed == 99
+
+
+def test_joining_a_running_batch_changes_nothing(engine: Engine):
+    params = SampleParams(max_tokens=20, seed=3)
+    solo = engine.sample("", params)[0]
+    batch = engine.new_batch()
+    first = engine.generation("", params, seed=3)
+    batch.add([first])
+    batch.step()
+    batch.step()
+    batch.add([engine.generation("the", SampleParams(max_tokens=50, seed=n)) for n in range(5)])
+    while first.finish_reason is None:
+        batch.step()
+    assert first.text == solo.text
+
+
+def test_greedy_and_top_k_1_agree(engine: Engine):
+    g = engine.sample("the", SampleParams(max_tokens=15, temperature=0.0), n=2)
+    k = engine.sample("the", SampleParams(max_tokens=15, top_k=1, seed=5))
+    assert g[0].text == g[1].text == k[0].text
+
+
+def test_stop_strings_cut_the_text(engine: Engine):
+    for s in engine.sample("", SampleParams(max_tokens=60, seed=1, stop=["e", "t"]), n=8):
+        assert "e" not in s.text and "t" not in s.text
+        # A char model's stop strings start on a token boundary, so the kept text is
+        # exactly its kept tokens. (A word model may stop inside a word: its logprob
+        # covers the tokens wholly before the stop string.)
+        if s.finish_reason == "stop" and engine.tokenizer.kind == "char":
+            r = engine.score_batch([s.text], eos=False)[0]
+            assert s.logprob == pytest.approx(r.logprob, abs=1e-3)
+
+
+def test_length_limit_and_zero_tokens(engine: Engine):
+    for s in engine.sample("", SampleParams(max_tokens=3, seed=2), n=4):
+        assert s.num_tokens <= 3
+        assert s.finish_reason in ("eos", "length")
+    s = engine.sample("the", SampleParams(max_tokens=0))[0]
+    assert (s.text, s.num_tokens, s.finish_reason, s.logprob) == ("", 0, "length", 0.0)
+
+
+def test_specials_are_never_sampled():
+    lp = torch.log_softmax(torch.zeros(3, 10), -1)
+    lp[:, UNK] = 10.0  # even a huge mass on <unk> is never chosen
+    one = torch.ones(3)
+    picks = choose_tokens(lp, one, torch.zeros(3, dtype=torch.long), one, 0 * one, one * 0.5)
+    assert not set(picks.tolist()) & {PAD, UNK, BOS}
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("max_tokens", -1),
+        ("temperature", -0.1),
+        ("top_p", 0.0),
+        ("top_k", -2),
+        ("min_p", 1.0),
+        ("seed", -1),
+        ("stop", [""]),
+    ],
+)
+def test_sample_params_name_the_bad_field(field: str, value: object):
+    with pytest.raises(ValueError, match=field):
+        SampleParams(**{field: value})  # type: ignore[arg-type]
+
+
+def test_stream_mode_models_condition_on_eos(tmp_path: Path):
+    ck = load_checkpoint(make_checkpoint(tmp_path / "s", "char", "gru", mode="stream"))
+    engine = Engine(ck)
+    assert engine.start_id == EOS
+    ids = [EOS] + engine.tokenizer.encode("the") + [EOS]
+    with torch.no_grad():
+        lp, _ = engine.model(torch.tensor([ids[:-1]]))
+    expected = sum(lp[0, i, ids[i + 1]].item() for i in range(len(ids) - 1))
+    assert engine.score_batch(["the"])[0].logprob == pytest.approx(expected, abs=1e-4)

@@ -1,0 +1,165 @@
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.torch import load_file
+
+from models.checkpoint import load_checkpoint
+from models.errors import RnnlmError
+from training.corpus import CorpusOptions, TokenSplit, build_corpus
+from training.train import TrainConfig, train
+
+SMALL = dict(hidden=48, embedding=16, layers=1, batch_size=16, eval_every=20, warmup=10, lr=0.01)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory, text_file: Path) -> Path:
+    out = tmp_path_factory.mktemp("corpus") / "char"
+    build_corpus([text_file], out, CorpusOptions(seed=1))
+    return out
+
+
+def _unigram_test_ppl(corpus: Path) -> float:
+    train_ids = np.asarray(TokenSplit(corpus, "train").tokens)
+    counts = np.bincount(train_ids, minlength=256).astype(float) + 1.0
+    logp = np.log(counts / counts.sum())
+    test_ids = np.asarray(TokenSplit(corpus, "test").tokens)
+    return float(np.exp(-logp[test_ids].mean()))
+
+
+def test_loss_decreases_on_real_text(tmp_path: Path, corpus: Path):
+    summary = train(TrainConfig(max_steps=120, **SMALL), corpus, tmp_path / "run", progress=False)
+    rows = [json.loads(x) for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["valid_loss"] < rows[0]["valid_loss"] - 0.3
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+    # Better than the unigram (frequency) model of the same training split.
+    assert summary["test_ppl"] < 0.85 * _unigram_test_ppl(corpus)
+    assert (tmp_path / "run/curve.png").read_bytes()[:4] == b"\x89PNG"
+    best = load_checkpoint(tmp_path / "run/best")
+    assert best.config["metrics"]["test_ppl"] == pytest.approx(summary["test_ppl"])
+    assert best.config["training"]["step"] == summary["best_step"]
+
+
+def test_stream_mode_trains_and_records_its_mode(tmp_path: Path, corpus: Path):
+    cfg = TrainConfig(mode="stream", max_steps=40, bptt=32, cell="gru", **SMALL)
+    summary = train(cfg, corpus, tmp_path / "run", progress=False)
+    assert summary["steps"] == 40
+    assert load_checkpoint(tmp_path / "run/best").mode == "stream"
+
+
+def test_early_stopping_with_patience(tmp_path: Path, corpus: Path):
+    # A learning rate this small cannot improve by the threshold: stop after `patience`.
+    cfg = TrainConfig(max_steps=10_000, patience=2, **{**SMALL, "eval_every": 5, "lr": 1e-9})
+    summary = train(cfg, corpus, tmp_path / "run", progress=False)
+    assert summary["stopped"] == "early_stopping"
+    assert summary["steps"] == 15
+
+
+def test_time_budget_stops_the_run(tmp_path: Path, corpus: Path):
+    t0 = time.monotonic()
+    summary = train(TrainConfig(time_budget=3, **SMALL), corpus, tmp_path / "run", progress=False)
+    assert summary["stopped"] == "time_budget"
+    assert time.monotonic() - t0 < 30
+
+
+def test_refuses_to_overwrite_a_run_and_to_change_the_model_on_resume(tmp_path: Path, corpus: Path):
+    train(TrainConfig(max_steps=5, **SMALL), corpus, tmp_path / "run", progress=False)
+    with pytest.raises(RnnlmError, match="already holds a run"):
+        train(TrainConfig(max_steps=5, **SMALL), corpus, tmp_path / "run", progress=False)
+    with pytest.raises(RnnlmError, match="--hidden 64 differs"):
+        train(
+            TrainConfig(hidden=64),
+            corpus,
+            tmp_path / "run",
+            resume=True,
+            given={"hidden"},
+            progress=False,
+        )
+    with pytest.raises(RnnlmError, match="nothing to resume"):
+        train(TrainConfig(), corpus, tmp_path / "other", resume=True, progress=False)
+
+
+def _train_cmd(corpus: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "rnnlm.cli",
+        "train",
+        "--corpus",
+        str(corpus),
+        "--out",
+        str(out),
+        "--hidden",
+        "48",
+        "--embedding",
+        "16",
+        "--layers",
+        "1",
+        "--batch-size",
+        "8",
+        "--schedule",
+        "constant",
+        "--max-steps",
+        "150",
+        "--eval-every",
+        "1000",
+        "--save-every",
+        "10",
+        "--no-progress",
+        "--threads",
+        "1",
+        *extra,
+    ]
+
+
+def test_resume_after_sigkill_continues_at_the_saved_step(tmp_path: Path, corpus: Path):
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(_train_cmd(corpus, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    state = out / "latest/trainer_state.json"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if state.exists() and json.loads(state.read_text())["state"]["step"] >= 30:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    saved = json.loads((out / "latest/trainer_state.json").read_text())["state"]["step"]
+    assert 30 <= saved < 150
+    load_checkpoint(out / "latest")  # intact after the kill
+    res = subprocess.run(
+        _train_cmd(corpus, out, "--resume"), capture_output=True, text=True, timeout=240
+    )
+    assert res.returncode == 0, res.stderr
+    assert f"resuming at step {saved}" in res.stderr
+    assert json.loads(res.stdout)["steps"] == 150
+    # The resumed run ends with exactly the weights of an uninterrupted one.
+    ref = tmp_path / "straight"
+    subprocess.run(_train_cmd(corpus, ref), capture_output=True, check=True, timeout=240)
+    a = load_file(str(out / "latest/model.safetensors"))
+    b = load_file(str(ref / "latest/model.safetensors"))
+    assert all((a[k] - b[k]).abs().max() < 1e-6 for k in a)
+
+
+def test_sigterm_saves_a_resumable_checkpoint(tmp_path: Path, corpus: Path):
+    out = tmp_path / "term"
+    cmd = _train_cmd(corpus, out)
+    cmd[cmd.index("--max-steps") + 1] = "100000"
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    state = out / "latest/trainer_state.json"
+    deadline = time.monotonic() + 120
+    while not state.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    step = json.loads(state.read_text())["state"]["step"]
+    assert step > 0 and math.isfinite(step)
+    assert "Traceback" not in err
+    _ = os  # keep import for readers running this file alone
