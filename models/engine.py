@@ -174,22 +174,29 @@ def choose_tokens(
     greedy = temperature == 0
     scaled = lp / temperature.clamp(min=1e-6).unsqueeze(1)
     probs = torch.softmax(scaled, dim=-1)  # (B, V)
-    if bool((top_k > 0).any() or (top_p < 1).any() or (min_p > 0).any()):
-        sorted_p, order = probs.sort(dim=-1, descending=True)
+    # Rows without truncation draw from the CDF in vocabulary order, rows with it
+    # from the sorted one; each row takes its own path, whatever its neighbours do.
+    chosen = _inverse_cdf(probs.cumsum(-1), uniform)
+    truncated = ((top_k > 0) | (top_p < 1) | (min_p > 0)).nonzero().squeeze(1)
+    if truncated.numel():
+        t = truncated
+        sorted_p, order = probs[t].sort(dim=-1, descending=True)
         rank = torch.arange(probs.shape[1], device=probs.device).unsqueeze(0)
-        keep = (top_k.unsqueeze(1) == 0) | (rank < top_k.unsqueeze(1))
-        keep &= (sorted_p.cumsum(-1) - sorted_p) < top_p.unsqueeze(1)  # the top one always
-        keep &= sorted_p >= min_p.unsqueeze(1) * sorted_p[:, :1]
-        cdf = (sorted_p * keep).cumsum(-1)
-    else:
-        order, cdf = None, probs.cumsum(-1)
+        keep = (top_k[t].unsqueeze(1) == 0) | (rank < top_k[t].unsqueeze(1))
+        keep &= (sorted_p.cumsum(-1) - sorted_p) < top_p[t].unsqueeze(1)  # the top one always
+        keep &= sorted_p >= min_p[t].unsqueeze(1) * sorted_p[:, :1]
+        pos = _inverse_cdf((sorted_p * keep).cumsum(-1), uniform[t])
+        chosen = chosen.index_copy(0, t, order.gather(1, pos.unsqueeze(1)).squeeze(1))
+    return torch.where(greedy, lp.argmax(-1), chosen)
+
+
+def _inverse_cdf(cdf: Tensor, uniform: Tensor) -> Tensor:
+    """cdf (B, V), uniform (B,) -> the position (B,) where each row's mass passes u × total."""
     target = (uniform * cdf[:, -1]).unsqueeze(1)
     # right=True: the first position whose cumulative mass exceeds the target,
     # which always carries positive probability.
     pos = torch.searchsorted(cdf, target, right=True).clamp(max=cdf.shape[1] - 1)
-    chosen = order.gather(1, pos) if order is not None else pos
-    chosen = chosen.squeeze(1)
-    return torch.where(greedy, lp.argmax(-1), chosen)
+    return pos.squeeze(1)
 
 
 class Engine:
@@ -491,7 +498,11 @@ class Batch:
             g.finish_reason = "eos"
             return
         old_len = len(g.text)
-        g.text = self._completion(g, g.ids)
+        if self.engine.tokenizer.kind == "char":
+            # Decoding characters is concatenation: append, don't decode it all again.
+            g.text += self.engine.tokenizer.decode(g.ids[-1:])
+        else:
+            g.text = self._completion(g, g.ids)
         if g.params.stop:
             longest = max(len(s) for s in g.params.stop)
             lo = max(0, old_len - longest + 1)

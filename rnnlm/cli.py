@@ -57,20 +57,35 @@ def _add_corpus(sub: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="UTF-8 text files")
     p.add_argument("--out", required=True, help="corpus directory to write")
     p.add_argument("--tokenizer", choices=["char", "word", "sentencepiece"], default="char")
-    p.add_argument("--vocab-size", type=_positive_int, default=None,
-                   help="vocabulary cap (word default 10000, sentencepiece 8000, char none)")
-    p.add_argument("--min-freq", type=_positive_int, default=None,
-                   help="keep tokens seen at least this often (char default 2, word 1)")
+    p.add_argument(
+        "--vocab-size",
+        type=_positive_int,
+        default=None,
+        help="vocabulary cap (word default 10000, sentencepiece 8000, char none)",
+    )
+    p.add_argument(
+        "--min-freq",
+        type=_positive_int,
+        default=None,
+        help="keep tokens seen at least this often (char default 2, word 1)",
+    )
     p.add_argument("--lowercase", action="store_true", help="fold case (word level)")
-    p.add_argument("--pretokenized", action="store_true",
-                   help="word level: split on whitespace only; a literal <unk> is unknown")
+    p.add_argument(
+        "--pretokenized",
+        action="store_true",
+        help="word level: split on whitespace only; a literal <unk> is unknown",
+    )
     p.add_argument("--sp-model-type", choices=["unigram", "bpe"], default="unigram")
     p.add_argument("--valid-fraction", type=_float_in(0, 0.5, hi_open=True), default=0.05)
     p.add_argument("--test-fraction", type=_float_in(0, 0.5, hi_open=True), default=0.05)
     p.add_argument("--valid", metavar="FILE", help="use this file as the validation split")
     p.add_argument("--test", metavar="FILE", help="use this file as the test split")
-    p.add_argument("--unit", choices=["line", "paragraph"], default="line",
-                   help="a sequence is one line, or one blank-line separated paragraph")
+    p.add_argument(
+        "--unit",
+        choices=["line", "paragraph"],
+        default="line",
+        help="a sequence is one line, or one blank-line separated paragraph",
+    )
     p.add_argument("--seed", type=_nonneg_int, default=1234)
 
 
@@ -78,9 +93,12 @@ def _add_train(sub: argparse._SubParsersAction[_Parser]) -> None:
     p = sub.add_parser("train", help="train a model on a corpus directory")
     p.add_argument("--corpus", required=True, help="directory written by `rnnlm corpus`")
     p.add_argument("--out", required=True, help="run directory (best/ and latest/ checkpoints)")
-    p.add_argument("--mode", choices=["sentence", "stream"], default=None,
-                   help="sentence: each line from <bos>; stream: char-rnn style "
-                        "(default: sentence)")
+    p.add_argument(
+        "--mode",
+        choices=["sentence", "stream"],
+        default=None,
+        help="sentence: each line from <bos>; stream: char-rnn style (default: sentence)",
+    )
     p.add_argument("--cell", choices=["rnn", "gru", "lstm"], default=None)
     p.add_argument("--layers", type=_positive_int, default=None)
     p.add_argument("--hidden", type=_positive_int, default=None)
@@ -89,8 +107,13 @@ def _add_train(sub: argparse._SubParsersAction[_Parser]) -> None:
     tied = p.add_mutually_exclusive_group()
     tied.add_argument("--tied", dest="tied", action="store_true", default=None)
     tied.add_argument("--no-tied", dest="tied", action="store_false")
-    p.add_argument("--adaptive", dest="adaptive", choices=["auto", "on", "off"], default="auto",
-                   help="adaptive softmax (auto: on for vocabularies over 5000)")
+    p.add_argument(
+        "--adaptive",
+        dest="adaptive",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="adaptive softmax (auto: on for vocabularies over 5000)",
+    )
     p.add_argument("--optimizer", choices=["adamw", "sgd"], default=None)
     p.add_argument("--lr", type=_float_in(0, 1000, lo_open=True), default=None)
     p.add_argument("--weight-decay", type=_float_in(0, 10), default=None)
@@ -98,13 +121,18 @@ def _add_train(sub: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument("--batch-size", type=_positive_int, default=None)
     p.add_argument("--bptt", type=_positive_int, default=None)
     p.add_argument("--clip", type=_float_in(0, 1e6), default=None, help="0: no clipping")
-    p.add_argument("--patience", type=_positive_int, default=None,
-                   help="evaluations without improvement before stopping")
+    p.add_argument(
+        "--patience",
+        type=_positive_int,
+        default=None,
+        help="evaluations without improvement before stopping",
+    )
     p.add_argument("--eval-every", type=_positive_int, default=None, help="steps")
     p.add_argument("--max-steps", type=_positive_int, default=None)
     p.add_argument("--epochs", type=_positive_int, default=None)
-    p.add_argument("--time-budget", type=_float_in(0, 1e9, lo_open=True), default=None,
-                   metavar="SECONDS")
+    p.add_argument(
+        "--time-budget", type=_float_in(0, 1e9, lo_open=True), default=None, metavar="SECONDS"
+    )
     p.add_argument("--save-every", type=_positive_int, default=None, metavar="STEPS")
     p.add_argument("--resume", action="store_true", help="continue from OUT/latest")
     p.add_argument("--seed", type=_nonneg_int, default=None)
@@ -143,16 +171,18 @@ def _add_use(sub: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument("--device", default="cpu")
 
     p = sub.add_parser("serve", help="serve models over HTTP")
-    p.add_argument("--models", help="directory of checkpoint directories "
-                                    "(default: RNNLM_MODELS_DIR)")
+    p.add_argument(
+        "--models", help="directory of checkpoint directories (default: RNNLM_MODELS_DIR)"
+    )
     p.add_argument("--host", default=None)
     p.add_argument("--port", type=_positive_int, default=None)
     p.add_argument("--default-model", default=None)
 
     p = sub.add_parser("demo", help="build the demo model from the standard library's docstrings")
-    p.add_argument("--out", default="demo", help="models directory (demo model in OUT/demo)")
-    p.add_argument("--time-budget", type=_float_in(0, 1e9, lo_open=True), default=150.0,
-                   metavar="SECONDS")
+    p.add_argument("--out", default="checkpoints", help="models directory (demo model in OUT/demo)")
+    p.add_argument(
+        "--time-budget", type=_float_in(0, 1e9, lo_open=True), default=150.0, metavar="SECONDS"
+    )
     p.add_argument("--force", action="store_true", help="rebuild even if it exists")
 
 

@@ -11,6 +11,7 @@ import torch
 from models.checkpoint import save_checkpoint
 from models.model import RNNLM, ModelConfig
 from models.tokenizers import CharTokenizer, WordTokenizer
+from rnnlm.demo import stdlib_docstrings
 
 TEXT = [
     "the cat sat on the mat.",
@@ -56,34 +57,9 @@ def word_checkpoint(models_dir: Path) -> Path:
     return models_dir / "word"
 
 
-def stdlib_docstrings(limit_chars: int = 60_000) -> list[str]:
-    """Real English-ish text that every Python carries: docstring lines of the stdlib."""
-    import ast
-    import sysconfig
-
-    root = Path(sysconfig.get_paths()["stdlib"])
-    lines: list[str] = []
-    total = 0
-    for f in sorted(root.glob("*.py")):
-        try:
-            tree = ast.parse(f.read_text(encoding="utf-8"))
-        except (SyntaxError, UnicodeDecodeError):
-            continue
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
-                doc = ast.get_docstring(node)
-                for line in (doc or "").splitlines():
-                    if line.strip():
-                        lines.append(line.strip())
-                        total += len(line)
-                        if total >= limit_chars:
-                            return lines
-    return lines
-
-
 @pytest.fixture(scope="session")
 def text_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """About 60 KB of real text, one sequence per line."""
     path = tmp_path_factory.mktemp("text") / "docs.txt"
-    path.write_text("\n".join(stdlib_docstrings()) + "\n", encoding="utf-8")
+    path.write_text("\n".join(stdlib_docstrings(60_000)) + "\n", encoding="utf-8")
     return path

@@ -116,7 +116,8 @@ def _labelled(
     """(split, sequence) over all inputs, with a progress bar over bytes read."""
     files = inputs + [p for p in (valid, test) if p is not None]
     total = sum(p.stat().st_size for p in files)
-    with tqdm(total=total, unit="B", unit_scale=True, desc=desc, leave=False) as bar:
+    # disable=None: no bar when stderr is not a terminal (logs, pipes, tests).
+    with tqdm(total=total, unit="B", unit_scale=True, desc=desc, leave=False, disable=None) as bar:
         if valid is None and test is None:
             for seq, split in zip(
                 read_sequences(inputs, opts.unit, bar), _assign(opts), strict=False

@@ -77,6 +77,6 @@ def stream_window(
     L = stream_lanes(split, batch_size, rank, world)
     T = min(bptt, L - pos)
     lanes = range(rank * batch_size, (rank + 1) * batch_size)
-    chunk = np.stack([np.asarray(split.tokens[b * L + pos : b * L + pos + T + 1]) for b in lanes])
-    chunk = torch.from_numpy(chunk.astype(np.int64))
+    rows = [np.asarray(split.tokens[b * L + pos : b * L + pos + T + 1]) for b in lanes]
+    chunk = torch.from_numpy(np.stack(rows).astype(np.int64))  # (B, T + 1)
     return chunk[:, :-1], chunk[:, 1:]

@@ -1,0 +1,101 @@
+"""Builds the FastAPI app (`create_app`) and runs it under uvicorn (`serve`)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import torch
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from pydantic import ValidationError
+
+from app.config import Settings
+from app.errors import install_error_handlers
+from app.metrics import Metrics
+from app.middleware import GuardMiddleware, MetricsMiddleware
+from app.registry import Registry
+from app.routes import health, models, native, openai
+from models.errors import RnnlmError
+
+log = logging.getLogger("rnnlm.app")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The service: models load in the lifespan, one worker thread each."""
+    settings = settings or Settings()
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        torch.set_num_threads(settings.torch_threads)
+        registry = Registry.load(settings, metrics)
+        registry.start()
+        app.state.registry = registry
+        log.info("serving %s (default: %s)", ", ".join(registry.models) or "no model",
+                 registry.default)  # fmt: skip
+        try:
+            yield
+        finally:
+            app.state.registry = None
+            registry.stop()
+
+    app = FastAPI(
+        title="rnnlm",
+        summary="Sample from and score with recurrent language models.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.registry = None
+    app.state.started = time.time()
+    install_error_handlers(app)
+    for r in (native.router, openai.router, models.router, health.router):
+        app.include_router(r)
+    key = settings.api_key.get_secret_value() if settings.api_key else None
+    # Added innermost first: metrics see every response, CORS answers preflights
+    # before the guard asks for a key.
+    app.add_middleware(GuardMiddleware, max_body_bytes=settings.max_body_bytes, api_key=key)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    return app
+
+
+def serve(
+    models_dir: str | None, host: str | None, port: int | None, default_model: str | None
+) -> None:
+    """`rnnlm serve`: arguments given win over `RNNLM_*` settings."""
+    given = {"models_dir": models_dir, "host": host, "port": port, "default_model": default_model}
+    try:
+        settings = Settings(**{k: v for k, v in given.items() if v is not None})  # type: ignore[arg-type]
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()
+        )
+        raise RnnlmError(f"bad setting ({problems})") from None
+    if settings.models_dir is None:
+        raise RnnlmError("no models directory: pass --models DIR or set RNNLM_MODELS_DIR")
+    if not Path(settings.models_dir).is_dir():
+        raise RnnlmError(f"{settings.models_dir}: no such directory")
+    import uvicorn
+
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=5,
+    )

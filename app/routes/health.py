@@ -1,0 +1,43 @@
+"""GET /health, GET /ready, GET /metrics, and the placeholder at GET /."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from app.deps import MetricsDep
+from app.errors import NotReady
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/health")
+async def health() -> dict[str, str]:
+    """The process is alive."""
+    return {"status": "ok"}
+
+
+@router.get("/ready")
+async def ready(request: Request) -> dict[str, Any]:
+    """200 once models are loaded and at least one is being served; 503 otherwise."""
+    registry = getattr(request.app.state, "registry", None)
+    if registry is None:
+        raise NotReady("models are still loading", headers={"Retry-After": "1"})
+    if not registry.models:
+        failed = "; ".join(f"{n}: {e}" for n, e in registry.failed.items())
+        raise NotReady("no model is loaded" + (f" ({failed})" if failed else ""))
+    return {"status": "ready", "models": list(registry.models), "failed": list(registry.failed)}
+
+
+@router.get("/metrics", response_class=Response)
+async def metrics(m: MetricsDep) -> Response:
+    """Prometheus metrics."""
+    return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/", include_in_schema=False)
+async def index() -> dict[str, str]:
+    """A placeholder until the playground page arrives."""
+    return {"name": "rnnlm", "docs": "/docs", "models": "/models"}

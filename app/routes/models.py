@@ -1,0 +1,28 @@
+"""GET /models and GET /models/{name}: what is loaded, and what failed to load."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from app.deps import RegistryDep
+from app.errors import ModelNotFound
+
+router = APIRouter(tags=["models"])
+
+
+@router.get("/models")
+async def list_models(registry: RegistryDep) -> dict[str, Any]:
+    """Every model directory found: size, tokenizer, cell, training metrics, or its error."""
+    return {"default": registry.default, "models": registry.listing()}
+
+
+@router.get("/models/{name}")
+async def get_model(name: str, registry: RegistryDep) -> dict[str, Any]:
+    """One model's description (or why it failed to load)."""
+    for entry in registry.listing():
+        if entry["name"] == name:
+            return entry
+    available = ", ".join(registry.models) or "none"
+    raise ModelNotFound(f"model {name!r} not found (available: {available})", "name")

@@ -1,0 +1,35 @@
+"""OpenAI-compatible routes: POST /v1/completions, GET /v1/models."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+
+from app import service
+from app.deps import RegistryDep, SettingsDep
+from app.routes.native import _SSE_DOC, SSE_HEADERS
+from app.schemas import Completion, CompletionRequest, ModelCard, ModelList
+
+router = APIRouter(prefix="/v1", tags=["openai"])
+
+
+@router.get("/models", response_model=ModelList)
+async def list_models(request: Request, registry: RegistryDep) -> ModelList:
+    """The loaded models, in OpenAI's shape."""
+    created = int(request.app.state.started)
+    return ModelList(data=[ModelCard(id=name, created=created) for name in registry.models])
+
+
+@router.post("/completions", response_model=Completion, responses=_SSE_DOC)  # type: ignore[arg-type]
+async def completions(
+    body: CompletionRequest, request: Request, settings: SettingsDep, registry: RegistryDep
+) -> Completion | StreamingResponse:
+    """Text completion; `echo` with `logprobs` and `max_tokens: 0` scores the prompt."""
+    body.check(settings)
+    model = registry.get(body.model)
+    if body.stream:
+        c = service.start_completion(model, body)
+        return StreamingResponse(
+            service.stream_completion(c), media_type="text/event-stream", headers=SSE_HEADERS
+        )
+    return await service.complete(model, body, request)

@@ -1,0 +1,366 @@
+"""Wire schemas: what clients send and receive. The engine never sees these.
+
+Static bounds live on the fields; limits that come from `Settings` are checked
+by each request's `check(settings)`, and `to_params()` converts a request into
+the engine's own `SampleParams`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from app.config import Settings
+from app.errors import InvalidField, TooLarge
+from models.engine import SampleParams, SampleResult, ScoreResult, TokenLogprob
+
+SEED_MAX = 2**63 - 1
+
+
+def _valid_unicode(s: str) -> str:
+    """JSON allows lone surrogates (\\ud800); they are not text and cannot be sent back."""
+    for i, ch in enumerate(s):
+        if "\ud800" <= ch <= "\udfff":
+            raise ValueError(f"lone UTF-16 surrogate U+{ord(ch):04X} at character {i}")
+    return s
+
+
+Text = Annotated[str, AfterValidator(_valid_unicode)]
+ModelName = Annotated[
+    Text | None,
+    Field(
+        default=None, max_length=200, description="a loaded model (default: the server's default)"
+    ),
+]
+
+_NATIVE = ConfigDict(extra="forbid")
+
+
+def check_stop(stop: list[str], settings: Settings, param: str = "stop") -> None:
+    if len(stop) > settings.max_stop:
+        raise InvalidField(
+            f"{param}: at most {settings.max_stop} stop strings, got {len(stop)}", param
+        )
+    for s in stop:
+        if not s:
+            raise InvalidField(f"{param}: stop strings must not be empty", param)
+        if len(s) > settings.max_stop_chars:
+            raise InvalidField(
+                f"{param}: stop strings are at most {settings.max_stop_chars} characters, "
+                f"got {len(s)}",
+                param,
+            )
+
+
+def check_text(text: str, settings: Settings, param: str) -> None:
+    if len(text) > settings.max_text_chars:
+        raise TooLarge(
+            f"{param}: at most {settings.max_text_chars} characters, got {len(text)}", param
+        )
+
+
+def check_max_tokens(value: int, settings: Settings) -> None:
+    if value > settings.max_tokens:
+        raise InvalidField(
+            f"max_tokens: at most {settings.max_tokens} on this server, got {value}", "max_tokens"
+        )
+
+
+def check_top(value: int, settings: Settings, param: str) -> None:
+    if value > settings.max_top_logprobs:
+        raise InvalidField(
+            f"{param}: at most {settings.max_top_logprobs} on this server, got {value}", param
+        )
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+# ---------------------------------------------------------------------- /sample
+
+
+class SampleRequest(BaseModel):
+    model_config = _NATIVE
+
+    model: ModelName
+    prompt: Text = Field(default="", description="text the samples continue; may be empty")
+    max_tokens: int = Field(
+        default=100, ge=0, description="tokens to generate at most (<eos> counts)"
+    )
+    temperature: float = Field(default=1.0, ge=0, le=100, description="0 is greedy")
+    top_k: int = Field(default=0, ge=0, le=1_000_000, description="keep the k most likely; 0: all")
+    top_p: float = Field(
+        default=1.0, gt=0, le=1, description="nucleus: smallest set with this mass"
+    )
+    min_p: float = Field(
+        default=0.0, ge=0, lt=1, description="drop tokens below min_p × the top one"
+    )
+    seed: int | None = Field(
+        default=None, ge=0, le=SEED_MAX, description="sample i uses seed + i; drawn when absent"
+    )
+    stop: list[Text] | Text | None = Field(
+        default=None, description="stop strings, not included in the text"
+    )
+    n: int = Field(default=1, ge=1, description="number of samples")
+    stream: bool = Field(default=False, description="send Server-Sent Events as text is produced")
+    logprobs: bool = Field(default=False, description="return each token's log-probability")
+    top_logprobs: int = Field(default=0, ge=0, description="and this many alternatives per token")
+
+    @property
+    def stop_list(self) -> list[str]:
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+
+    def check(self, settings: Settings) -> None:
+        check_text(self.prompt, settings, "prompt")
+        check_max_tokens(self.max_tokens, settings)
+        check_stop(self.stop_list, settings)
+        check_top(self.top_logprobs, settings, "top_logprobs")
+        if self.n > settings.max_n:
+            raise InvalidField(f"n: at most {settings.max_n} samples, got {self.n}", "n")
+        if self.seed is not None and self.seed + self.n - 1 > SEED_MAX:
+            raise InvalidField(f"seed: seed + n - 1 must be at most {SEED_MAX}", "seed")
+
+    def to_params(self) -> SampleParams:
+        return SampleParams(
+            max_tokens=self.max_tokens,
+            temperature=self.temperature,
+            top_k=self.top_k,
+            top_p=self.top_p,
+            min_p=self.min_p,
+            seed=self.seed,
+            stop=self.stop_list,
+            logprobs=self.logprobs or self.top_logprobs > 0,
+            top_logprobs=self.top_logprobs,
+        )
+
+
+class TopToken(BaseModel):
+    token: str
+    logprob: float
+
+
+class TokenOut(BaseModel):
+    id: int
+    token: str
+    logprob: float
+    top: list[TopToken] | None = None
+
+    @classmethod
+    def of(cls, t: TokenLogprob) -> TokenOut:
+        top = [TopToken(token=a, logprob=v) for a, v in t.top] if t.top is not None else None
+        return cls(id=t.id, token=t.token, logprob=t.logprob, top=top)
+
+
+class Sample(BaseModel):
+    text: str
+    finish_reason: Literal["eos", "length", "stop"]
+    num_tokens: int
+    logprob: float = Field(description="natural log, under the model's own distribution")
+    seed: int = Field(description="the seed that reproduces this sample")
+    tokens: list[TokenOut] | None = None
+
+    @classmethod
+    def of(cls, r: SampleResult) -> Sample:
+        return cls(
+            text=r.text,
+            finish_reason=r.finish_reason,  # type: ignore[arg-type]
+            num_tokens=r.num_tokens,
+            logprob=r.logprob,
+            seed=r.seed,
+            tokens=[TokenOut.of(t) for t in r.tokens] if r.tokens is not None else None,
+        )
+
+
+class SampleResponse(BaseModel):
+    model: str
+    samples: list[Sample]
+    usage: Usage
+
+
+# ----------------------------------------------------------------------- /score
+
+
+class ScoreRequest(BaseModel):
+    model_config = _NATIVE
+
+    model: ModelName
+    texts: list[Text] = Field(description="texts to score; the empty string is valid")
+    bos: bool = Field(default=True, description="condition the first token on <bos>")
+    eos: bool = Field(default=True, description="add P(<eos>) at the end")
+    per_token: bool = Field(default=False, description="return each token's log-probability")
+
+    def check(self, settings: Settings) -> None:
+        if len(self.texts) > settings.max_texts:
+            raise TooLarge(
+                f"texts: at most {settings.max_texts} texts per request, got {len(self.texts)}",
+                "texts",
+            )
+        for i, t in enumerate(self.texts):
+            check_text(t, settings, f"texts.{i}")
+
+
+class ScoreOut(BaseModel):
+    text: str
+    logprob: float = Field(description="natural log")
+    log10prob: float = Field(description="log base 10, KenLM's unit")
+    num_tokens: int = Field(description="tokens scored, <eos> included")
+    perplexity: float | None = Field(description="exp(-logprob / num_tokens); null for none")
+    oov_count: int = Field(description="tokens outside the vocabulary (<unk>)")
+    tokens: list[TokenOut] | None = None
+
+    @classmethod
+    def of(cls, r: ScoreResult) -> ScoreOut:
+        return cls(
+            text=r.text,
+            logprob=r.logprob,
+            log10prob=r.log10prob,
+            num_tokens=r.num_tokens,
+            perplexity=r.perplexity,
+            oov_count=r.oov_count,
+            tokens=[TokenOut.of(t) for t in r.tokens] if r.tokens is not None else None,
+        )
+
+
+class ScoreResponse(BaseModel):
+    model: str
+    results: list[ScoreOut]
+
+
+# ------------------------------------------------------------- /v1/completions
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class CompletionRequest(BaseModel):
+    """OpenAI's legacy completions request. Unknown fields are ignored, as vLLM does."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: Text = Field(max_length=200)
+    prompt: Text | list[Text] = ""
+    max_tokens: int | None = Field(default=16, ge=0)
+    temperature: float | None = Field(default=1.0, ge=0, le=100)
+    top_p: float | None = Field(default=1.0, gt=0, le=1)
+    top_k: int | None = Field(default=None, ge=0, le=1_000_000, description="extension (as vLLM)")
+    min_p: float | None = Field(default=None, ge=0, lt=1, description="extension (as vLLM)")
+    n: int | None = Field(default=1, ge=1)
+    stop: Text | list[Text] | None = None
+    seed: int | None = Field(default=None, ge=0, le=SEED_MAX)
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    logprobs: int | None = Field(default=None, ge=0)
+    echo: bool | None = False
+    best_of: int | None = Field(default=None, ge=1)
+    suffix: str | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
+    user: str | None = None
+
+    @property
+    def prompts(self) -> list[str]:
+        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+
+    @property
+    def stop_list(self) -> list[str]:
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+
+    def check(self, settings: Settings) -> None:
+        prompts, n = self.prompts, self.n or 1
+        if not prompts:
+            raise InvalidField("prompt: give at least one prompt", "prompt")
+        if len(prompts) > settings.max_texts:
+            raise TooLarge(f"prompt: at most {settings.max_texts} prompts", "prompt")
+        for i, p in enumerate(prompts):
+            check_text(p, settings, "prompt" if isinstance(self.prompt, str) else f"prompt.{i}")
+        check_max_tokens(self.max_tokens or 0, settings)
+        check_stop(self.stop_list, settings)
+        check_top(self.logprobs or 0, settings, "logprobs")
+        if n > settings.max_n:
+            raise InvalidField(f"n: at most {settings.max_n}, got {n}", "n")
+        if n * len(prompts) > settings.max_batch:
+            raise InvalidField(
+                f"n: n × number of prompts must be at most {settings.max_batch}, "
+                f"got {n * len(prompts)}",
+                "n",
+            )
+        if self.seed is not None and self.seed + n - 1 > SEED_MAX:
+            raise InvalidField(f"seed: seed + n - 1 must be at most {SEED_MAX}", "seed")
+        unsupported = [
+            ("suffix", self.suffix not in (None, "")),
+            ("best_of", self.best_of not in (None, n)),
+            ("presence_penalty", self.presence_penalty not in (None, 0)),
+            ("frequency_penalty", self.frequency_penalty not in (None, 0)),
+            ("logit_bias", bool(self.logit_bias)),
+        ]
+        for name, used in unsupported:
+            if used:
+                raise InvalidField(f"{name} is not supported by this server", name)
+
+    def to_params(self) -> SampleParams:
+        top = self.logprobs or 0
+        return SampleParams(
+            max_tokens=self.max_tokens if self.max_tokens is not None else 16,
+            temperature=self.temperature if self.temperature is not None else 1.0,
+            top_k=self.top_k or 0,
+            top_p=self.top_p if self.top_p is not None else 1.0,
+            min_p=self.min_p or 0.0,
+            seed=self.seed,
+            stop=self.stop_list,
+            logprobs=self.logprobs is not None,
+            top_logprobs=top,
+        )
+
+
+class CompletionLogprobs(BaseModel):
+    tokens: list[str] = Field(default_factory=list)
+    token_logprobs: list[float] = Field(default_factory=list)
+    top_logprobs: list[dict[str, float]] | None = None
+    text_offset: list[int] = Field(default_factory=list)
+
+    def extend(self, other: CompletionLogprobs) -> None:
+        self.tokens += other.tokens
+        self.token_logprobs += other.token_logprobs
+        if self.top_logprobs is not None and other.top_logprobs is not None:
+            self.top_logprobs += other.top_logprobs
+        self.text_offset += other.text_offset
+
+
+class CompletionChoice(BaseModel):
+    text: str
+    index: int
+    logprobs: CompletionLogprobs | None = None
+    finish_reason: Literal["stop", "length"] | None
+    seed: int | None = Field(default=None, description="extension: the seed that reproduces it")
+
+
+class Completion(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+    system_fingerprint: str | None = None
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "rnnlm"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+def dump(model: BaseModel) -> dict[str, Any]:
+    return model.model_dump(mode="json")

@@ -1,0 +1,191 @@
+"""Benchmark the HTTP service: start `rnnlm serve` on loopback, print one JSON object per line.
+
+    python bench/bench_service.py CHECKPOINT_DIR [--seconds 8] [--max-tokens 128]
+    python bench/bench_service.py --make-untrained /tmp/bench_ckpt   # 1-layer 256-unit char LSTM
+
+Measures single-stream and aggregate sampling tokens/s with 1, 8, 32 and 64
+concurrent clients (each client sends /sample requests back to back), /score
+sentences/s and tokens/s at batch sizes 1 and 64, and p50/p99 request
+latencies. The untrained model has <eos> suppressed so that every sample runs
+to max_tokens: random weights are fine for speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+
+SENTENCE = "the quick brown fox jumps over the lazy dog, and the cat sat on the mat to watch."
+
+
+def make_untrained(directory: Path) -> Path:
+    import torch
+
+    from models.checkpoint import save_checkpoint
+    from models.model import RNNLM, ModelConfig
+    from models.tokenizers import EOS, CharTokenizer
+
+    torch.manual_seed(0)
+    tok = CharTokenizer.fit(Counter(SENTENCE + "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!?;:'\"()-\n"))
+    cfg = ModelConfig(vocab_size=tok.vocab_size, cell="lstm", embedding=256, hidden=256, layers=1)
+    model = RNNLM(cfg)
+    assert model.decoder is not None
+    with torch.no_grad():
+        model.decoder.bias[EOS] = -60.0  # never stop early: every sample is max_tokens long
+    save_checkpoint(directory, model, tok, training={"mode": "sentence", "step": 0})
+    return directory
+
+
+def _pct(xs: list[float], q: float) -> float:
+    if not xs:
+        return float("nan")
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
+
+
+def emit(**kw: object) -> None:
+    print(json.dumps(kw), flush=True)
+
+
+async def sample_load(base: str, clients: int, seconds: float, max_tokens: int) -> dict:
+    tokens, lat, done = 0, [], 0
+    stop_at = time.perf_counter() + seconds
+
+    async def client(c: httpx.AsyncClient, i: int) -> None:
+        nonlocal tokens, done
+        seed = i * 100_000
+        while time.perf_counter() < stop_at:
+            t0 = time.perf_counter()
+            r = await c.post("/sample", json={"max_tokens": max_tokens, "seed": seed})
+            r.raise_for_status()
+            lat.append(time.perf_counter() - t0)
+            tokens += r.json()["usage"]["completion_tokens"]
+            done += 1
+            seed += 1
+
+    limits = httpx.Limits(max_connections=clients + 4)
+    async with httpx.AsyncClient(base_url=base, timeout=120, limits=limits) as c:
+        await c.post("/sample", json={"max_tokens": 4})  # warm up
+        t0 = time.perf_counter()
+        await asyncio.gather(*(client(c, i) for i in range(clients)))
+        elapsed = time.perf_counter() - t0
+    return {
+        "bench": "sample", "concurrency": clients, "requests": done, "tokens": tokens,
+        "seconds": round(elapsed, 3), "tokens_per_s": round(tokens / elapsed, 1),
+        "latency_p50_s": round(_pct(lat, 0.5), 4), "latency_p99_s": round(_pct(lat, 0.99), 4),
+    }  # fmt: skip
+
+
+async def score_load(base: str, batch: int, seconds: float) -> dict:
+    texts = [SENTENCE[: 40 + (i * 7) % 40] for i in range(batch)]
+    sentences, tokens, lat = 0, 0, []
+    async with httpx.AsyncClient(base_url=base, timeout=120) as c:
+        await c.post("/score", json={"texts": texts})
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            s = time.perf_counter()
+            r = await c.post("/score", json={"texts": texts})
+            r.raise_for_status()
+            lat.append(time.perf_counter() - s)
+            res = r.json()["results"]
+            sentences += len(res)
+            tokens += sum(x["num_tokens"] for x in res)
+        elapsed = time.perf_counter() - t0
+    return {
+        "bench": "score", "batch_size": batch, "requests": len(lat), "sentences": sentences,
+        "tokens": tokens, "seconds": round(elapsed, 3),
+        "sentences_per_s": round(sentences / elapsed, 1),
+        "tokens_per_s": round(tokens / elapsed, 1),
+        "latency_p50_s": round(_pct(lat, 0.5), 4), "latency_p99_s": round(_pct(lat, 0.99), 4),
+    }  # fmt: skip
+
+
+def start_server(checkpoint: Path, threads: int) -> tuple[subprocess.Popen[bytes], str, Path]:
+    root = Path(tempfile.mkdtemp(prefix="rnnlm-bench-"))
+    (root / "bench").symlink_to(checkpoint.resolve())
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "RNNLM_TORCH_THREADS": str(threads), "RNNLM_MAX_QUEUE": "1024",
+           "RNNLM_LOG_LEVEL": "warning"}  # fmt: skip
+    exe = Path(sys.executable).parent / "rnnlm"
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "rnnlm.cli"]
+    proc = subprocess.Popen(
+        [*cmd, "serve", "--models", str(root), "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"the server exited with {proc.returncode}")
+        try:
+            if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
+                return proc, base, root
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise SystemExit("the server was not ready in 120 s")
+
+
+async def run(base: str, seconds: float, max_tokens: int) -> None:
+    rates = {}
+    for clients in (1, 8, 32, 64):
+        m = await sample_load(base, clients, seconds, max_tokens)
+        rates[clients] = m["tokens_per_s"]
+        emit(**m)
+    for batch in (1, 64):
+        emit(**await score_load(base, batch, seconds))
+    emit(
+        bench="summary",
+        single_stream_tokens_per_s=rates[1],
+        speedup_8=round(rates[8] / rates[1], 2),
+        speedup_32=round(rates[32] / rates[1], 2),
+        speedup_64=round(rates[64] / rates[1], 2),
+        target_speedup_32=15,
+    )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("checkpoint", nargs="?", type=Path, help="checkpoint directory to serve")
+    p.add_argument(
+        "--make-untrained", type=Path, metavar="DIR",
+        help="write a 1-layer 256-unit char LSTM checkpoint to DIR and exit",
+    )  # fmt: skip
+    p.add_argument("--seconds", type=float, default=8.0, help="per measurement")
+    p.add_argument("--max-tokens", type=int, default=128, help="per /sample request")
+    p.add_argument("--threads", type=int, default=1, help="server torch threads")
+    args = p.parse_args()
+    if args.make_untrained:
+        print(make_untrained(args.make_untrained))
+        return
+    if args.checkpoint is None:
+        p.error("give a checkpoint directory (or --make-untrained DIR)")
+    proc, base, root = start_server(args.checkpoint, args.threads)
+    try:
+        info = httpx.get(f"{base}/models/bench").json()
+        emit(bench="model", **{k: info.get(k) for k in ("cell", "layers", "hidden", "parameters")},
+             cpus=os.cpu_count(), server_threads=args.threads)  # fmt: skip
+        asyncio.run(run(base, args.seconds, args.max_tokens))
+    finally:
+        proc.terminate()
+        proc.wait(15)
+        (root / "bench").unlink()
+        root.rmdir()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""POST /sample and POST /score through the whole app."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from fastapi.testclient import TestClient
+
+
+def _events(body: str) -> list[dict]:
+    out = []
+    for block in body.split("\n\n"):
+        if block.strip():
+            assert block.startswith("data: "), block
+            out.append(json.loads(block[len("data: ") :]))
+    return out
+
+
+def test_sample_returns_samples_usage_and_seeds(client: TestClient) -> None:
+    r = client.post("/sample", json={"prompt": "the ", "max_tokens": 12, "seed": 5, "n": 3})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model"] == "char"
+    assert [s["seed"] for s in body["samples"]] == [5, 6, 7]
+    for s in body["samples"]:
+        assert s["finish_reason"] in ("eos", "length", "stop")
+        assert s["num_tokens"] <= 12 and s["logprob"] < 0 and s["tokens"] is None
+    assert body["usage"] == {
+        "prompt_tokens": 4,
+        "completion_tokens": sum(s["num_tokens"] for s in body["samples"]),
+        "total_tokens": 4 + sum(s["num_tokens"] for s in body["samples"]),
+    }
+
+
+def test_same_seed_same_sample_and_drawn_seed_reproduces(client: TestClient) -> None:
+    req = {"prompt": "a", "max_tokens": 30, "temperature": 0.9, "top_k": 10, "top_p": 0.9}
+    a = client.post("/sample", json={**req, "seed": 42}).json()["samples"][0]
+    b = client.post("/sample", json={**req, "seed": 42}).json()["samples"][0]
+    assert a == b
+    drawn = client.post("/sample", json=req).json()["samples"][0]
+    again = client.post("/sample", json={**req, "seed": drawn["seed"]}).json()["samples"][0]
+    assert again == drawn
+
+
+def test_greedy_is_deterministic_without_a_seed(client: TestClient) -> None:
+    req = {"prompt": "the", "max_tokens": 20, "temperature": 0}
+    texts = {client.post("/sample", json=req).json()["samples"][0]["text"] for _ in range(2)}
+    assert len(texts) == 1
+
+
+def test_stop_strings_are_cut_and_never_streamed(client: TestClient) -> None:
+    found = 0
+    for seed in range(30):
+        req = {"max_tokens": 60, "seed": seed, "stop": ["e", "at"]}
+        plain = client.post("/sample", json=req).json()["samples"][0]
+        stream = client.post("/sample", json={**req, "stream": True})
+        events = _events(stream.text)
+        streamed = "".join(e["text"] for e in events if e["type"] == "token")
+        final = next(e for e in events if e["type"] == "sample")["sample"]
+        assert streamed == final["text"] == plain["text"]
+        assert final == plain
+        assert "e" not in plain["text"] and "at" not in plain["text"]
+        found += plain["finish_reason"] == "stop"
+    assert found > 5
+
+
+def test_stream_events_end_with_usage(client: TestClient) -> None:
+    r = client.post("/sample", json={"max_tokens": 8, "seed": 1, "n": 2, "stream": True})
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/event-stream")
+    events = _events(r.text)
+    assert events[-1]["type"] == "done" and events[-1]["model"] == "char"
+    samples = {e["index"]: e["sample"] for e in events if e["type"] == "sample"}
+    assert set(samples) == {0, 1}
+    assert events[-1]["usage"]["completion_tokens"] == sum(
+        s["num_tokens"] for s in samples.values()
+    )
+
+
+def test_sample_logprobs_and_top_alternatives(client: TestClient) -> None:
+    r = client.post(
+        "/sample", json={"max_tokens": 10, "seed": 3, "logprobs": True, "top_logprobs": 3}
+    )
+    s = r.json()["samples"][0]
+    assert len(s["tokens"]) == s["num_tokens"]
+    assert sum(t["logprob"] for t in s["tokens"]) == pytest.approx(s["logprob"])
+    for t in s["tokens"]:
+        assert len(t["top"]) == 3
+        assert t["top"][0]["logprob"] >= t["logprob"] - 1e-6
+
+
+@pytest.mark.parametrize("model", ["char", "word"])
+def test_score_of_a_sample_is_its_logprob(client: TestClient, model: str) -> None:
+    checked = set()
+    for seed in range(12):
+        req = {"model": model, "max_tokens": 15, "seed": seed, "stop": ["."]}
+        s = client.post("/sample", json=req).json()["samples"][0]
+        r = client.post(
+            "/score",
+            json={"model": model, "texts": [s["text"]], "eos": s["finish_reason"] == "eos"},
+        ).json()["results"][0]
+        assert r["logprob"] == pytest.approx(s["logprob"], abs=1e-4), (s, r)
+        assert r["num_tokens"] == s["num_tokens"]
+        checked.add(s["finish_reason"])
+    assert {"eos", "length"} <= checked
+
+
+def test_score_fields(client: TestClient) -> None:
+    r = client.post("/score", json={"texts": ["the cat", "", "qq\u0000\u00e9"], "per_token": True})
+    assert r.status_code == 200, r.text
+    cat, empty, odd = r.json()["results"]
+    assert cat["num_tokens"] == 8 and cat["oov_count"] == 0
+    assert cat["log10prob"] == pytest.approx(cat["logprob"] / 2.302585092994046)
+    assert cat["perplexity"] == pytest.approx(2.718281828459045 ** (-cat["logprob"] / 8))
+    assert [t["token"] for t in cat["tokens"]] == [*"the cat", "<eos>"]
+    assert sum(t["logprob"] for t in cat["tokens"]) == pytest.approx(cat["logprob"])
+    assert empty["num_tokens"] == 1 and empty["text"] == ""  # just <eos>
+    assert odd["oov_count"] == 4 and odd["text"] == "qq\u0000\u00e9"
+
+
+def test_score_without_bos_or_eos(client: TestClient) -> None:
+    r = client.post("/score", json={"texts": ["the", ""], "bos": False, "eos": False}).json()
+    assert r["results"][0]["num_tokens"] == 2
+    assert r["results"][1] == {
+        "text": "", "logprob": 0.0, "log10prob": 0.0, "num_tokens": 0, "perplexity": None,
+        "oov_count": 0, "tokens": None,
+    }  # fmt: skip
+
+
+def test_score_uses_the_named_model(client: TestClient) -> None:
+    r = client.post("/score", json={"model": "word", "texts": ["the cat sat ."]}).json()
+    assert r["model"] == "word" and r["results"][0]["num_tokens"] == 5

@@ -1,0 +1,39 @@
+"""Settings from the environment, and `serve()` refusing what cannot work."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from app.config import Settings
+from app.main import serve
+from models.errors import RnnlmError
+
+
+def test_environment_sets_fields(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("RNNLM_MODELS_DIR", str(tmp_path))
+    monkeypatch.setenv("RNNLM_MAX_TOKENS", "77")
+    monkeypatch.setenv("RNNLM_API_KEY", "hush-42")
+    monkeypatch.setenv("RNNLM_CORS_ORIGINS", '["http://a"]')
+    s = Settings()
+    assert s.models_dir == tmp_path and s.max_tokens == 77 and s.cors_origins == ["http://a"]
+    assert s.api_key is not None and s.api_key.get_secret_value() == "hush-42"
+    assert "hush-42" not in repr(s)
+
+
+def test_inconsistent_limits_are_refused() -> None:
+    with pytest.raises(ValidationError, match="max_n"):
+        Settings(max_n=65, max_batch=64)
+
+
+def test_serve_explains_missing_models_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("RNNLM_MODELS_DIR", raising=False)
+    with pytest.raises(RnnlmError, match="--models"):
+        serve(None, None, None, None)
+    with pytest.raises(RnnlmError, match="no such directory"):
+        serve(str(tmp_path / "nope"), None, None, None)
+    monkeypatch.setenv("RNNLM_MAX_BATCH", "lots")
+    with pytest.raises(RnnlmError, match="max_batch"):
+        serve(str(tmp_path), None, None, None)

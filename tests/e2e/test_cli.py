@@ -1,0 +1,186 @@
+"""The real `rnnlm` command, as a user runs it: corpus -> train -> eval/score/sample."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+RNNLM = [sys.executable, "-m", "rnnlm.cli"]
+
+
+def run(*args: str, check: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(
+        [*RNNLM, *args], capture_output=True, text=True, timeout=300, env=env, input=stdin
+    )
+    if check:
+        assert res.returncode == 0, res.stderr
+    return res
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, text_file: Path) -> Path:
+    root = tmp_path_factory.mktemp("cli")
+    run(
+        "corpus",
+        str(text_file),
+        "--out",
+        str(root / "corpus"),
+        "--tokenizer",
+        "word",
+        "--vocab-size",
+        "800",
+        "--lowercase",
+    )
+    out = run(
+        "train",
+        "--corpus",
+        str(root / "corpus"),
+        "--out",
+        str(root / "run"),
+        "--hidden",
+        "48",
+        "--embedding",
+        "32",
+        "--layers",
+        "1",
+        "--max-steps",
+        "30",
+        "--eval-every",
+        "15",
+        "--no-progress",
+    )
+    summary = json.loads(out.stdout)
+    assert summary["steps"] == 30 and summary["test_ppl"] > 1
+    return root / "run" / "best"
+
+
+def test_eval_prints_perplexity_and_bits(trained: Path, text_file: Path):
+    r = json.loads(run("eval", "--model", str(trained), "--input", str(text_file)).stdout)
+    assert r["perplexity"] > 1
+    assert r["bits_per_token"] > r["bits_per_character"] > 0
+    assert r["unk_count"] > 0 and r["tokens"] > r["sequences"]
+
+
+def test_score_texts_and_file(trained: Path, tmp_path: Path):
+    rows = [
+        json.loads(x)
+        for x in run(
+            "score", "--model", str(trained), "the module", "", "--per-token"
+        ).stdout.splitlines()
+    ]
+    assert [r["text"] for r in rows] == ["the module", ""]
+    assert rows[0]["num_tokens"] == 3 and len(rows[0]["tokens"]) == 3
+    assert set(rows[0]) == {
+        "text",
+        "logprob",
+        "log10prob",
+        "num_tokens",
+        "perplexity",
+        "oov_count",
+        "tokens",
+    }
+    f = tmp_path / "in.txt"
+    f.write_text("the module\nreturn the value\n")
+    from_file = [
+        json.loads(x)
+        for x in run("score", "--model", str(trained), "--input", str(f)).stdout.splitlines()
+    ]
+    assert from_file[0]["logprob"] == pytest.approx(rows[0]["logprob"], abs=1e-4)
+    stdin = run("score", "--model", str(trained), "--input", "-", stdin="the module\n")
+    assert json.loads(stdin.stdout)["logprob"] == pytest.approx(rows[0]["logprob"], abs=1e-4)
+
+
+def test_sample_is_reproducible_and_scores_back(trained: Path):
+    args = [
+        "sample",
+        "--model",
+        str(trained),
+        "--seed",
+        "4",
+        "-n",
+        "3",
+        "--json",
+        "--max-tokens",
+        "20",
+    ]
+    a = [json.loads(x) for x in run(*args).stdout.splitlines()]
+    b = [json.loads(x) for x in run(*args).stdout.splitlines()]
+    assert a == b and len(a) == 3
+    for s in a:
+        scored = run(
+            "score",
+            "--model",
+            str(trained),
+            s["text"],
+            *([] if s["finish_reason"] == "eos" else ["--no-eos"]),
+        )
+        assert json.loads(scored.stdout)["logprob"] == pytest.approx(s["logprob"], abs=1e-3)
+    greedy = run("sample", "--model", str(trained), "--temperature", "0", "--prompt", "the")
+    assert greedy.stdout.startswith("the")
+
+
+def _fails(res: subprocess.CompletedProcess, message: str) -> None:
+    assert res.returncode != 0
+    assert "Traceback" not in res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    assert message in lines[0], lines[0]
+
+
+def test_user_errors_are_one_line(tmp_path: Path, trained: Path, text_file: Path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    _fails(
+        run("corpus", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "c"), check=False),
+        "no such file",
+    )
+    _fails(
+        run("corpus", str(empty), "--out", str(tmp_path / "c"), check=False),
+        "training split is empty",
+    )
+    _fails(
+        run(
+            "corpus",
+            str(text_file),
+            "--out",
+            str(tmp_path / "c"),
+            "--valid-fraction",
+            "2",
+            check=False,
+        ),
+        "--valid-fraction",
+    )
+    _fails(
+        run("train", "--corpus", str(tmp_path), "--out", str(tmp_path / "r"), check=False),
+        "not a corpus directory",
+    )
+    _fails(
+        run("train", "--corpus", str(tmp_path), "--out", "r", "--lr", "abc", check=False), "--lr"
+    )
+    _fails(
+        run("train", "--corpus", str(tmp_path), "--out", "r", "--cell", "tcn", check=False),
+        "--cell",
+    )
+    _fails(
+        run("sample", "--model", str(tmp_path / "none"), check=False),
+        "no such checkpoint directory",
+    )
+    _fails(
+        run("sample", "--model", str(trained), "--temperature", "-1", check=False), "--temperature"
+    )
+    _fails(run("score", "--model", str(trained), check=False), "nothing to score")
+    _fails(
+        run("eval", "--model", str(trained), "--input", str(empty), check=False),
+        "no text to evaluate",
+    )
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for f in trained.iterdir():
+        (broken / f.name).write_bytes(f.read_bytes())
+    (broken / "model.safetensors").write_bytes(b"\x80\x04junk")
+    _fails(run("score", "--model", str(broken), "x", check=False), "model.safetensors")
+    _fails(run("frobnicate", check=False), "invalid choice")
