@@ -184,3 +184,18 @@ def test_user_errors_are_one_line(tmp_path: Path, trained: Path, text_file: Path
     (broken / "model.safetensors").write_bytes(b"\x80\x04junk")
     _fails(run("score", "--model", str(broken), "x", check=False), "model.safetensors")
     _fails(run("frobnicate", check=False), "invalid choice")
+
+
+def test_demo_builds_once_then_is_cached(tmp_path: Path):
+    out = tmp_path / "checkpoints"
+    first = run("demo", "--out", str(out), "--time-budget", "4")
+    assert "demo model ready" in first.stderr
+    config = json.loads((out / "demo/config.json").read_text())
+    assert config["tokenizer"]["kind"] == "char" and config["model"]["cell"] == "lstm"
+    before = (out / "demo/model.safetensors").stat().st_mtime_ns
+    second = run("demo", "--out", str(out), "--time-budget", "4")
+    assert "demo model ready" in second.stderr
+    assert (out / "demo/model.safetensors").stat().st_mtime_ns == before  # not retrained
+    assert not (out / ".demo-work").exists()
+    sample = run("sample", "--model", str(out / "demo"), "--seed", "1", "--max-tokens", "30")
+    assert sample.stdout.strip()
