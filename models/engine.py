@@ -251,21 +251,21 @@ class Engine:
                 lps[:, t0 : t0 + _TIME_WINDOW][m.cpu()] = lp_win.float().cpu()
                 if top:
                     tops.append(top_win)
-            top_vals = torch.cat([v for v, _ in tops]).tolist() if top else []
-            top_ids = torch.cat([i for _, i in tops]).tolist() if top else []
-            # Window-major order of the top alternatives -> per row positions.
-            flat_pos = [
-                (r, t)
-                for t0 in range(0, T, _TIME_WINDOW)
-                for r in range(len(chunk))
-                for t in range(t0, min(t0 + _TIME_WINDOW, T))
-                if mask[r, t]
-            ]
             per_row_top: dict[int, list[list[tuple[int, float]]]] = {
                 r: [] for r in range(len(chunk))
             }
             if top:
-                for (r, _t), ids_, vals in zip(flat_pos, top_ids, top_vals, strict=True):
+                top_vals = torch.cat([v for v, _ in tops]).tolist()
+                top_ids = torch.cat([i for _, i in tops]).tolist()
+                # The alternatives come window-major (each window's masked rows in
+                # order); hand them back to their rows.
+                rows = [
+                    r
+                    for t0 in range(0, T, _TIME_WINDOW)
+                    for r, n in enumerate(lengths.tolist())
+                    for _ in range(t0, min(t0 + _TIME_WINDOW, n))
+                ]
+                for r, ids_, vals in zip(rows, top_ids, top_vals, strict=True):
                     per_row_top[r].append(list(zip(ids_, vals, strict=True)))
             lp_rows = lps.tolist()
             for row, i in enumerate(chunk):
