@@ -401,7 +401,7 @@ class Batch:
         ids = ids.to(dev)
         # Packing makes the returned state each row's state after its own last
         # token, not after the padding.
-        emb = model.drop(model.embed(ids))
+        emb = model.embed(ids)  # (B, T, E); dropout is off at inference
         packed = pack_padded_sequence(emb, lengths, batch_first=True, enforce_sorted=False)
         zero = model.init_state(len(gens), dev)
         if model.config.cell == "lstm":

@@ -3,6 +3,13 @@
     ids (B, T) ─ embedding ─ dropout ─ RNN/GRU/LSTM × layers ─ dropout ─ [proj]
                ─ output layer ─ log-probs (B, T, V)
 
+Regularisation follows AWD-LSTM (Merity et al., 2017), because a small corpus
+is overfitted within minutes: the dropout on the embeddings and on the
+recurrent output is *locked* (variational: one mask per sequence, the same at
+every time step), and `weight_drop` applies DropConnect to the hidden-to-hidden
+matrices, which regularises the recurrence itself without touching the fused
+kernel. Both act in training only.
+
 The recurrent layers are torch's fused `nn.RNN`/`nn.GRU`/`nn.LSTM`. The output
 layer is either a full softmax whose weight may be tied to the embedding (a
 projection makes tying possible when `hidden != embedding`), or torch's
@@ -38,6 +45,8 @@ class ModelConfig:
     hidden: int = 512
     layers: int = 2
     dropout: float = 0.2
+    # DropConnect on the hidden-to-hidden weights (training only).
+    weight_drop: float = 0.0
     tied: bool = True
     # Adaptive softmax cluster boundaries (ascending, < vocab_size); empty = full softmax.
     adaptive_cutoffs: list[int] = field(default_factory=list)
@@ -51,8 +60,9 @@ class ModelConfig:
         for name in ("embedding", "hidden", "layers"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be at least 1, not {getattr(self, name)}")
-        if not 0.0 <= self.dropout < 1.0:
-            problems.append(f"dropout must be in [0, 1), not {self.dropout}")
+        for name in ("dropout", "weight_drop"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                problems.append(f"{name} must be in [0, 1), not {getattr(self, name)}")
         cutoffs = self.adaptive_cutoffs
         if cutoffs:
             if self.tied:
@@ -90,7 +100,6 @@ class RNNLM(nn.Module):
         super().__init__()
         self.config = c = config
         self.embed = nn.Embedding(c.vocab_size, c.embedding)
-        self.drop = nn.Dropout(c.dropout)
         rnn_cls = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}[c.cell]
         self.rnn = rnn_cls(
             c.embedding,
@@ -124,19 +133,34 @@ class RNNLM(nn.Module):
 
     def features(self, ids: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         """Run the recurrent stack: ids (B, T) -> features (B, T, out_features), new state."""
-        x = self.drop(self.embed(ids))  # (B, T, E)
+        x = self.locked_dropout(self.embed(ids))  # (B, T, E)
         if state is None:
             state = self.init_state(ids.shape[0], ids.device)
-        if self.config.cell == "lstm":
-            out, (h, c) = self.rnn(x, (state[0], state[1]))  # out (B, T, H)
-            new_state: State = (h, c)
+        hx = (state[0], state[1]) if self.config.cell == "lstm" else state[0]
+        if self.training and self.config.weight_drop > 0:
+            # A fresh DropConnect mask per forward pass, swapped in for the stored
+            # weights only for this call, so the fused kernel still runs.
+            dropped = {
+                f"weight_hh_l{k}": F.dropout(getattr(self.rnn, f"weight_hh_l{k}"),
+                                             self.config.weight_drop)
+                for k in range(self.config.layers)
+            }  # fmt: skip
+            out, hn = torch.func.functional_call(self.rnn, dropped, (x, hx))  # out (B, T, H)
         else:
-            out, h = self.rnn(x, state[0])
-            new_state = (h,)
-        out = self.drop(out)
+            out, hn = self.rnn(x, hx)
+        new_state: State = tuple(hn) if self.config.cell == "lstm" else (hn,)
+        out = self.locked_dropout(out)
         if self.proj is not None:
             out = self.proj(out)  # (B, T, E)
         return out, new_state
+
+    def locked_dropout(self, x: Tensor) -> Tensor:
+        """Dropout with one mask per sequence, shared by all time steps: x (B, T, D)."""
+        p = self.config.dropout
+        if not self.training or p == 0:
+            return x
+        mask = x.new_empty(x.shape[0], 1, x.shape[2]).bernoulli_(1 - p) / (1 - p)
+        return x * mask
 
     def log_probs(self, feats: Tensor) -> Tensor:
         """features (..., F) -> normalised log-probabilities (..., V)."""

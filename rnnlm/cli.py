@@ -100,7 +100,14 @@ def _add_train(sub: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument("--layers", type=_positive_int, default=None)
     p.add_argument("--hidden", type=_positive_int, default=None)
     p.add_argument("--embedding", type=_positive_int, default=None)
-    p.add_argument("--dropout", type=_float_in(0, 1, hi_open=True), default=None)
+    p.add_argument(
+        "--dropout",
+        type=_float_in(0, 1, hi_open=True),
+        default=None,
+        help="locked (variational) dropout on embeddings and RNN output",
+    )
+    p.add_argument("--weight-drop", type=_float_in(0, 1, hi_open=True), default=None,
+                   help="DropConnect on the hidden-to-hidden weights")  # fmt: skip
     tied = p.add_mutually_exclusive_group()
     tied.add_argument("--tied", dest="tied", action="store_true", default=None)
     tied.add_argument("--no-tied", dest="tied", action="store_false")
@@ -136,6 +143,11 @@ def _add_train(sub: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--nproc", type=_positive_int, default=1, metavar="N",
+        help="train with N processes on this machine (DistributedDataParallel via torchrun; "
+        "--batch-size is per process)",
+    )  # fmt: skip
 
 
 def _add_use(sub: argparse._SubParsersAction[_Parser]) -> None:
@@ -194,6 +206,7 @@ def build_parser() -> _Parser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     from models.errors import RnnlmError
 
     try:

@@ -21,9 +21,10 @@ import json
 import math
 import os
 import signal
+import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from types import FrameType
@@ -61,6 +62,7 @@ class TrainConfig:
     hidden: int | None = None
     embedding: int | None = None
     dropout: float | None = None
+    weight_drop: float | None = None
     tied: bool | None = None
     adaptive: str = "auto"  # auto: adaptive softmax for vocabularies over 5000
     optimizer: str = "adamw"
@@ -89,6 +91,7 @@ class TrainConfig:
             "hidden": 256,
             "embedding": 128 if word else 64,
             "dropout": 0.25 if word else 0.1,
+            "weight_drop": 0.0,
             "tied": word and vocab_size <= 5000,
             "lr": 20.0 if self.optimizer == "sgd" else 3e-3,
             "weight_decay": 0.0 if self.optimizer == "sgd" else 0.01,
@@ -107,7 +110,8 @@ class TrainConfig:
     def model_config(self, vocab_size: int) -> ModelConfig:
         use_adaptive = self.adaptive == "on" or (self.adaptive == "auto" and vocab_size > 5000)
         cutoffs = [c for c in (2000, 10000, 50000) if c < vocab_size - 1] if use_adaptive else []
-        assert self.hidden and self.embedding and self.layers and self.dropout is not None
+        assert self.hidden and self.embedding and self.layers
+        assert self.dropout is not None and self.weight_drop is not None
         return ModelConfig(
             vocab_size=vocab_size,
             cell=self.cell,
@@ -115,6 +119,7 @@ class TrainConfig:
             hidden=self.hidden,
             layers=self.layers,
             dropout=self.dropout,
+            weight_drop=self.weight_drop,
             tied=bool(self.tied),
             adaptive_cutoffs=cutoffs,
         )
@@ -263,7 +268,7 @@ def _save_latest(
 
 def _load_latest(
     out: Path, model: RNNLM, opt: torch.optim.Optimizer, device: torch.device
-) -> tuple[TrainState, State | None]:
+) -> tuple[TrainState, State | None, int]:
     latest = recover(out / "latest")
     ck = load_checkpoint(latest, device=device)
     model.load_state_dict(ck.model.state_dict())
@@ -283,7 +288,7 @@ def _load_latest(
     torch.set_rng_state(tensors["rng.torch"])
     carried_keys = sorted(k for k in tensors if k.startswith("carried."))
     carried = tuple(tensors[k].to(device) for k in carried_keys) or None
-    return TrainState(**saved["state"]), carried
+    return TrainState(**saved["state"]), carried, int(saved.get("world_size", 1))
 
 
 def _resume_config(out: Path, cfg: TrainConfig, given: set[str]) -> TrainConfig:
@@ -338,8 +343,12 @@ def train(
     given: set[str] | None = None,
     device: str = "cpu",
     progress: bool = True,
+    on_step: Callable[[int, RNNLM], None] | None = None,
 ) -> dict[str, Any]:
-    """Train; returns the run summary (also printed by the CLI)."""
+    """Train; returns the run summary (also printed by the CLI).
+
+    `on_step(step, model)` runs after every optimizer step, on every rank.
+    """
     meta = read_corpus_meta(corpus)
     tok = load_corpus_tokenizer(corpus)
     if resume:
@@ -371,8 +380,19 @@ def train(
     opt = _optimizer(cfg, model)
     st, carried = TrainState(), None
     if resume:
-        st, carried = _load_latest(out, model, opt, dev)
+        st, carried, saved_world = _load_latest(out, model, opt, dev)
+        if saved_world != world:
+            raise RnnlmError(
+                f"{out}: the run was trained by {saved_world} process(es), not {world}; "
+                "resume it with the same number (each rank's data shard depends on it)"
+            )
+        if rank > 0:
+            carried = None  # the saved stream state is rank 0's lanes'; others restart theirs
         _log(f"resuming at step {st.step} (epoch {st.epoch}, unit {st.unit})")
+    if world > 1 and rank > 0:
+        # Same initial weights everywhere (DDP also broadcasts rank 0's), but each
+        # rank draws its own dropout masks.
+        torch.manual_seed(cfg.seed + 1_000_003 * rank + st.step)
     net: nn.Module = LossModule(model)
     if world > 1:
         net = nn.parallel.DistributedDataParallel(net)
@@ -420,7 +440,14 @@ def train(
                 inp, tgt = inp.to(dev), tgt.to(dev)
                 for group in opt.param_groups:
                     group["lr"] = _lr(cfg, st, units_per_epoch)
-                loss, n_t, new_state = net(inp, tgt, state)
+                nll_sum, n_t, new_state = net(inp, tgt, state)
+                total = n_t
+                if world > 1:
+                    total = n_t.detach().clone()
+                    dist.all_reduce(total)  # tokens in the global batch
+                # The mean over every token of the global batch; DDP averages the
+                # ranks' gradients, hence the factor `world`.
+                loss = nll_sum * world / total
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.clip > 0:
@@ -428,11 +455,13 @@ def train(
                 opt.step()
                 state = tuple(s.detach() for s in new_state)
                 n = int(n_t)
-                train_nll += float(loss.detach()) * n
+                train_nll += float(nll_sum.detach())
                 train_n += n
                 window_tokens += n
                 st.step += 1
-                st.tokens += n * world
+                st.tokens += int(total)
+                if on_step is not None:
+                    on_step(st.step, model)
             carried = state if cfg.mode == "stream" else None
             st.unit += 1
             st.elapsed = time.monotonic() - t_start
@@ -511,7 +540,7 @@ def train(
 class LossModule(nn.Module):
     """The training objective as a module, so DistributedDataParallel can wrap it.
 
-    inputs, targets (B, T) -> mean NLL over non-padding targets, their count, new state.
+    inputs, targets (B, T) -> summed NLL over non-padding targets, their count, new state.
     """
 
     def __init__(self, model: RNNLM) -> None:
@@ -524,7 +553,7 @@ class LossModule(nn.Module):
         feats, new_state = self.model.features(inp, state)  # (B, T, F)
         mask = tgt != PAD
         lp = self.model.token_log_probs(feats[mask], tgt[mask])  # (N,)
-        return -lp.mean(), mask.sum(), new_state
+        return -lp.sum(), mask.sum(), new_state
 
 
 def _agree(flags: list[bool], dev: torch.device) -> list[bool]:
@@ -631,7 +660,29 @@ def _finish(
     return summary
 
 
+def launch_distributed(argv: list[str], nproc: int) -> int:
+    """Re-run this `rnnlm train` command under torchrun with `nproc` processes."""
+    rest, skip = [], False
+    for a in argv:
+        if skip or a.startswith("--nproc="):
+            skip = False
+            continue
+        if a == "--nproc":
+            skip = True
+            continue
+        rest.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc_per_node={nproc}", "-m", "rnnlm.cli", *rest]  # fmt: skip
+    _log(f"launching {nproc} processes: torchrun --standalone --nproc_per_node={nproc} ...")
+    return subprocess.run(cmd, check=False).returncode
+
+
 def train_command(args: argparse.Namespace) -> None:
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        rc = launch_distributed(args.argv, args.nproc)
+        if rc:
+            sys.exit(rc)
+        return
     names = {f.name for f in fields(TrainConfig)}
     given = {k for k, v in vars(args).items() if k in names and v is not None}
     cfg = TrainConfig(**{k: getattr(args, k) for k in given})

@@ -47,6 +47,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory, text_file: Path) -> Path:
         "32",
         "--layers",
         "1",
+        "--weight-drop",
+        "0.3",
         "--max-steps",
         "30",
         "--eval-every",
@@ -55,6 +57,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory, text_file: Path) -> Path:
     )
     summary = json.loads(out.stdout)
     assert summary["steps"] == 30 and summary["test_ppl"] > 1
+    config = json.loads((root / "run" / "best" / "config.json").read_text())
+    assert config["model"]["weight_drop"] == 0.3
     return root / "run" / "best"
 
 
@@ -160,6 +164,10 @@ def test_user_errors_are_one_line(tmp_path: Path, trained: Path, text_file: Path
     )
     _fails(
         run("train", "--corpus", str(tmp_path), "--out", "r", "--lr", "abc", check=False), "--lr"
+    )
+    _fails(
+        run("train", "--corpus", str(tmp_path), "--out", "r", "--weight-drop", "1", check=False),
+        "--weight-drop",
     )
     _fails(
         run("train", "--corpus", str(tmp_path), "--out", "r", "--cell", "tcn", check=False),
