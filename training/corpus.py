@@ -41,7 +41,7 @@ from models.tokenizers import (
 
 CORPUS_FORMAT = 1
 SPLITS = ("train", "valid", "test")
-_FLUSH = 1 << 20  # ids buffered before a write
+_FLUSH = 1 << 16  # ids buffered before a write: memory stays flat however big the input
 
 
 @dataclass
@@ -265,8 +265,12 @@ class TokenSplit:
             if path.stat().st_size
             else np.zeros(0, dtype=meta["dtype"])
         )
-        self.offsets = np.fromfile(corpus / f"{split}.idx", dtype=np.int64)
-        if len(self.offsets) == 0 or self.offsets[-1] != len(self.tokens):
+        idx = corpus / f"{split}.idx"
+        if idx.stat().st_size < 8 or idx.stat().st_size % 8:
+            raise RnnlmError(f"{idx} is damaged: rebuild the corpus")
+        # Mapped too: a corpus larger than memory is never read whole.
+        self.offsets: np.ndarray[Any, np.dtype[np.int64]] = np.memmap(idx, dtype=np.int64, mode="r")
+        if self.offsets[-1] != len(self.tokens):
             raise RnnlmError(f"{corpus / split}.idx does not match {split}.bin: rebuild the corpus")
 
     def __len__(self) -> int:

@@ -35,9 +35,10 @@ def sentence_batches(
 ) -> list[np.ndarray[Any, np.dtype[np.int64]]]:
     """The epoch's batches of sequence indices, for this rank (same on every resume)."""
     rng = np.random.default_rng([seed, epoch])
-    lengths = split.lengths
-    # Sort by length, random among equal lengths.
-    order = np.lexsort((rng.random(len(lengths)), lengths))
+    # Sort by length, random among equal lengths: a stable sort of a random
+    # permutation (a few int64 per sequence; the tokens themselves stay on disk).
+    order = rng.permutation(len(split))
+    order = order[np.argsort(split.lengths[order], kind="stable")]
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     perm = rng.permutation(len(batches))
     batches = [batches[i] for i in perm]

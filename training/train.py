@@ -154,23 +154,39 @@ def _log(msg: str) -> None:
         tqdm.write(msg, file=sys.stderr)
 
 
+_EVAL_CHUNK = 1024  # sequences scored at a time
+
+
 def evaluate_split(
     model: RNNLM, tok: Tokenizer, split: TokenSplit, mode: str, max_tokens: int | None = None
 ) -> tuple[float, int]:
-    """(total negative log-likelihood in nats, tokens scored) per the engine's convention."""
-    seqs, n = [], 0
+    """(total negative log-likelihood in nats, tokens scored) per the engine's convention.
+
+    Streams the split in chunks of sequences, so memory stays flat for any size.
+    """
+    was_training = model.training
+    engine = Engine(Checkpoint(Path("."), model, tok, {"training": {"mode": mode}}))
+    nll, n, seen = 0.0, 0, 0
+    seqs: list[list[int]] = []
+
+    def flush() -> None:
+        nonlocal nll, n
+        for _, lps, _ in engine.score_token_ids(seqs):
+            nll -= sum(lps)
+            n += len(lps)
+        seqs.clear()
+
     for i in range(len(split)):
         s = split.sequence(i)
         seqs.append(s[:-1].tolist())  # the engine appends <eos>
-        n += len(s)
-        if max_tokens is not None and n >= max_tokens:
+        seen += len(s)
+        if len(seqs) >= _EVAL_CHUNK:
+            flush()
+        if max_tokens is not None and seen >= max_tokens:
             break
-    was_training = model.training
-    engine = Engine(Checkpoint(Path("."), model, tok, {"training": {"mode": mode}}))
-    scored = engine.score_token_ids(seqs)
+    flush()
     model.train(was_training)
-    nll = -sum(sum(lps) for _, lps, _ in scored)
-    return nll, sum(len(lps) for _, lps, _ in scored)
+    return nll, n
 
 
 def _optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
