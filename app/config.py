@@ -23,7 +23,7 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=1, le=65535)
     api_key: SecretStr | None = Field(
         default=None,
-        description="when set, every route but /health and /ready needs this Bearer token",
+        description="when set, every route but /health, /ready and / needs this Bearer token",
     )
     cors_origins: list[str] = Field(default_factory=list)
     log_level: str = "info"

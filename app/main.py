@@ -18,7 +18,7 @@ from app.errors import install_error_handlers
 from app.metrics import Metrics
 from app.middleware import GuardMiddleware, MetricsMiddleware
 from app.registry import Registry
-from app.routes import health, models, native, openai
+from app.routes import health, models, native, openai, playground
 from models.errors import RnnlmError
 
 log = logging.getLogger("rnnlm.app")
@@ -54,7 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.registry = None
     app.state.started = time.time()
     install_error_handlers(app)
-    for r in (native.router, openai.router, models.router, health.router):
+    for r in (native.router, openai.router, models.router, health.router, playground.router):
         app.include_router(r)
     key = settings.api_key.get_secret_value() if settings.api_key else None
     # Added innermost first: metrics see every response, CORS answers preflights

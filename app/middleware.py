@@ -14,7 +14,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.errors import error_response
 from app.metrics import Metrics
 
-OPEN_PATHS = frozenset({"/health", "/ready"})
+# The playground page holds no data; it must load so that a user can type the key.
+OPEN_PATHS = frozenset({"/health", "/ready", "/"})
 
 
 class MetricsMiddleware:

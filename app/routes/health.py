@@ -1,4 +1,4 @@
-"""GET /health, GET /ready, GET /metrics, and the placeholder at GET /."""
+"""GET /health, GET /ready, GET /metrics."""
 
 from __future__ import annotations
 
@@ -35,9 +35,3 @@ async def ready(request: Request) -> dict[str, Any]:
 async def metrics(m: MetricsDep) -> Response:
     """Prometheus metrics."""
     return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
-
-
-@router.get("/", include_in_schema=False)
-async def index() -> dict[str, str]:
-    """A placeholder until the playground page arrives."""
-    return {"name": "rnnlm", "docs": "/docs", "models": "/models"}

@@ -153,6 +153,7 @@ def test_api_key(app_models_dir: Path) -> None:
         _error(c.get("/models", headers=wrong), 401)
         _error(c.get("/models", headers={"Authorization": "Basic s3cret"}), 401)
         assert c.get("/health").status_code == 200 and c.get("/ready").status_code == 200
+        assert c.get("/").status_code == 200  # the playground page, where the key is typed
         ok = {"Authorization": "Bearer s3cret"}
         assert c.get("/models", headers=ok).status_code == 200
         assert c.post("/score", json={"texts": ["a"]}, headers=ok).status_code == 200

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from fastapi.testclient import TestClient
 
 
@@ -29,7 +31,19 @@ def test_health_ready_index(client: TestClient) -> None:
     assert client.get("/health").json() == {"status": "ok"}
     ready = client.get("/ready").json()
     assert ready["status"] == "ready" and ready["failed"] == ["broken"]
-    assert client.get("/").json()["docs"] == "/docs"
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "<title>rnnlm playground</title>" in page.text
+
+
+def test_playground_page_loads_nothing_from_outside(client: TestClient) -> None:
+    page = client.get("/")
+    csp = page.headers["content-security-policy"]
+    assert "default-src 'none'" in csp and "connect-src 'self'" in csp
+    # Nothing fetched from another host: no CDN, no web fonts, no remote images.
+    assert "http:" not in page.text and "https:" not in page.text
+    assert re.search(r"\ssrc=|@import|url\(", page.text) is None
+    assert re.findall(r'href="([^"]*)"', page.text) == ["data:,"]
 
 
 def test_metrics_count_requests_and_tokens(client: TestClient) -> None:

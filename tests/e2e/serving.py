@@ -1,0 +1,59 @@
+"""Start a real `rnnlm serve` process on a loopback port and wait until it answers."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def rnnlm_command() -> list[str]:
+    """The installed `rnnlm` script beside this Python, or the module when not installed."""
+    exe = Path(sys.executable).parent / "rnnlm"
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "rnnlm.cli"]
+
+
+@contextmanager
+def running(
+    argv: Sequence[str], port: int, log_path: Path, env: dict[str, str] | None = None,
+    wait_for: str = "/ready",
+) -> Iterator[str]:  # fmt: skip
+    """Run `argv` (a server listening on 127.0.0.1:`port`); yield its base URL once
+    `wait_for` answers 200; terminate it afterwards."""
+    full_env = {**os.environ, "RNNLM_LOG_LEVEL": "warning", **(env or {})}
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(argv, env=full_env, stdout=log, stderr=subprocess.STDOUT)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                assert proc.poll() is None, log_path.read_text()
+                try:
+                    if httpx.get(base + wait_for, timeout=1).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"not ready in 60 s:\n{log_path.read_text()}")
+                time.sleep(0.2)
+            yield base
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
