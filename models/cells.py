@@ -229,10 +229,13 @@ class RecurrentStack(nn.Module):
         hidden_size: int,
         num_layers: int = 1,
         dropout: float = 0.0,
+        batch_first: bool = True,
     ) -> None:
         super().__init__()
         if cell not in CELLS:
             raise ValueError(f"cell must be one of {', '.join(CELLS)}, not {cell!r}")
+        if not batch_first:
+            raise ValueError("RecurrentStack takes batch_first input only")
         cls = CELLS[cell]
         self.cell, self.hidden_size, self.num_layers = cell, hidden_size, num_layers
         self.state_size = cls.state_size

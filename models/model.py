@@ -13,21 +13,26 @@ on a CPU.
 The recurrent state is a tuple of tensors, each (layers, B, hidden): `(h, c)`
 for an LSTM, `(h,)` otherwise, so code that batches sequences can treat every
 cell alike along dimension 1.
+
+`gru-simple` and `lstm-peephole`, which torch lacks, run the reference cells of
+`models/cells.py` instead: slower, called the same way, same state layout.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
+from functools import partial
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from models.cells import RecurrentStack
 from models.errors import CheckpointError
 
 State = tuple[Tensor, ...]
-CELLS = ("rnn", "gru", "lstm")
+CELLS = ("rnn", "gru", "lstm", "gru-simple", "lstm-peephole")  # the last two: models/cells.py
 
 
 @dataclass
@@ -91,7 +96,8 @@ class RNNLM(nn.Module):
         self.config = c = config
         self.embed = nn.Embedding(c.vocab_size, c.embedding)
         self.drop = nn.Dropout(c.dropout)
-        rnn_cls = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}[c.cell]
+        fused = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
+        rnn_cls = fused.get(c.cell) or partial(RecurrentStack, c.cell)  # models/cells.py
         self.rnn = rnn_cls(
             c.embedding,
             c.hidden,
@@ -120,14 +126,14 @@ class RNNLM(nn.Module):
     def init_state(self, batch_size: int, device: torch.device | None = None) -> State:
         c = self.config
         zeros = torch.zeros(c.layers, batch_size, c.hidden, device=device)
-        return (zeros, zeros.clone()) if c.cell == "lstm" else (zeros,)
+        return (zeros, zeros.clone()) if c.cell in ("lstm", "lstm-peephole") else (zeros,)
 
     def features(self, ids: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         """Run the recurrent stack: ids (B, T) -> features (B, T, out_features), new state."""
         x = self.drop(self.embed(ids))  # (B, T, E)
         if state is None:
             state = self.init_state(ids.shape[0], ids.device)
-        if self.config.cell == "lstm":
+        if len(state) == 2:  # (h, c)
             out, (h, c) = self.rnn(x, (state[0], state[1]))  # out (B, T, H)
             new_state: State = (h, c)
         else:
