@@ -320,8 +320,9 @@ def _run_layer(
         steps = torch.arange(x.shape[1], device=x.device)
         alive = (steps.unsqueeze(0) < lengths.to(x.device).unsqueeze(1)).unsqueeze(-1)  # (B, T, 1)
     outs = [state[0].new_zeros(x.shape[0], 0, cell.hidden)]  # T may be 0
-    for t in range(x.shape[1]):
-        new = cell.step(wx[:, t], state)
+    # unbind, not wx[:, t]: its backward is one stack, not T zero-filled (B, T, G·H) tensors.
+    for t, wx_t in enumerate(wx.unbind(dim=1)):
+        new = cell.step(wx_t, state)
         if alive is not None:
             new = tuple(torch.where(alive[:, t], n, s) for n, s in zip(new, state, strict=True))
         state = new
