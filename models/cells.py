@@ -213,8 +213,8 @@ _FUSED_MODES = {"RNN_TANH": "rnn", "GRU": "gru", "LSTM": "lstm"}
 class RecurrentStack(nn.Module):
     """Layers of one reference cell, called like torch's fused modules with batch_first.
 
-        output, h_n = stack(x, h_0)              (h,) cells: rnn, gru, gru-simple
-        output, (h_n, c_n) = stack(x, (h_0, c_0))   (a, c) cells: lstm, lstm-peephole
+        output, h_n = stack(x, h_0)                  (h,) cells: rnn, gru, gru-simple
+        output, (h_n, c_n) = stack(x, (h_0, c_0))    (a, c) cells: lstm, lstm-peephole
 
     x (B, T, I) or a PackedSequence; output (B, T, H) (packed if x was);
     states (layers, B, H), zeros when not given. With packed input each row's
