@@ -404,7 +404,7 @@ class Batch:
         emb = model.embed(ids)  # (B, T, E); dropout is off at inference
         packed = pack_padded_sequence(emb, lengths, batch_first=True, enforce_sorted=False)
         zero = model.init_state(len(gens), dev)
-        if model.config.cell == "lstm":
+        if len(zero) == 2:  # (h, c)
             out_packed, (h, c) = model.rnn(packed, (zero[0], zero[1]))
             state: State = (h, c)
         else:

@@ -20,21 +20,26 @@ on a CPU.
 The recurrent state is a tuple of tensors, each (layers, B, hidden): `(h, c)`
 for an LSTM, `(h,)` otherwise, so code that batches sequences can treat every
 cell alike along dimension 1.
+
+`gru-simple` and `lstm-peephole`, which torch lacks, run the reference cells of
+`models/cells.py` instead: slower, called the same way, same state layout.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
+from functools import partial
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from models.cells import RecurrentStack
 from models.errors import CheckpointError
 
 State = tuple[Tensor, ...]
-CELLS = ("rnn", "gru", "lstm")
+CELLS = ("rnn", "gru", "lstm", "gru-simple", "lstm-peephole")  # the last two: models/cells.py
 
 
 @dataclass
@@ -100,7 +105,8 @@ class RNNLM(nn.Module):
         super().__init__()
         self.config = c = config
         self.embed = nn.Embedding(c.vocab_size, c.embedding)
-        rnn_cls = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}[c.cell]
+        fused = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
+        rnn_cls = fused.get(c.cell) or partial(RecurrentStack, c.cell)  # models/cells.py
         self.rnn = rnn_cls(
             c.embedding,
             c.hidden,
@@ -129,30 +135,36 @@ class RNNLM(nn.Module):
     def init_state(self, batch_size: int, device: torch.device | None = None) -> State:
         c = self.config
         zeros = torch.zeros(c.layers, batch_size, c.hidden, device=device)
-        return (zeros, zeros.clone()) if c.cell == "lstm" else (zeros,)
+        return (zeros, zeros.clone()) if c.cell in ("lstm", "lstm-peephole") else (zeros,)
 
     def features(self, ids: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         """Run the recurrent stack: ids (B, T) -> features (B, T, out_features), new state."""
         x = self.locked_dropout(self.embed(ids))  # (B, T, E)
         if state is None:
             state = self.init_state(ids.shape[0], ids.device)
-        hx = (state[0], state[1]) if self.config.cell == "lstm" else state[0]
+        hx = (state[0], state[1]) if len(state) == 2 else state[0]  # (h, c) or h
         if self.training and self.config.weight_drop > 0:
             # A fresh DropConnect mask per forward pass, swapped in for the stored
             # weights only for this call, so the fused kernel still runs.
+            params = dict(self.rnn.named_parameters())
             dropped = {
-                f"weight_hh_l{k}": F.dropout(getattr(self.rnn, f"weight_hh_l{k}"),
-                                             self.config.weight_drop)
-                for k in range(self.config.layers)
-            }  # fmt: skip
+                name: F.dropout(params[name], self.config.weight_drop)
+                for name in self.recurrent_weight_names()
+            }
             out, hn = torch.func.functional_call(self.rnn, dropped, (x, hx))  # out (B, T, H)
         else:
             out, hn = self.rnn(x, hx)
-        new_state: State = tuple(hn) if self.config.cell == "lstm" else (hn,)
+        new_state: State = tuple(hn) if len(state) == 2 else (hn,)
         out = self.locked_dropout(out)
         if self.proj is not None:
             out = self.proj(out)  # (B, T, E)
         return out, new_state
+
+    def recurrent_weight_names(self) -> list[str]:
+        """The hidden-to-hidden matrices of `self.rnn`, one per layer."""
+        if isinstance(self.rnn, RecurrentStack):
+            return [f"layers.{k}.W_h.weight" for k in range(self.config.layers)]
+        return [f"weight_hh_l{k}" for k in range(self.config.layers)]
 
     def locked_dropout(self, x: Tensor) -> Tensor:
         """Dropout with one mask per sequence, shared by all time steps: x (B, T, D)."""

@@ -96,7 +96,13 @@ def _add_train(sub: argparse._SubParsersAction[_Parser]) -> None:
         default=None,
         help="sentence: each line from <bos>; stream: char-rnn style (default: sentence)",
     )
-    p.add_argument("--cell", choices=["rnn", "gru", "lstm"], default=None)
+    p.add_argument(
+        "--cell",
+        choices=["rnn", "gru", "lstm", "gru-simple", "lstm-peephole"],
+        default=None,
+        help="torch's fused rnn, gru, lstm (default lstm), or the slower reference "
+        "gru-simple (update gate only) and lstm-peephole",
+    )
     p.add_argument("--layers", type=_positive_int, default=None)
     p.add_argument("--hidden", type=_positive_int, default=None)
     p.add_argument("--embedding", type=_positive_int, default=None)

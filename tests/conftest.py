@@ -40,10 +40,13 @@ def make_checkpoint(
 
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A models directory with `char` (char LSTM) and `word` (word GRU) checkpoints."""
+    """A models directory with `char` (char LSTM) and `word` (word GRU) checkpoints,
+    and the reference cells: `gru-simple` (char) and `lstm-peephole` (word)."""
     root = tmp_path_factory.mktemp("models")
     make_checkpoint(root / "char", "char", "lstm")
     make_checkpoint(root / "word", "word", "gru", seed=1)
+    make_checkpoint(root / "gru-simple", "char", "gru-simple", seed=3)
+    make_checkpoint(root / "lstm-peephole", "word", "lstm-peephole", seed=4)
     return root
 
 

@@ -207,3 +207,19 @@ def test_demo_builds_once_then_is_cached(tmp_path: Path):
     assert not (out / ".demo-work").exists()
     sample = run("sample", "--model", str(out / "demo"), "--seed", "1", "--max-tokens", "30")
     assert sample.stdout.strip()
+
+
+def test_reference_cell_trains_samples_and_scores(trained: Path, tmp_path: Path):
+    corpus, run_dir = trained.parent.parent / "corpus", tmp_path / "run"
+    run(
+        "train",
+        *("--corpus", str(corpus), "--out", str(run_dir), "--cell", "lstm-peephole"),
+        *("--hidden", "32", "--embedding", "16", "--layers", "1"),
+        *("--max-steps", "6", "--eval-every", "3", "--no-progress"),
+    )
+    best = str(run_dir / "best")
+    args = ("sample", "--model", best, "--seed", "2", "--json", "--max-tokens", "12")
+    s = json.loads(run(*args).stdout)
+    no_eos = [] if s["finish_reason"] == "eos" else ["--no-eos"]
+    scored = json.loads(run("score", "--model", best, s["text"], *no_eos).stdout)
+    assert scored["logprob"] == pytest.approx(s["logprob"], abs=1e-3)

@@ -12,7 +12,7 @@ from tests.conftest import make_checkpoint
 TEXTS = ["the cat sat on the mat.", "", "a", "hello world! it's a fine day.", "zzz qqq", "x" * 300]
 
 
-@pytest.fixture(scope="module", params=["char", "word"])
+@pytest.fixture(scope="module", params=["char", "word", "gru-simple", "lstm-peephole"])
 def engine(request: pytest.FixtureRequest, models_dir: Path) -> Engine:
     return Engine(load_checkpoint(models_dir / request.param), max_batch=4)
 

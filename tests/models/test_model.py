@@ -29,21 +29,22 @@ def test_locked_dropout_uses_one_mask_per_sequence() -> None:
     assert torch.equal(m.eval().locked_dropout(x), x)
 
 
-@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm", "gru-simple", "lstm-peephole"])
 def test_weight_drop_masks_recurrent_weights_in_training_only(cell: str) -> None:
     m = _model(cell, weight_drop=0.5)
-    before = m.rnn.weight_hh_l1.detach().clone()
+    w_hh = dict(m.rnn.named_parameters())[m.recurrent_weight_names()[1]]
+    before = w_hh.detach().clone()
     ids = torch.randint(0, 30, (3, 12))
     m.train()
     lp, state = m(ids)
     lp[..., 5].sum().backward()
-    grad = m.rnn.weight_hh_l1.grad
+    grad = w_hh.grad
     assert grad is not None
     # DropConnect: the dropped half of the matrix gets no gradient at all.
     zero = (grad == 0).float().mean().item()
     assert 0.35 < zero < 0.65
-    assert torch.equal(m.rnn.weight_hh_l1.detach(), before)  # the stored weights are untouched
-    assert [s.shape for s in state] == [(2, 3, 16)] * (2 if cell == "lstm" else 1)
+    assert torch.equal(w_hh.detach(), before)  # the stored weights are untouched
+    assert [s.shape for s in state] == [(2, 3, 16)] * (2 if "lstm" in cell else 1)
     m.eval()
     a, _ = m(ids)
     b, _ = m(ids)

@@ -5,13 +5,17 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from safetensors.torch import load_file
 
+from models.cells import RecurrentStack
 from models.checkpoint import load_checkpoint
+from models.engine import Engine, SampleParams
 from models.errors import RnnlmError
 from training.corpus import CorpusOptions, TokenSplit, build_corpus
 from training.train import TrainConfig, train
@@ -163,3 +167,30 @@ def test_sigterm_saves_a_resumable_checkpoint(tmp_path: Path, corpus: Path):
     assert step > 0 and math.isfinite(step)
     assert "Traceback" not in err
     _ = os  # keep import for readers running this file alone
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """A Python loop of tiny ops: on a busy machine a second thread only adds waiting."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("cell", ["gru-simple", "lstm-peephole"])
+@pytest.mark.usefixtures("one_thread")
+def test_reference_cells_train_then_score_and_sample(tmp_path: Path, corpus: Path, cell: str):
+    # A Python loop over time steps: keep it short (2 layers, so dropout between them runs).
+    cfg = TrainConfig(cell=cell, max_steps=12, **{**SMALL, "layers": 2, "eval_every": 6})
+    train(cfg, corpus, tmp_path / "run", progress=False)
+    rows = [json.loads(x) for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["valid_loss"] < rows[0]["valid_loss"]
+    best = load_checkpoint(tmp_path / "run/best")
+    assert best.config["model"]["cell"] == cell
+    assert isinstance(best.model.rnn, RecurrentStack) and best.model.rnn.cell == cell
+    engine = Engine(best, max_batch=4)
+    for s in engine.sample("The ", SampleParams(max_tokens=30, seed=5), n=3):
+        scored = engine.score_batch(["The " + s.text], eos=s.finish_reason == "eos")[0]
+        prompt = engine.score_batch(["The "], eos=False)[0]
+        assert s.logprob == pytest.approx(scored.logprob - prompt.logprob, abs=1e-3)

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+
+from tests.app.conftest import make_client
 
 
 def _events(body: str) -> list[dict]:
@@ -131,3 +135,16 @@ def test_score_without_bos_or_eos(client: TestClient) -> None:
 def test_score_uses_the_named_model(client: TestClient) -> None:
     r = client.post("/score", json={"model": "word", "texts": ["the cat sat ."]}).json()
     assert r["model"] == "word" and r["results"][0]["num_tokens"] == 5
+
+
+def test_reference_cell_models_sample_and_score(tmp_path: Path, models_dir: Path) -> None:
+    for name in ("char", "gru-simple", "lstm-peephole"):
+        shutil.copytree(models_dir / name, tmp_path / name)
+    with make_client(tmp_path) as client:
+        for model in ("gru-simple", "lstm-peephole"):
+            assert client.get(f"/models/{model}").json()["cell"] == model
+            req = {"model": model, "max_tokens": 12, "seed": 3, "n": 3}
+            for s in client.post("/sample", json=req).json()["samples"]:
+                body = {"model": model, "texts": [s["text"]], "eos": s["finish_reason"] == "eos"}
+                r = client.post("/score", json=body).json()["results"][0]
+                assert r["logprob"] == pytest.approx(s["logprob"], abs=1e-4), (s, r)
