@@ -90,8 +90,10 @@ class TrainConfig:
             "layers": 1 if word else 2,
             "hidden": 256,
             "embedding": 128 if word else 64,
-            "dropout": 0.25 if word else 0.1,
-            "weight_drop": 0.0,
+            # Word level overfits within minutes: AWD-style locked dropout and
+            # DropConnect (README "Measured": test PPL 86.7 -> 85.3 at 9,000 steps).
+            "dropout": 0.4 if word else 0.1,
+            "weight_drop": 0.3 if word else 0.0,
             "tied": word and vocab_size <= 5000,
             "lr": 20.0 if self.optimizer == "sgd" else 3e-3,
             "weight_decay": 0.0 if self.optimizer == "sgd" else 0.01,
