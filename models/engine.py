@@ -376,6 +376,7 @@ class Batch:
         self.gens: list[Generation] = []
         self.state: State | None = None  # each (layers, B, hidden)
         self.next_logprobs: Tensor | None = None  # (B, V): each sequence's next-token distribution
+        self._knobs: tuple[Tensor, ...] | None = None  # per-row sampling parameters, (B,) each
 
     def __len__(self) -> int:
         return len(self.gens)
@@ -416,6 +417,7 @@ class Batch:
             last = model.proj(last)
         lp = model.log_probs(last)  # (B_new, V)
         self.gens.extend(gens)
+        self._knobs = None
         if self.state is None or self.next_logprobs is None:
             self.state, self.next_logprobs = state, lp
         else:
@@ -430,6 +432,7 @@ class Batch:
         if len(keep) == len(self.gens):
             return
         self.gens = [self.gens[i] for i in keep]
+        self._knobs = None
         if not keep:
             self.state, self.next_logprobs = None, None
             return
@@ -454,14 +457,15 @@ class Batch:
         gens, lp = self.gens, self.next_logprobs
         p = [g.params for g in gens]
         dev = lp.device
-        tokens = choose_tokens(
-            lp,
-            torch.tensor([x.temperature for x in p], device=dev),
-            torch.tensor([x.top_k for x in p], device=dev),
-            torch.tensor([x.top_p for x in p], device=dev),
-            torch.tensor([x.min_p for x in p], device=dev),
-            torch.tensor([g.rng.random() for g in gens], device=dev, dtype=lp.dtype),
-        )
+        if self._knobs is None:  # rebuilt only when the batch's members change
+            self._knobs = (
+                torch.tensor([x.temperature for x in p], device=dev),
+                torch.tensor([x.top_k for x in p], device=dev),
+                torch.tensor([x.top_p for x in p], device=dev),
+                torch.tensor([x.min_p for x in p], device=dev),
+            )
+        uniform = torch.tensor([g.rng.random() for g in gens], device=dev, dtype=lp.dtype)
+        tokens = choose_tokens(lp, *self._knobs, uniform)
         chosen_lp = lp.gather(1, tokens.unsqueeze(1)).squeeze(1).tolist()
         want_top = max(x.top_logprobs for x in p)
         top_v, top_i = lp.topk(min(want_top, lp.shape[1]), dim=-1) if want_top else (None, None)
