@@ -124,6 +124,14 @@ def _add_train(sub: argparse._SubParsersAction[_Parser]) -> None:
         default="auto",
         help="adaptive softmax (auto: on for vocabularies over 5000)",
     )
+    p.add_argument(
+        "--bidirectional",
+        action="store_true",
+        default=None,
+        help="also train a backward model (ELMo's biLM: shared embedding and output layer, "
+        "its own recurrent layers); sentence mode only. Sampling uses the forward model; "
+        "scores gain backward_logprob and average_logprob",
+    )
     p.add_argument("--optimizer", choices=["adamw", "sgd"], default=None)
     p.add_argument("--lr", type=_float_in(0, 1000, lo_open=True), default=None)
     p.add_argument("--weight-decay", type=_float_in(0, 10), default=None)
