@@ -210,6 +210,15 @@ class ScoreOut(BaseModel):
     num_tokens: int = Field(description="tokens scored, <eos> included")
     perplexity: float | None = Field(description="exp(-logprob / num_tokens); null for none")
     oov_count: int = Field(description="tokens outside the vocabulary (<unk>)")
+    backward_logprob: float | None = Field(
+        default=None,
+        description="bidirectional models: the backward model's logprob of the text, read "
+        "reversed, over as many tokens; null otherwise",
+    )
+    average_logprob: float | None = Field(
+        default=None,
+        description="bidirectional models: (logprob + backward_logprob) / 2; null otherwise",
+    )
     tokens: list[TokenOut] | None = None
 
     @classmethod
@@ -221,6 +230,8 @@ class ScoreOut(BaseModel):
             num_tokens=r.num_tokens,
             perplexity=r.perplexity,
             oov_count=r.oov_count,
+            backward_logprob=r.backward_logprob,
+            average_logprob=r.average_logprob,
             tokens=[TokenOut.of(t) for t in r.tokens] if r.tokens is not None else None,
         )
 

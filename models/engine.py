@@ -5,7 +5,9 @@ drive this module.
 
 Scoring packs texts into right-padded batches sorted by length. A recurrent
 model reads left to right, so padding after a text never reaches its scores,
-and only real positions are gathered.
+and only real positions are gathered. A bidirectional model's backward
+direction scores each text reversed (`<bos> tn … t1 <eos>`, reversed before
+padding), the same way; sampling uses the forward direction only.
 
 Sampling keeps a `Batch`: each running `Generation` owns a slice of the
 recurrent state along dimension 1, its own parameters and its own random
@@ -29,6 +31,7 @@ from torch import Tensor
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from models.checkpoint import Checkpoint
+from models.errors import CheckpointError
 from models.model import State
 from models.tokenizers import BOS, EOS, PAD, UNK
 
@@ -54,10 +57,20 @@ class ScoreResult:
     num_tokens: int
     oov_count: int
     tokens: list[TokenLogprob] | None = None
+    # Bidirectional models: the backward model's log-probability of the same
+    # text, over as many predictions as `logprob`; None for forward-only models.
+    backward_logprob: float | None = None
 
     @property
     def log10prob(self) -> float:
         return self.logprob / math.log(10)
+
+    @property
+    def average_logprob(self) -> float | None:
+        """The mean of the forward and backward logprobs; None without a backward one."""
+        if self.backward_logprob is None:
+            return None
+        return (self.logprob + self.backward_logprob) / 2
 
     @property
     def perplexity(self) -> float | None:
@@ -211,6 +224,12 @@ class Engine:
         # Sentence-mode models condition every text on <bos>; a stream-mode
         # model saw each line after the previous line's <eos>.
         self.start_id = EOS if checkpoint.mode == "stream" else BOS
+        self.bidirectional = self.model.config.bidirectional
+        if self.bidirectional and checkpoint.mode == "stream":
+            raise CheckpointError(
+                f"{checkpoint.path}: a bidirectional model must be trained in sentence mode, "
+                "but config.json says stream"
+            )
 
     # ---------------------------------------------------------------- scoring
 
@@ -223,6 +242,28 @@ class Engine:
         The scored ids are t1..tn (t2..tn without `bos`), then <eos> with `eos`.
         """
         fulls = [([self.start_id] if bos else []) + list(s) + ([EOS] if eos else []) for s in seqs]
+        return self._score(fulls, top, backward=False)
+
+    @torch.inference_mode()
+    def score_token_ids_backward(
+        self, seqs: Sequence[Sequence[int]], bos: bool = True, eos: bool = True
+    ) -> list[tuple[list[int], list[float]]]:
+        """The backward direction's (scored ids, log-probs) of each sequence, in reading order.
+
+        It reads the text reversed: <bos> tn … t1 <eos>. Its <bos> stands for the
+        end of the text, so it is there when `eos` is (the text ends a sequence),
+        and its <eos> for the start, there when `bos` is. Both directions then
+        make the same number of predictions.
+        """
+        if not self.bidirectional:
+            raise ValueError("this model has no backward direction (bidirectional is off)")
+        fulls = [([BOS] if eos else []) + list(s)[::-1] + ([EOS] if bos else []) for s in seqs]
+        return [(ids, lps) for ids, lps, _ in self._score(fulls, 0, backward=True)]
+
+    def _score(
+        self, fulls: list[list[int]], top: int, backward: bool
+    ) -> list[tuple[list[int], list[float], list[list[tuple[int, float]]]]]:
+        """Each full sequence's ids after the first, their log-probs and top alternatives."""
         out: list[tuple[list[int], list[float], list[list[tuple[int, float]]]]] = [
             ([], [], []) for _ in fulls
         ]
@@ -245,7 +286,9 @@ class Engine:
             tops: list[tuple[Tensor, Tensor]] = []
             state: State | None = None
             for t0 in range(0, T, _TIME_WINDOW):
-                feats, state = self.model.features(inp[:, t0 : t0 + _TIME_WINDOW], state)
+                feats, state = self.model.features(
+                    inp[:, t0 : t0 + _TIME_WINDOW], state, backward=backward
+                )
                 m = mask[:, t0 : t0 + _TIME_WINDOW].to(self.device)
                 lp_win, top_win = self._gather(feats[m], tgt[:, t0 : t0 + _TIME_WINDOW][m], top)
                 lps[:, t0 : t0 + _TIME_WINDOW][m.cpu()] = lp_win.float().cpu()
@@ -306,9 +349,15 @@ class Engine:
         """Score texts; the result of a text never depends on the others in the batch."""
         tok = self.tokenizer
         encoded = [tok.tokenize(t) for t in texts]
-        scored = self.score_token_ids([ids for ids, _ in encoded], bos=bos, eos=eos, top=top)
+        seqs = [ids for ids, _ in encoded]
+        scored = self.score_token_ids(seqs, bos=bos, eos=eos, top=top)
+        backward: list[float | None] = [None] * len(texts)
+        if self.bidirectional:
+            backward = [sum(lps) for _, lps in self.score_token_ids_backward(seqs, bos, eos)]
         results = []
-        for text, (ids, pieces), (tids, lps, tops) in zip(texts, encoded, scored, strict=True):
+        for text, (ids, pieces), (tids, lps, tops), back in zip(
+            texts, encoded, scored, backward, strict=True
+        ):
             tokens = None
             if per_token or top:
                 names = (pieces[0 if bos else 1 :] if ids else []) + (["<eos>"] if eos else [])
@@ -328,6 +377,7 @@ class Engine:
                     num_tokens=len(lps),
                     oov_count=sum(1 for i in ids if i == UNK),
                     tokens=tokens,
+                    backward_logprob=None if back is None else float(back),
                 )
             )
         return results

@@ -23,6 +23,18 @@ cell alike along dimension 1.
 
 `gru-simple` and `lstm-peephole`, which torch lacks, run the reference cells of
 `models/cells.py` instead: slower, called the same way, same state layout.
+
+`bidirectional` adds a backward language model, as ELMo's biLM (Peters et al.,
+2018) does: a second recurrent stack (and projection) of its own, the same
+embedding and output layer. The backward model is a forward model of reversed
+text: it scores `<bos> tn … t1 <eos>` exactly as the forward one scores
+`<bos> t1 … tn <eos>`, so `features(ids, backward=True)` takes ids already
+reversed (each row within its own length), and both directions make the same
+number of predictions per sequence.
+
+    ids <bos> t1 … tn           ─ embedding ─ forward stack  ─ [proj]  ─ output ─ t1 … tn <eos>
+    reversed ids <bos> tn … t1  ─ embedding ─ backward stack ─ [proj'] ─ output ─ tn … t1 <eos>
+                                  (shared)                              (shared)
 """
 
 from __future__ import annotations
@@ -55,6 +67,8 @@ class ModelConfig:
     tied: bool = True
     # Adaptive softmax cluster boundaries (ascending, < vocab_size); empty = full softmax.
     adaptive_cutoffs: list[int] = field(default_factory=list)
+    # A backward model beside the forward one (ELMo's biLM); False in older checkpoints.
+    bidirectional: bool = False
 
     def __post_init__(self) -> None:
         problems = []
@@ -105,16 +119,8 @@ class RNNLM(nn.Module):
         super().__init__()
         self.config = c = config
         self.embed = nn.Embedding(c.vocab_size, c.embedding)
-        fused = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
-        rnn_cls = fused.get(c.cell) or partial(RecurrentStack, c.cell)  # models/cells.py
-        self.rnn = rnn_cls(
-            c.embedding,
-            c.hidden,
-            num_layers=c.layers,
-            dropout=c.dropout if c.layers > 1 else 0.0,
-            batch_first=True,
-        )
-        self.proj = nn.Linear(c.hidden, c.embedding) if c.tied and c.hidden != c.embedding else None
+        self.rnn = self._recurrent_stack()
+        self.proj = self._projection()
         self.adaptive: nn.AdaptiveLogSoftmaxWithLoss | None = None
         self.decoder: nn.Linear | None = None
         if c.adaptive_cutoffs:
@@ -128,6 +134,27 @@ class RNNLM(nn.Module):
         nn.init.uniform_(self.embed.weight, -0.1, 0.1)
         if self.decoder is not None:
             nn.init.zeros_(self.decoder.bias)
+        # Built last, so a forward-only model draws the same initial weights as before.
+        self.rnn_backward = self._recurrent_stack() if c.bidirectional else None
+        self.proj_backward = self._projection() if c.bidirectional else None
+
+    def _recurrent_stack(self) -> nn.Module:
+        c = self.config
+        fused = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
+        rnn_cls = fused.get(c.cell) or partial(RecurrentStack, c.cell)  # models/cells.py
+        stack: nn.Module = rnn_cls(
+            c.embedding,
+            c.hidden,
+            num_layers=c.layers,
+            dropout=c.dropout if c.layers > 1 else 0.0,
+            batch_first=True,
+        )
+        return stack
+
+    def _projection(self) -> nn.Linear | None:
+        """hidden -> embedding, so the decoder can be tied to the embedding."""
+        c = self.config
+        return nn.Linear(c.hidden, c.embedding) if c.tied and c.hidden != c.embedding else None
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -137,8 +164,18 @@ class RNNLM(nn.Module):
         zeros = torch.zeros(c.layers, batch_size, c.hidden, device=device)
         return (zeros, zeros.clone()) if c.cell in ("lstm", "lstm-peephole") else (zeros,)
 
-    def features(self, ids: Tensor, state: State | None = None) -> tuple[Tensor, State]:
-        """Run the recurrent stack: ids (B, T) -> features (B, T, out_features), new state."""
+    def features(
+        self, ids: Tensor, state: State | None = None, backward: bool = False
+    ) -> tuple[Tensor, State]:
+        """Run a recurrent stack: ids (B, T) -> features (B, T, out_features), new state.
+
+        `backward`: the backward stack, on ids already reversed (`<bos> tn … t1`).
+        """
+        rnn, proj = self.rnn, self.proj
+        if backward:
+            if self.rnn_backward is None:
+                raise ValueError("this model has no backward direction (bidirectional is off)")
+            rnn, proj = self.rnn_backward, self.proj_backward
         x = self.locked_dropout(self.embed(ids))  # (B, T, E)
         if state is None:
             state = self.init_state(ids.shape[0], ids.device)
@@ -146,22 +183,23 @@ class RNNLM(nn.Module):
         if self.training and self.config.weight_drop > 0:
             # A fresh DropConnect mask per forward pass, swapped in for the stored
             # weights only for this call, so the fused kernel still runs.
-            params = dict(self.rnn.named_parameters())
+            params = dict(rnn.named_parameters())
             dropped = {
                 name: F.dropout(params[name], self.config.weight_drop)
                 for name in self.recurrent_weight_names()
             }
-            out, hn = torch.func.functional_call(self.rnn, dropped, (x, hx))  # out (B, T, H)
+            out, hn = torch.func.functional_call(rnn, dropped, (x, hx))  # out (B, T, H)
         else:
-            out, hn = self.rnn(x, hx)
+            out, hn = rnn(x, hx)
         new_state: State = tuple(hn) if len(state) == 2 else (hn,)
         out = self.locked_dropout(out)
-        if self.proj is not None:
-            out = self.proj(out)  # (B, T, E)
+        if proj is not None:
+            out = proj(out)  # (B, T, E)
         return out, new_state
 
     def recurrent_weight_names(self) -> list[str]:
-        """The hidden-to-hidden matrices of `self.rnn`, one per layer."""
+        """The hidden-to-hidden matrices of a recurrent stack, one per layer (both
+        stacks of a bidirectional model have the same names)."""
         if isinstance(self.rnn, RecurrentStack):
             return [f"layers.{k}.W_h.weight" for k in range(self.config.layers)]
         return [f"weight_hh_l{k}" for k in range(self.config.layers)]
@@ -193,7 +231,12 @@ class RNNLM(nn.Module):
             return out
         return self.log_probs(feats).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
-    def forward(self, ids: Tensor, state: State | None = None) -> tuple[Tensor, State]:
-        """ids (B, T) -> log-probabilities (B, T, V) of the next token, new state."""
-        feats, state = self.features(ids, state)
+    def forward(
+        self, ids: Tensor, state: State | None = None, backward: bool = False
+    ) -> tuple[Tensor, State]:
+        """ids (B, T) -> log-probabilities (B, T, V) of the next token, new state.
+
+        `backward`: of the previous token, on reversed ids (see `features`).
+        """
+        feats, state = self.features(ids, state, backward)
         return self.log_probs(feats), state

@@ -124,6 +124,14 @@ def _add_train(sub: argparse._SubParsersAction[_Parser]) -> None:
         default="auto",
         help="adaptive softmax (auto: on for vocabularies over 5000)",
     )
+    p.add_argument(
+        "--bidirectional",
+        action="store_true",
+        default=None,
+        help="also train a backward model (ELMo's biLM: shared embedding and output layer, "
+        "its own recurrent layers); sentence mode only. Sampling uses the forward model; "
+        "scores gain backward_logprob and average_logprob",
+    )
     p.add_argument("--optimizer", choices=["adamw", "sgd"], default=None)
     p.add_argument("--lr", type=_float_in(0, 1000, lo_open=True), default=None)
     p.add_argument("--weight-decay", type=_float_in(0, 10), default=None)
@@ -160,6 +168,21 @@ def _add_use(sub: argparse._SubParsersAction[_Parser]) -> None:
     p = sub.add_parser("eval", help="perplexity of a model on a text file")
     p.add_argument("--model", required=True, help="checkpoint directory")
     p.add_argument("--input", required=True, help="UTF-8 text, one sequence per line")
+    p.add_argument(
+        "--free-running",
+        type=_nonneg_int,
+        default=0,
+        metavar="N",
+        help="also sample N sequences (temperature 1, fed their own tokens) and compare their "
+        "length, <eos> rate and repeated 4-grams with the input's",
+    )
+    p.add_argument(
+        "--max-tokens",
+        type=_positive_int,
+        default=None,
+        help="length cap of the free-running samples (default: twice the longest input line)",
+    )
+    p.add_argument("--seed", type=_nonneg_int, default=0, help="free-running sample i: seed + i")
     p.add_argument("--device", default="cpu")
 
     p = sub.add_parser("score", help="log-probability of texts, one JSON object each")

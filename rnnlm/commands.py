@@ -47,6 +47,9 @@ def score_command(args: argparse.Namespace) -> None:
                 "perplexity": r.perplexity,
                 "oov_count": r.oov_count,
             }
+            if r.backward_logprob is not None:  # bidirectional models only
+                row["backward_logprob"] = r.backward_logprob
+                row["average_logprob"] = r.average_logprob
             if r.tokens is not None:
                 row["tokens"] = [{"token": t.token, "logprob": t.logprob} for t in r.tokens]
             print(json.dumps(row, ensure_ascii=False))

@@ -22,7 +22,12 @@ TEXT = [
 
 
 def make_checkpoint(
-    directory: Path, kind: str = "char", cell: str = "lstm", mode: str = "sentence", seed: int = 0
+    directory: Path,
+    kind: str = "char",
+    cell: str = "lstm",
+    mode: str = "sentence",
+    seed: int = 0,
+    bidirectional: bool = False,
 ) -> Path:
     """A small random-weight model: enough to test scoring, sampling and serving."""
     torch.manual_seed(seed)
@@ -32,8 +37,9 @@ def make_checkpoint(
         w = WordTokenizer.fit(Counter(), vocab_size=None)
         tok = WordTokenizer.fit(Counter(t for line in TEXT for t in w.split(line)))
     cfg = ModelConfig(
-        vocab_size=tok.vocab_size, cell=cell, embedding=16, hidden=32, layers=2, tied=True
-    )
+        vocab_size=tok.vocab_size, cell=cell, embedding=16, hidden=32, layers=2, tied=True,
+        bidirectional=bidirectional,
+    )  # fmt: skip
     save_checkpoint(directory, RNNLM(cfg), tok, training={"mode": mode, "step": 0})
     return directory
 

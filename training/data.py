@@ -5,6 +5,11 @@ Sequences are sorted by length (ties shuffled), cut into batches of similar
 length, and the batch order is shuffled per epoch, so padding is small.
 Padding is masked out of the loss. A batch longer than `bptt` is fed in
 windows that carry the (detached) state: truncated BPTT inside long sequences.
+A bidirectional model's batch stacks under the B rows their reversed copies
+(`with_backward_rows`), 2B rows in all, each row reversed within its own length:
+
+    forward   inputs  <bos> a b c <pad>    targets  a b c <eos> <pad>
+    backward  inputs  <bos> c b a <pad>    targets  c b a <eos> <pad>
 
 Stream mode (char-rnn, pytorch/examples word_language_model): the split is one
 long text. It is cut into B lanes read side by side, each window of `bptt`
@@ -58,6 +63,24 @@ def sentence_tensors(split: TokenSplit, indices: np.ndarray[Any, Any]) -> tuple[
         inp[row, 1 : len(s)] = s[:-1]
         tgt[row, : len(s)] = s
     return torch.from_numpy(inp), torch.from_numpy(tgt)
+
+
+def with_backward_rows(inp: Tensor, tgt: Tensor) -> tuple[Tensor, Tensor]:
+    """(B, T) sentence batches -> (2B, T): the rows, then each row reversed in its own length.
+
+    A row of length L (its non-padding targets) is inputs `<bos> t1..tn`, targets
+    `t1..tn <eos>`, with n = L - 1; its reversed copy is `<bos> tn..t1` and
+    `tn..t1 <eos>`, and its padding stays where it was.
+    """
+    B, T = inp.shape
+    lengths = (tgt != PAD).sum(dim=1, keepdim=True)  # (B, 1)
+    pos = torch.arange(T).unsqueeze(0).expand(B, T)  # (B, T)
+    # inputs: position j in [1, L) takes j' = L - j; targets: j in [0, L - 1) takes L - 2 - j.
+    inp_src = torch.where((pos >= 1) & (pos < lengths), lengths - pos, pos)
+    tgt_src = torch.where(pos < lengths - 1, lengths - 2 - pos, pos)
+    inp_b = inp.gather(1, inp_src)
+    tgt_b = tgt.gather(1, tgt_src)
+    return torch.cat([inp, inp_b]), torch.cat([tgt, tgt_b])
 
 
 def windows(inp: Tensor, tgt: Tensor, bptt: int) -> Iterator[tuple[Tensor, Tensor]]:

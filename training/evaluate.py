@@ -1,20 +1,31 @@
-"""`rnnlm eval`: perplexity of a model on a text file, one sequence per line."""
+"""`rnnlm eval`: how good a model is on a text file, one sequence per line.
+
+Two regimes. Teacher forcing, which training optimises: every prediction is
+conditioned on the true previous tokens, and the file's perplexity says how
+well the model predicts real text. Free running, which is how the model is
+used to generate: it is fed its own samples, so its mistakes become its
+context. `--free-running N` samples N sequences from `<bos>` at temperature 1
+(the model's own distribution) and compares them with the file: how often they
+end with `<eos>` before the length cap, their mean length, and how often a
+4-gram repeats earlier in the same sequence (the loops a model falls into).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from models.checkpoint import load_checkpoint
-from models.engine import Engine
+from models.engine import Engine, SampleParams
 from models.errors import RnnlmError
+from models.tokenizers import EOS
 
 
-def evaluate_file(model_dir: Path, path: Path, device: str = "cpu") -> dict[str, Any]:
-    """Score every non-empty line as `<bos> ... <eos>`, the way the corpus builder splits."""
+def _read_lines(path: Path) -> list[str]:
     if not path.is_file():
         raise RnnlmError(f"{path}: no such file")
     try:
@@ -24,16 +35,33 @@ def evaluate_file(model_dir: Path, path: Path, device: str = "cpu") -> dict[str,
     lines = [ln for ln in lines if ln]
     if not lines:
         raise RnnlmError(f"{path}: no text to evaluate")
+    return lines
+
+
+def evaluate_file(
+    model_dir: Path,
+    path: Path,
+    device: str = "cpu",
+    free_running: int = 0,
+    max_tokens: int | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Score every non-empty line as `<bos> ... <eos>`, the way the corpus builder splits.
+
+    `free_running` > 0 adds that many samples' statistics (`free_running_stats`).
+    """
+    lines = _read_lines(path)
     engine = Engine(load_checkpoint(model_dir, device=device))
-    nll = 0.0
+    nll = nll_backward = 0.0
     tokens = unk = chars = 0
     for start in range(0, len(lines), 1024):
         for r in engine.score_batch(lines[start : start + 1024]):
             nll -= r.logprob
+            nll_backward -= r.backward_logprob or 0.0
             tokens += r.num_tokens
             unk += r.oov_count
             chars += len(r.text) + 1  # the end of the line counts as a character
-    return {
+    out: dict[str, Any] = {
         "model": str(model_dir),
         "input": str(path),
         "sequences": len(lines),
@@ -45,7 +73,63 @@ def evaluate_file(model_dir: Path, path: Path, device: str = "cpu") -> dict[str,
         "bits_per_token": nll / tokens / math.log(2),
         "bits_per_character": nll / chars / math.log(2),
     }
+    if engine.bidirectional:
+        out["perplexity_backward"] = math.exp(nll_backward / tokens)
+    if free_running:
+        out["free_running"] = free_running_stats(engine, lines, free_running, max_tokens, seed)
+    return out
+
+
+def repeated_ngrams(seqs: Sequence[Sequence[int]], n: int = 4) -> float | None:
+    """The fraction of n-grams that already occurred earlier in their own sequence."""
+    total = repeated = 0
+    for s in seqs:
+        seen: set[tuple[int, ...]] = set()
+        for i in range(len(s) - n + 1):
+            gram = tuple(s[i : i + n])
+            repeated += gram in seen
+            seen.add(gram)
+            total += 1
+    return repeated / total if total else None
+
+
+def free_running_stats(
+    engine: Engine, lines: list[str], n: int, max_tokens: int | None = None, seed: int = 0
+) -> dict[str, Any]:
+    """Sample `n` sequences (seeds seed..seed+n-1) and compare them with `lines`.
+
+    Lengths count tokens without `<eos>`. `max_tokens` defaults to twice the
+    longest line. `perplexity` is that of the samples under the model itself:
+    at temperature 1 it estimates the model's entropy per token, and a model
+    whose own text surprises it much less than real text does (the
+    teacher-forced perplexity) is more certain than it has reason to be.
+    """
+    reference = [engine.tokenizer.encode(line) for line in lines]
+    cap = max_tokens or 2 * max(len(r) for r in reference) + 1
+    params = SampleParams(max_tokens=cap, temperature=1.0, seed=seed, logprobs=True)
+    samples = engine.sample("", params, n=n)
+    ids = [[t.id for t in s.tokens or [] if t.id != EOS] for s in samples]
+    scored = sum(s.num_tokens for s in samples)
+    return {
+        "samples": n,
+        "seed": seed,
+        "max_tokens": cap,
+        "ended_with_eos": sum(s.finish_reason == "eos" for s in samples) / n,
+        "mean_tokens": sum(len(x) for x in ids) / n,
+        "input_mean_tokens": sum(len(r) for r in reference) / len(reference),
+        "repeated_4grams": repeated_ngrams(ids),
+        "input_repeated_4grams": repeated_ngrams(reference),
+        "perplexity": math.exp(-sum(s.logprob for s in samples) / scored) if scored else None,
+    }
 
 
 def eval_command(args: argparse.Namespace) -> None:
-    print(json.dumps(evaluate_file(Path(args.model), Path(args.input), args.device), indent=2))
+    result = evaluate_file(
+        Path(args.model),
+        Path(args.input),
+        args.device,
+        free_running=args.free_running,
+        max_tokens=args.max_tokens,
+        seed=args.seed,
+    )
+    print(json.dumps(result, indent=2))

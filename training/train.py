@@ -9,6 +9,12 @@ window of at most `bptt` tokens. The run directory holds:
     <out>/metrics.jsonl   one line per evaluation
     <out>/curve.png       training and validation loss
 
+`bidirectional` trains a forward and a backward model together (ELMo's biLM,
+models/model.py): each batch carries its rows reversed below them, the loss is
+the mean of the two directions' NLL, and metrics.jsonl reports the forward
+numbers under the usual names (`valid_ppl`) and the backward ones beside them
+(`valid_ppl_backward`); best/ is the lowest mean of the two validation losses.
+
 Under `torchrun` (WORLD_SIZE > 1) the same loop runs under
 DistributedDataParallel; only rank 0 evaluates, writes and prints, and it
 broadcasts when to stop, so every rank takes the same number of steps.
@@ -50,7 +56,14 @@ from models.errors import RnnlmError
 from models.model import RNNLM, ModelConfig, State
 from models.tokenizers import PAD, Tokenizer
 from training.corpus import TokenSplit, load_corpus_tokenizer, read_corpus_meta
-from training.data import sentence_batches, sentence_tensors, stream_lanes, stream_window, windows
+from training.data import (
+    sentence_batches,
+    sentence_tensors,
+    stream_lanes,
+    stream_window,
+    windows,
+    with_backward_rows,
+)
 
 
 @dataclass
@@ -65,6 +78,7 @@ class TrainConfig:
     weight_drop: float | None = None
     tied: bool | None = None
     adaptive: str = "auto"  # auto: adaptive softmax for vocabularies over 5000
+    bidirectional: bool = False  # a backward model too (sentence mode only)
     optimizer: str = "adamw"
     lr: float | None = None
     weight_decay: float | None = None
@@ -124,6 +138,7 @@ class TrainConfig:
             weight_drop=self.weight_drop,
             tied=bool(self.tied),
             adaptive_cutoffs=cutoffs,
+            bidirectional=self.bidirectional,
         )
 
 
@@ -160,11 +175,17 @@ _EVAL_CHUNK = 1024  # sequences scored at a time
 
 
 def evaluate_split(
-    model: RNNLM, tok: Tokenizer, split: TokenSplit, mode: str, max_tokens: int | None = None
+    model: RNNLM,
+    tok: Tokenizer,
+    split: TokenSplit,
+    mode: str,
+    max_tokens: int | None = None,
+    backward: bool = False,
 ) -> tuple[float, int]:
     """(total negative log-likelihood in nats, tokens scored) per the engine's convention.
 
-    Streams the split in chunks of sequences, so memory stays flat for any size.
+    `backward`: of a bidirectional model's backward direction. Streams the split
+    in chunks of sequences, so memory stays flat for any size.
     """
     was_training = model.training
     engine = Engine(Checkpoint(Path("."), model, tok, {"training": {"mode": mode}}))
@@ -173,7 +194,12 @@ def evaluate_split(
 
     def flush() -> None:
         nonlocal nll, n
-        for _, lps, _ in engine.score_token_ids(seqs):
+        scored = (
+            engine.score_token_ids_backward(seqs)
+            if backward
+            else [(ids, lps) for ids, lps, _ in engine.score_token_ids(seqs)]
+        )
+        for _, lps in scored:
             nll -= sum(lps)
             n += len(lps)
         seqs.clear()
@@ -234,6 +260,9 @@ def _plot(out: Path) -> None:
     valid = [(r["step"], r["valid_loss"]) for r in rows if r.get("valid_loss") is not None]
     if valid:
         ax.plot(*zip(*valid, strict=True), label="validation")
+    back = [(r["step"], r["valid_loss_backward"]) for r in rows if r.get("valid_loss_backward")]
+    if back:
+        ax.plot(*zip(*back, strict=True), label="validation, backward", linestyle="--")
     ax.set_xlabel("step")
     ax.set_ylabel("loss (nats per token)")
     ax.grid(alpha=0.3)
@@ -337,7 +366,10 @@ def _units(
     if cfg.mode == "sentence":
         batches = sentence_batches(split, cfg.batch_size, epoch, cfg.seed, rank, world)
         for idx in batches[start:]:
-            yield list(windows(*sentence_tensors(split, idx), cfg.bptt)), True
+            inp, tgt = sentence_tensors(split, idx)  # (B, T)
+            if cfg.bidirectional:
+                inp, tgt = with_backward_rows(inp, tgt)  # (2B, T)
+            yield list(windows(inp, tgt, cfg.bptt)), True
     else:
         lane = stream_lanes(split, cfg.batch_size, rank, world)
         for k in range(start, _units_per_epoch(cfg, split, world)):
@@ -375,6 +407,13 @@ def train(
         cfg.resolve(meta["tokenizer"]["kind"], tok.vocab_size)
         if (out / "latest").exists() or (out / "best").exists():
             raise RnnlmError(f"{out}: already holds a run; use --resume, or another --out")
+    if cfg.bidirectional and cfg.mode == "stream":
+        raise RnnlmError(
+            "--bidirectional needs --mode sentence: the backward model reads each sequence "
+            "from its end, and stream mode has no sequence ends: it reads one long text in "
+            "windows that start from the state the text before them left, while a backward "
+            "window would need the state of the text after it"
+        )
     splits = {s: TokenSplit(corpus, s) for s in ("train", "valid", "test")}
     train_split = splits["train"]
     if len(train_split) == 0:
@@ -421,7 +460,8 @@ def train(
     if units_per_epoch == 0:
         raise RnnlmError(f"{corpus}: too little training data for --batch-size {cfg.batch_size}")
     _log(
-        f"model: {model_cfg.cell} {model_cfg.layers}x{model_cfg.hidden}, "
+        f"model: {model_cfg.cell} {model_cfg.layers}x{model_cfg.hidden}"
+        f"{' bidirectional' if model_cfg.bidirectional else ''}, "
         f"{model.num_parameters():,} parameters, vocabulary {tok.vocab_size}; "
         f"{units_per_epoch} {'batches' if cfg.mode == 'sentence' else 'windows'} per epoch"
     )
@@ -448,7 +488,8 @@ def train(
         dynamic_ncols=True,
     )
     t_start = time.monotonic() - st.elapsed
-    train_nll, train_n, window_tokens, window_t0 = 0.0, 0, 0, time.monotonic()
+    # Training NLL since the last evaluation, per direction (forward, [backward]).
+    train_nll, train_n, window_tokens, window_t0 = [0.0, 0.0], 0, 0, time.monotonic()
     stopped, last_metrics = "", {}
     net.train()
     while not stopped:
@@ -458,14 +499,15 @@ def train(
                 inp, tgt = inp.to(dev), tgt.to(dev)
                 for group in opt.param_groups:
                     group["lr"] = _lr(cfg, st, units_per_epoch)
-                nll_sum, n_t, new_state = net(inp, tgt, state)
+                nll, n_t, new_state = net(inp, tgt, state)  # nll (directions,)
                 total = n_t
                 if world > 1:
                     total = n_t.detach().clone()
                     dist.all_reduce(total)  # tokens in the global batch
-                # The mean over every token of the global batch; DDP averages the
+                # The mean over every token of the global batch (and over the two
+                # directions, which predict as many tokens each); DDP averages the
                 # ranks' gradients, hence the factor `world`.
-                loss = nll_sum * world / total
+                loss = nll.mean() * world / total
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.clip > 0:
@@ -473,7 +515,8 @@ def train(
                 opt.step()
                 state = tuple(s.detach() for s in new_state)
                 n = int(n_t)
-                train_nll += float(nll_sum.detach())
+                for d, v in enumerate(nll.detach().tolist()):
+                    train_nll[d] += v
                 train_n += n
                 window_tokens += n
                 st.step += 1
@@ -487,8 +530,8 @@ def train(
             if train_n and st.step % 10 == 0:
                 tps = window_tokens * world / max(1e-9, time.monotonic() - window_t0)
                 bar.set_postfix(
-                    loss=f"{train_nll / train_n:.3f}",
-                    ppl=f"{math.exp(min(50.0, train_nll / train_n)):.1f}",
+                    loss=f"{train_nll[0] / train_n:.3f}",
+                    ppl=f"{math.exp(min(50.0, train_nll[0] / train_n)):.1f}",
                     tok_s=f"{tps:,.0f}",
                     refresh=False,
                 )
@@ -532,7 +575,7 @@ def train(
                 bar.set_postfix(
                     valid_ppl=f"{last_metrics.get('valid_ppl') or float('nan'):.2f}", refresh=True
                 )
-                train_nll, train_n, window_tokens, window_t0 = 0.0, 0, 0, time.monotonic()
+                train_nll, train_n, window_tokens, window_t0 = [0.0, 0.0], 0, 0, time.monotonic()
                 if _agree([st.bad_evals >= cfg.patience], dev)[0]:
                     limit = limit or "early_stopping"
             elif cfg.save_every and st.step % cfg.save_every < len(wins) and _is_main():
@@ -558,7 +601,10 @@ def train(
 class LossModule(nn.Module):
     """The training objective as a module, so DistributedDataParallel can wrap it.
 
-    inputs, targets (B, T) -> summed NLL over non-padding targets, their count, new state.
+    inputs, targets (B, T) -> NLL summed over non-padding targets (1,), their
+    count, new state. A bidirectional model takes (2B, T), the rows and then
+    their reversed copies (`with_backward_rows`), and a state of 2B rows too; it
+    returns (2,), the forward and the backward NLL, and the count of one direction.
     """
 
     def __init__(self, model: RNNLM) -> None:
@@ -568,10 +614,20 @@ class LossModule(nn.Module):
     def forward(
         self, inp: Tensor, tgt: Tensor, state: State | None
     ) -> tuple[Tensor, Tensor, State]:
-        feats, new_state = self.model.features(inp, state)  # (B, T, F)
-        mask = tgt != PAD
-        lp = self.model.token_log_probs(feats[mask], tgt[mask])  # (N,)
-        return -lp.sum(), mask.sum(), new_state
+        directions = (False, True) if self.model.config.bidirectional else (False,)
+        D = len(directions)
+        nlls, states, count = [], [], tgt.new_zeros(())
+        for d, backward in enumerate(directions):
+            rows = slice(d * inp.shape[0] // D, (d + 1) * inp.shape[0] // D)
+            s = None if state is None else tuple(x[:, rows] for x in state)
+            feats, new_s = self.model.features(inp[rows], s, backward=backward)  # (B, T, F)
+            mask = tgt[rows] != PAD
+            lp = self.model.token_log_probs(feats[mask], tgt[rows][mask])  # (N,)
+            nlls.append(-lp.sum())
+            states.append(new_s)
+            count = mask.sum()  # the same in both directions
+        new_state = tuple(torch.cat(parts, dim=1) for parts in zip(*states, strict=True))
+        return torch.stack(nlls), count, new_state
 
 
 def _agree(flags: list[bool], dev: torch.device) -> list[bool]:
@@ -592,7 +648,7 @@ def _evaluate_and_save(
     st: TrainState,
     carried: State | None,
     splits: dict[str, TokenSplit],
-    train_nll: float,
+    train_nll: list[float],
     train_n: int,
     tokens_per_s: float,
     meta_now: Any,
@@ -600,11 +656,16 @@ def _evaluate_and_save(
     st.last_eval_step, st.last_eval_time = st.step, st.elapsed
     metrics: dict[str, Any] = {}
     if _is_main():
-        valid_loss = None
+        valid_loss = valid_loss_b = None
         if len(splits["valid"]):
             nll, n = evaluate_split(model, tok, splits["valid"], cfg.mode, cfg.max_eval_tokens)
             valid_loss = nll / n
-        train_loss = train_nll / train_n if train_n else None
+            if cfg.bidirectional:
+                nll, n = evaluate_split(
+                    model, tok, splits["valid"], cfg.mode, cfg.max_eval_tokens, backward=True
+                )
+                valid_loss_b = nll / n
+        train_loss = train_nll[0] / train_n if train_n else None
         metrics = {
             "step": st.step,
             "epoch": st.epoch + st.unit / max(1, _units_per_epoch(cfg, splits["train"], 1)),
@@ -616,11 +677,23 @@ def _evaluate_and_save(
             "valid_ppl": math.exp(min(50.0, valid_loss)) if valid_loss is not None else None,
             "tokens_per_s": round(tokens_per_s, 1),
         }
+        if cfg.bidirectional:
+            train_loss_b = train_nll[1] / train_n if train_n else None
+            metrics |= {
+                "train_loss_backward": train_loss_b,
+                "valid_loss_backward": valid_loss_b,
+                "valid_ppl_backward": (
+                    math.exp(min(50.0, valid_loss_b)) if valid_loss_b is not None else None
+                ),
+            }
         with open(out / "metrics.jsonl", "a") as f:
             f.write(json.dumps(metrics) + "\n")
         _plot(out)
-        # Without a validation split the latest model counts as the best.
+        # Without a validation split the latest model counts as the best. A
+        # bidirectional model is judged by what it was trained on: both directions.
         score = valid_loss if valid_loss is not None else -st.step
+        if valid_loss is not None and valid_loss_b is not None:
+            score = (valid_loss + valid_loss_b) / 2
         if score < st.best_valid - 1e-4:
             st.best_valid, st.bad_evals = score, 0
             with atomic_directory(out / "best") as tmp:
@@ -662,6 +735,10 @@ def _finish(
         return summary
     best = load_checkpoint(out / "best", device=dev)
     summary["best_valid_ppl"] = best.config.get("metrics", {}).get("valid_ppl")
+    if cfg.bidirectional:
+        summary["best_valid_ppl_backward"] = best.config.get("metrics", {}).get(
+            "valid_ppl_backward"
+        )
     summary["best_step"] = best.config.get("training", {}).get("step")
     if len(splits["test"]) and stopped != "interrupted":
         nll, n = evaluate_split(best.model, tok, splits["test"], cfg.mode)
@@ -669,6 +746,10 @@ def _finish(
         summary["test_tokens"] = n
         config = read_config(out / "best")
         config.setdefault("metrics", {})["test_ppl"] = summary["test_ppl"]
+        if cfg.bidirectional:
+            nll, n = evaluate_split(best.model, tok, splits["test"], cfg.mode, backward=True)
+            summary["test_ppl_backward"] = math.exp(nll / n)
+            config["metrics"]["test_ppl_backward"] = summary["test_ppl_backward"]
         with atomic_directory(out / "best") as tmp:
             write_checkpoint_files(
                 tmp, best.model, tok, training=config["training"], metrics=config["metrics"]

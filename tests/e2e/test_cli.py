@@ -223,3 +223,30 @@ def test_reference_cell_trains_samples_and_scores(trained: Path, tmp_path: Path)
     no_eos = [] if s["finish_reason"] == "eos" else ["--no-eos"]
     scored = json.loads(run("score", "--model", best, s["text"], *no_eos).stdout)
     assert scored["logprob"] == pytest.approx(s["logprob"], abs=1e-3)
+
+
+def test_bidirectional_trains_scores_and_evaluates(trained: Path, tmp_path: Path):
+    corpus, run_dir = trained.parent.parent / "corpus", tmp_path / "run"
+    out = run(
+        "train",
+        *("--corpus", str(corpus), "--out", str(run_dir), "--bidirectional"),
+        *("--hidden", "32", "--embedding", "16", "--layers", "1", "--no-progress"),
+        *("--max-steps", "6", "--eval-every", "3"),
+    )
+    summary = json.loads(out.stdout)
+    assert summary["test_ppl"] > 1 and summary["test_ppl_backward"] > 1
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["valid_ppl"] > 1 and rows[-1]["valid_ppl_backward"] > 1
+    best = str(run_dir / "best")
+    scored = json.loads(run("score", "--model", best, "the module").stdout)
+    assert scored["average_logprob"] == pytest.approx(
+        (scored["logprob"] + scored["backward_logprob"]) / 2
+    )
+    f = tmp_path / "in.txt"
+    f.write_text("return the value of the module .\nthe module\n")
+    args = ("--free-running", "6", "--max-tokens", "15", "--seed", "3")
+    ev = json.loads(run("eval", "--model", best, "--input", str(f), *args).stdout)
+    assert ev["perplexity"] > 1 and ev["perplexity_backward"] > 1
+    free = ev["free_running"]
+    assert free["samples"] == 6 and free["max_tokens"] == 15
+    assert free["input_mean_tokens"] == 4.5  # 7 and 2 tokens

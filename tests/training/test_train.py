@@ -194,3 +194,36 @@ def test_reference_cells_train_then_score_and_sample(tmp_path: Path, corpus: Pat
         scored = engine.score_batch(["The " + s.text], eos=s.finish_reason == "eos")[0]
         prompt = engine.score_batch(["The "], eos=False)[0]
         assert s.logprob == pytest.approx(scored.logprob - prompt.logprob, abs=1e-3)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_bidirectional_trains_and_reports_both_directions(tmp_path: Path, corpus: Path):
+    cfg = TrainConfig(bidirectional=True, max_steps=40, **SMALL)
+    summary = train(cfg, corpus, tmp_path / "run", progress=False)
+    rows = [json.loads(x) for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    for key in ("valid_loss", "valid_loss_backward", "train_loss_backward"):
+        assert rows[-1][key] < rows[0][key], key
+    # valid_ppl stays the forward perplexity; the backward one sits beside it.
+    last = rows[-1]
+    assert last["valid_ppl"] == pytest.approx(math.exp(last["valid_loss"]))
+    assert last["valid_ppl_backward"] == pytest.approx(math.exp(last["valid_loss_backward"]))
+    assert last["valid_ppl"] != pytest.approx(last["valid_ppl_backward"])
+    best = load_checkpoint(tmp_path / "run/best")
+    assert best.model.config.bidirectional and best.config["training"]["config"]["bidirectional"]
+    assert summary["test_ppl_backward"] > 1
+    metrics = best.config["metrics"]
+    assert metrics["test_ppl_backward"] == pytest.approx(summary["test_ppl_backward"])
+    assert summary["best_valid_ppl_backward"] == metrics["valid_ppl_backward"]
+    r = Engine(best).score_batch(["The value of x."])[0]
+    assert r.backward_logprob is not None and r.average_logprob is not None
+    # Resuming keeps the backward model and its optimizer state.
+    summary = train(TrainConfig(max_steps=44), corpus, tmp_path / "run", resume=True,
+                    given={"max_steps"}, progress=False)  # fmt: skip
+    assert summary["steps"] == 44 and summary["test_ppl_backward"] > 1
+
+
+def test_stream_mode_refuses_bidirectional(tmp_path: Path, corpus: Path):
+    cfg = TrainConfig(mode="stream", bidirectional=True, max_steps=2, **SMALL)
+    with pytest.raises(RnnlmError, match="--bidirectional needs --mode sentence: .*no sequence"):
+        train(cfg, corpus, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()

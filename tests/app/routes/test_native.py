@@ -9,7 +9,10 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from models.checkpoint import load_checkpoint
+from models.engine import Engine
 from tests.app.conftest import make_client
+from tests.conftest import make_checkpoint
 
 
 def _events(body: str) -> list[dict]:
@@ -128,7 +131,7 @@ def test_score_without_bos_or_eos(client: TestClient) -> None:
     assert r["results"][0]["num_tokens"] == 2
     assert r["results"][1] == {
         "text": "", "logprob": 0.0, "log10prob": 0.0, "num_tokens": 0, "perplexity": None,
-        "oov_count": 0, "tokens": None,
+        "oov_count": 0, "backward_logprob": None, "average_logprob": None, "tokens": None,
     }  # fmt: skip
 
 
@@ -148,3 +151,30 @@ def test_reference_cell_models_sample_and_score(tmp_path: Path, models_dir: Path
                 body = {"model": model, "texts": [s["text"]], "eos": s["finish_reason"] == "eos"}
                 r = client.post("/score", json=body).json()["results"][0]
                 assert r["logprob"] == pytest.approx(s["logprob"], abs=1e-4), (s, r)
+
+
+def test_score_of_a_bidirectional_model_has_both_directions(
+    tmp_path: Path, models_dir: Path
+) -> None:
+    shutil.copytree(models_dir / "char", tmp_path / "char")
+    make_checkpoint(tmp_path / "bi", "char", bidirectional=True)
+    texts = ["the cat", "", "a"]
+    with make_client(tmp_path) as client:
+        body = {"model": "bi", "texts": texts, "per_token": True}
+        results = client.post("/score", json=body).json()["results"]
+        engine = Engine(load_checkpoint(tmp_path / "bi"))
+        for r, e in zip(results, engine.score_batch(texts), strict=True):
+            assert r["logprob"] == pytest.approx(e.logprob)  # forward, as for any model
+            assert r["backward_logprob"] == pytest.approx(e.backward_logprob)
+            assert r["average_logprob"] == pytest.approx((r["logprob"] + r["backward_logprob"]) / 2)
+            assert sum(t["logprob"] for t in r["tokens"]) == pytest.approx(r["logprob"])
+        # Sampling runs the forward model: a sample scores back to its logprob.
+        s = client.post("/sample", json={"model": "bi", "max_tokens": 15, "seed": 1}).json()
+        s = s["samples"][0]
+        body = {"model": "bi", "texts": [s["text"]], "eos": s["finish_reason"] == "eos"}
+        assert client.post("/score", json=body).json()["results"][0]["logprob"] == pytest.approx(
+            s["logprob"], abs=1e-4
+        )
+        plain = client.post("/score", json={"model": "char", "texts": ["the cat"]}).json()
+        assert plain["results"][0]["backward_logprob"] is None
+        assert plain["results"][0]["average_logprob"] is None
