@@ -426,7 +426,8 @@ class Batch:
         self.gens: list[Generation] = []
         self.state: State | None = None  # each (layers, B, hidden)
         self.next_logprobs: Tensor | None = None  # (B, V): each sequence's next-token distribution
-        self._knobs: tuple[Tensor, ...] | None = None  # per-row sampling parameters, (B,) each
+        # Per-row temperature, top_k, top_p, min_p: (B,) each.
+        self._knobs: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
 
     def __len__(self) -> int:
         return len(self.gens)
