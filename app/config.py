@@ -29,6 +29,11 @@ class Settings(BaseSettings):
     log_level: str = "info"
     device: str = "cpu"
     torch_threads: int = Field(default=1, ge=1, description="torch CPU threads for the engine")
+    switch_interval_s: float = Field(
+        default=0.0002, gt=0, le=0.1,
+        description="how soon the event loop hands the GIL back to a waiting engine thread "
+        "(Python's default is 0.005)",
+    )  # fmt: skip
 
     # Scheduling.
     max_batch: int = Field(default=64, ge=1, le=4096, description="sequences stepped together")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -32,6 +33,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         torch.set_num_threads(settings.torch_threads)
+        # Every torch call of the engine thread releases the GIL; with Python's
+        # 5 ms default a busy event loop then keeps it for up to 5 ms per call.
+        sys.setswitchinterval(settings.switch_interval_s)
         registry = Registry.load(settings, metrics)
         registry.start()
         app.state.registry = registry

@@ -37,3 +37,19 @@ def test_serve_explains_missing_models_dir(monkeypatch: pytest.MonkeyPatch, tmp_
     monkeypatch.setenv("RNNLM_MAX_BATCH", "lots")
     with pytest.raises(RnnlmError, match="max_batch"):
         serve(str(tmp_path), None, None, None)
+
+
+def test_the_service_sets_the_gil_switch_interval(app_models_dir: Path) -> None:
+    import sys
+
+    from tests.app.conftest import make_client
+
+    before = sys.getswitchinterval()
+    try:
+        with make_client(app_models_dir, switch_interval_s=0.0007) as c:
+            assert c.get("/health").status_code == 200
+            assert sys.getswitchinterval() == pytest.approx(0.0007)
+    finally:
+        sys.setswitchinterval(before)
+    with pytest.raises(ValidationError, match="switch_interval_s"):
+        Settings(switch_interval_s=0)
