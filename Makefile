@@ -33,11 +33,11 @@ run: install
 # BENCH_BUDGET seconds (default 240), char and sentencepiece BENCH_CHAR_BUDGET
 # (default half of it). Needs Debian's fortunes (see bench-deps).
 bench: install
-	$(BIN)/python bench/run.py
+	@$(BIN)/python bench/run.py
 
 # The same with the issue's full 10-minute training budgets (~55 min).
 bench-quality: install
-	BENCH_BUDGET=600 BENCH_CHAR_BUDGET=600 $(BIN)/python bench/run.py
+	@BENCH_BUDGET=600 BENCH_CHAR_BUDGET=600 $(BIN)/python bench/run.py
 
 # What `make bench` needs from Debian (as root): the corpus, and a compiler for KenLM.
 bench-deps:

@@ -339,6 +339,7 @@ def render(records: list[Rec]) -> str:
             )
         add("")
         for q in words:
+            agree = "" if q.get("summary_matches_eval", True) else " (**not rnnlm eval's**)"
             check = (
                 "same count as the 5-gram"
                 if q.get("same_token_count_as_ngram")
@@ -354,7 +355,7 @@ def render(records: list[Rec]) -> str:
                 f"training, {q['tokens_per_s_overall']:,.0f} over the whole budget (about "
                 f"{_pct(q.get('evaluation_share_est'))} of it went to validation and "
                 f"checkpoints); test {q['test_tokens']:,} tokens, {check}; "
-                f"test PPL in the run's summary {_n(q['test_ppl_summary'], 2)}. "
+                f"test PPL in the run's summary {_n(q['test_ppl_summary'], 2)}{agree}. "
                 f"Valid PPL by elapsed time: {_curve(q['valid_curve'])}"
             )
         add("")
@@ -606,7 +607,8 @@ def main() -> None:
     p.add_argument("results", nargs="?", type=Path, default=Path("bench/results.jsonl"))
     p.add_argument("-o", "--output", type=Path, default=None, help="default: stdout")
     args = p.parse_args()
-    records = [json.loads(line) for line in args.results.read_text().splitlines() if line.strip()]
+    lines = args.results.read_text().splitlines()
+    records = [json.loads(line) for line in lines if line.startswith("{")]  # JSON lines only
     records = [r for r in records if r.get("bench") != "goal"]  # judged again, here
     records += goals(records)
     text = render(records)

@@ -534,6 +534,9 @@ class Bench:
             "test_ppl_summary": round(summary["test_ppl"], 3) if "test_ppl" in summary else None,
             "test_file": str(test_file),
             "test_ppl": round(ev["perplexity"], 3),
+            # the run's own test evaluation and `rnnlm eval` of the file must agree
+            "summary_matches_eval": abs(summary.get("test_ppl", 0) - ev["perplexity"])
+            <= 1e-4 * ev["perplexity"],
             "test_tokens": ev["tokens"],
             "test_unk": ev["unk_count"],
             "test_bits_per_token": round(ev["bits_per_token"], 4),
