@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test lint bench bench-quality bench-deps clean
 
 install: $(STAMP)
 
@@ -28,9 +28,23 @@ run: install
 	$(BIN)/rnnlm demo --out checkpoints
 	$(BIN)/rnnlm serve --models checkpoints --host 0.0.0.0 --port 8000
 
+# Every benchmark in one run (~20-25 min on 2 CPU cores): JSON lines on stdout,
+# bench/results.jsonl and bench/RESULTS.md. Word-level training runs get
+# BENCH_BUDGET seconds (default 240), char and sentencepiece BENCH_CHAR_BUDGET
+# (default half of it). Needs Debian's fortunes (see bench-deps).
 bench: install
-	$(BIN)/python bench/bench_service.py --make-untrained /tmp/rnnlm-bench-ckpt
-	$(BIN)/python bench/bench_service.py /tmp/rnnlm-bench-ckpt
+	@$(BIN)/python bench/run.py
+
+# The same with the issue's full 10-minute training budgets (~55 min).
+bench-quality: install
+	@BENCH_BUDGET=600 BENCH_CHAR_BUDGET=600 $(BIN)/python bench/run.py
+
+# What `make bench` needs from Debian (as root): the corpus, and a compiler for KenLM.
+bench-deps:
+	apt-get update
+	apt-get install -y fortunes fortunes-min build-essential cmake \
+	    libboost-program-options-dev libboost-system-dev libboost-thread-dev \
+	    libboost-test-dev zlib1g-dev libbz2-dev liblzma-dev
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,622 @@
+"""bench/results.jsonl -> bench/RESULTS.md, with every goal judged PASS or MISSED.
+
+    python bench/report.py [bench/results.jsonl] [-o bench/RESULTS.md]
+
+`bench/run.py` calls `goals()` and `render()` at the end of a run; this script
+renders a results file again (after editing the goal text, say) without
+measuring anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+ISSUE_BUDGET_S = 600.0  # the issue's quality goal: 10 minutes of training
+RUN_LIMIT_S = 30 * 60  # `make bench` end to end
+Rec = dict[str, Any]
+
+
+def _find(records: Iterable[Rec], bench: str, **match: Any) -> Rec | None:
+    found = None
+    for r in records:
+        if r.get("bench") == bench and all(r.get(k) == v for k, v in match.items()):
+            found = r
+    return found
+
+
+def _all(records: Iterable[Rec], bench: str, **match: Any) -> list[Rec]:
+    return [
+        r
+        for r in records
+        if r.get("bench") == bench and all(r.get(k) == v for k, v in match.items())
+    ]
+
+
+def _goal(
+    goal: str,
+    measured: float | None,
+    target: float,
+    op: str,
+    shown: str,
+    target_text: str,
+    note: str = "",
+) -> Rec:
+    if measured is None:
+        result = "NOT MEASURED"
+    else:
+        ok = (
+            measured < target
+            if op == "<"
+            else measured <= target
+            if op == "<="
+            else (measured >= target)
+        )
+        result = "PASS" if ok else "MISSED"
+    return {
+        "bench": "goal",
+        "goal": goal,
+        "measured": measured,
+        "measured_text": shown,
+        "target": target,
+        "target_text": target_text,
+        "result": result,
+        "note": note,
+    }
+
+
+def goals(records: list[Rec]) -> list[Rec]:
+    """The issue's goals, judged on these records (NOT MEASURED where a record is missing)."""
+    out: list[Rec] = []
+    ng = _find(records, "ngram", level="word")
+    q = _find(records, "quality", name="word-default")
+    if ng is not None:
+        base = float(ng["test_ppl"])
+        ppl = float(q["test_ppl"]) if q else None
+        budget = float(q["budget_s"]) if q else None
+        note = ""
+        if budget is not None and budget != ISSUE_BUDGET_S:
+            note = (
+                f"at {budget:g} s of training, not the issue's {ISSUE_BUDGET_S:g} s "
+                "(`make bench-quality` runs that)"
+            )
+        shown = f"test PPL {ppl:.2f}, {_vs(ppl / base)} than the 5-gram's" if ppl else "–"
+        out.append(
+            _goal(
+                "rnnlm word-level defaults beat the KenLM 5-gram (first rung)",
+                ppl,
+                base,
+                "<",
+                shown,
+                f"< {base:.2f}",
+                note,
+            )
+        )
+        out.append(
+            _goal(
+                "... by at least 25% in test perplexity",
+                ppl,
+                0.75 * base,
+                "<=",
+                shown,
+                f"<= {0.75 * base:.2f} (0.75 x 5-gram)",
+                note,
+            )
+        )
+    else:
+        out.append(
+            _goal(
+                "rnnlm word-level defaults beat the KenLM 5-gram by >= 25%",
+                None,
+                0,
+                "<=",
+                "–",
+                "<= 0.75 x 5-gram PPL",
+                "no n-gram result",
+            )
+        )
+    models = [r["model"] for r in _all(records, "summary")] or ["untrained"]
+    for label in models:
+        s64 = _find(records, "score", model=label, batch_size=64)
+        pct = s64.get("pct_of_gemm_bound") if s64 else None
+        shown = (
+            f"{pct:.1f}% ({s64['tokens_per_s']:,.0f} of "
+            f"{s64['gemm_bound_tokens_per_s']:,.0f} tok/s)"
+            if s64 and pct is not None
+            else "–"
+        )
+        out.append(
+            _goal(
+                f"scoring at batch 64 reaches >= 50% of the GEMM-bound rate ({label})",
+                pct,
+                50.0,
+                ">=",
+                shown,
+                ">= 50%",
+            )
+        )
+        summ = _find(records, "summary", model=label)
+        sp = summ.get("speedup_32") if summ else None
+        s32 = _find(records, "sample", model=label, concurrency=32) or {}
+        shown = (
+            f"{sp:.1f}x ({s32.get('tokens_per_s', 0):,.0f} vs "
+            f"{summ['single_stream_tokens_per_s']:,.0f} tok/s)"
+            if summ and sp is not None
+            else "–"
+        )
+        out.append(
+            _goal(
+                f"32 concurrent sampling streams reach >= 15x one stream ({label})",
+                sp,
+                15.0,
+                ">=",
+                shown,
+                ">= 15x",
+            )
+        )
+    run = _find(records, "run")
+    machine = _find(records, "machine") or {}
+    if run:
+        budgets = machine.get("budgets_s", {})
+        out.append(
+            _goal(
+                "`make bench` runs end to end in under 30 minutes",
+                run["wall_s"] / 60,
+                RUN_LIMIT_S / 60,
+                "<",
+                f"{run['wall_s'] / 60:.1f} min",
+                "< 30 min",
+                f"word runs {_s(budgets.get('word'))}, char/sentencepiece "
+                f"{_s(budgets.get('char'))}; stages {', '.join(run['stages'])}; "
+                "`make install` not counted",
+            )
+        )
+    return out
+
+
+def _s(seconds: float | None) -> str:
+    return "?" if seconds is None else f"{seconds:g} s"
+
+
+# ------------------------------------------------------------------ render
+
+
+def _n(x: Any, digits: int = 0) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, int | float):
+        return f"{x:,.{digits}f}"
+    return str(x)
+
+
+def _vs(ratio: float) -> str:
+    """A ratio of two perplexities (or bit rates) in words: "4.1% lower", "2.4% higher"."""
+    return f"{100 * abs(1 - ratio):.1f}% {'lower' if ratio < 1 else 'higher'}"
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.0f}%"
+
+
+def _row(*cells: Any) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def _curve(curve: list[list[float]]) -> str:
+    return " · ".join(f"{t:.0f} s: {p:,.1f}" for t, p in curve)
+
+
+def _model_text(m: dict[str, Any]) -> str:
+    cell = str(m.get("cell", "lstm")).upper()
+    out = f"{m.get('layers')}x{m.get('hidden')} {cell}, {m.get('embedding')}-d emb."
+    if m.get("adaptive_cutoffs"):
+        out += ", adaptive softmax"
+    if m.get("tied"):
+        out += ", tied"
+    return out
+
+
+def render(records: list[Rec]) -> str:
+    machine = _find(records, "machine") or {}
+    run = _find(records, "run") or {}
+    budgets = machine.get("budgets_s", {})
+    L: list[str] = []
+    add = L.append
+    add("# Benchmark results")
+    add("")
+    add(
+        "Generated by `make bench` (`bench/run.py`) from `bench/results.jsonl`, one JSON object "
+        "per measurement; `python bench/report.py` renders it again. Do not edit by hand."
+    )
+    add("")
+    add(f"- **Date**: {machine.get('date', '?')}; commit `{machine.get('git_commit') or '?'}`")
+    add(
+        f"- **Machine**: {machine.get('cpu_model', '?')}, {machine.get('logical_cpus', '?')} "
+        f"logical CPUs ({machine.get('physical_cores') or '?'} physical cores; "
+        f"{', '.join(machine.get('simd', [])) or 'no AVX'}), {machine.get('memory_gib', '?')} GiB, "
+        f"{machine.get('os', '?')}; Python {machine.get('python', '?')}, "
+        f"torch {machine.get('torch', '?')}"
+    )
+    add(
+        f"- **Threads**: training and GEMM {machine.get('train_threads', '?')}, the server "
+        f"{machine.get('server_threads', 1)} (the load generator shares the same cores)"
+    )
+    add(
+        f"- **1-minute load average** when the run started: {machine.get('load_1m', '?')} "
+        "(each measurement records its own, including the benchmark's own threads)"
+    )
+    if budgets:
+        add(
+            f"- **Training budgets**: {_s(budgets.get('word'))} per word-level run, "
+            f"{_s(budgets.get('char'))} per character and sentencepiece run "
+            f"(the issue's quality goal is stated for {ISSUE_BUDGET_S:g} s: "
+            "`make bench-quality`)"
+        )
+    if run:
+        add(
+            f"- **This run took** {run['wall_s'] / 60:.1f} min (stages: {', '.join(run['stages'])})"
+        )
+    add("")
+
+    add("## Goals")
+    add("")
+    add(_row("goal", "measured", "target", "result", "note"))
+    add(_row("---", "---", "---", "---", "---"))
+    for g in _all(records, "goal"):
+        res = g["result"]
+        add(_row(g["goal"], g["measured_text"], g["target_text"], f"**{res}**", g.get("note", "")))
+    add("")
+
+    ngw = _find(records, "ngram", level="word")
+    ngc = _find(records, "ngram", level="char")
+    data = _find(records, "data")
+    quality = _all(records, "quality")
+    words = [q for q in quality if q["level"] == "word"]
+    chars = [q for q in quality if q["level"] == "char"]
+    if ngw or words:
+        add("## Quality: word level against a 5-gram, on the same test split")
+        add("")
+        if data:
+            t = data["splits"]["test"]
+            tr = data["splits"]["train"]
+            add(
+                f"Debian `fortunes` ({data['files']} files, {data['fortunes_read']:,} fortunes), "
+                "Penn-Treebank style by `bench/prepare_data.py`: lowercased, punctuation split, "
+                f"{data['vocab_words_kept']:,}-word vocabulary, `<unk>` for the rest, `<eos>` per "
+                f"line; train {tr['tokens_with_eos']:,} tokens, test {t['tokens_with_eos']:,} "
+                f"tokens ({t['sequences']:,} lines; counts include `<eos>`)."
+            )
+            add("")
+        add(
+            "Perplexity per line (sentence): every token and `<eos>` predicted, from `<s>` / "
+            "`<bos>` and a fresh state, PPL = exp(-Σ ln p / (tokens + lines)). rnnlm's number "
+            "is `rnnlm eval --model RUN/best --input data/fortunes/ptb/test.txt`; "
+            "stream-mode models are scored the same way (each line from a zero state after "
+            "`<eos>`), not as one running text as the PyTorch example evaluates itself."
+        )
+        add("")
+        add(
+            _row(
+                "model",
+                "budget",
+                "CPU-min",
+                "tokens seen (epochs)",
+                "valid PPL (best at)",
+                "test PPL",
+                "vs 5-gram",
+            )
+        )
+        add(_row("---", "--:", "--:", "--:", "--:", "--:", "--:"))
+        if ngw:
+            add(
+                _row(
+                    f"KenLM {ngw['order']}-gram, modified Kneser-Ney",
+                    f"build {ngw['build_s']:.0f} s",
+                    "–",
+                    "–",
+                    _n(ngw["valid_ppl"], 2),
+                    f"**{ngw['test_ppl']:.2f}**",
+                    "–",
+                )
+            )
+        for q in words:
+            vs = _vs(q["ppl_ratio_to_ngram"]) if q.get("ppl_ratio_to_ngram") is not None else "–"
+            add(
+                _row(
+                    f"{q['name']}: {q['recipe']} ({_model_text(q['model'])}, "
+                    f"{_n(q['parameters'])} params)",
+                    f"{q['budget_s']:g} s",
+                    _n(q["cpu_minutes"], 1),
+                    f"{_n(q['tokens_seen'])} ({q['epochs']})",
+                    f"{q['best_valid_ppl']:.2f} ({_n(q['best_at_s'])} s)",
+                    f"**{q['test_ppl']:.2f}**",
+                    vs,
+                )
+            )
+        add("")
+        for q in words:
+            agree = "" if q.get("summary_matches_eval", True) else " (**not rnnlm eval's**)"
+            check = (
+                "same count as the 5-gram"
+                if q.get("same_token_count_as_ngram")
+                else (
+                    "**differs from the 5-gram's count**"
+                    if "same_token_count_as_ngram" in q
+                    else ""
+                )
+            )
+            add(
+                f"- `{q['name']}`: `{q['command']}`; stopped by {q['stopped']} after "
+                f"{q['steps']:,} steps; {_n(q.get('tokens_per_s_training'))} tokens/s while "
+                f"training, {q['tokens_per_s_overall']:,.0f} over the whole budget (about "
+                f"{_pct(q.get('evaluation_share_est'))} of it went to validation and "
+                f"checkpoints); test {q['test_tokens']:,} tokens, {check}; "
+                f"test PPL in the run's summary {_n(q['test_ppl_summary'], 2)}{agree}. "
+                f"Valid PPL by elapsed time: {_curve(q['valid_curve'])}"
+            )
+        add("")
+    if ngc or chars:
+        add("## Quality: characters, in bits per character")
+        add("")
+        add(
+            "On `data/fortunes/raw/` (cleaned text, case and punctuation kept). Bits per "
+            "character = -Σ log2 p / (characters + lines): the end of each line is predicted "
+            "and counted as one character by both KenLM (`</s>`) and `rnnlm eval` "
+            "(`bits_per_character`: `<eos>` probability included, `len(line) + 1` characters). "
+            "A sentencepiece model's total log-probability is divided by the same character count."
+        )
+        add("")
+        add(
+            _row(
+                "model",
+                "budget",
+                "CPU-min",
+                "tokens seen (epochs)",
+                "test tokens",
+                "test bits/char",
+                "vs char n-gram",
+            )
+        )
+        add(_row("---", "--:", "--:", "--:", "--:", "--:", "--:"))
+        if ngc:
+            add(
+                _row(
+                    f"KenLM character {ngc['order']}-gram, modified Kneser-Ney",
+                    f"build {ngc['build_s']:.0f} s",
+                    "–",
+                    "–",
+                    f"{ngc['test_chars_with_eol']:,}",
+                    f"**{ngc['test_bits_per_char']:.3f}**",
+                    "–",
+                )
+            )
+        for q in chars:
+            vs = _vs(q["bpc_ratio_to_ngram"]) if q.get("bpc_ratio_to_ngram") is not None else "–"
+            add(
+                _row(
+                    f"{q['name']}: {q['recipe']} ({_model_text(q['model'])}, "
+                    f"{_n(q['parameters'])} params)",
+                    f"{q['budget_s']:g} s",
+                    _n(q["cpu_minutes"], 1),
+                    f"{_n(q['tokens_seen'])} ({q['epochs']})",
+                    f"{q['test_tokens']:,}",
+                    f"**{q['test_bits_per_char']:.3f}**",
+                    vs,
+                )
+            )
+        add("")
+        for q in chars:
+            check = (
+                "the same character count as the n-gram"
+                if q.get("same_char_count_as_ngram")
+                else "**a different character count**"
+            )
+            add(
+                f"- `{q['name']}`: `{q['command']}`; {_n(q.get('tokens_per_s_training'))} "
+                f"tokens/s while training, about {_pct(q.get('evaluation_share_est'))} of the "
+                f"budget on validation and checkpoints; {q['test_chars_with_eol']:,} test "
+                f"characters, {check}; {q['test_unk']} `<unk>`; valid PPL per token by "
+                "elapsed time: "
+                f"{_curve(q['valid_curve'])}"
+            )
+        add("")
+
+    gemms = _all(records, "gemm")
+    ts = _find(records, "train_speed")
+    if gemms or ts:
+        add("## Speed: training against the machine's matrix-multiply peak")
+        add("")
+        for g in gemms:
+            add(
+                f"- fp32 GEMM (`torch.matmul`, {g['n']}x{g['n']}), {g['threads']} thread(s): "
+                f"**{g['gflops']:,.1f} GFLOP/s**"
+            )
+        if ts:
+            c = ts["config"]
+            f = ts["forward_flops_per_token"]
+            add("")
+            add(
+                _row(
+                    "configuration",
+                    "tokens/s",
+                    "FLOPs/token (train)",
+                    "achieved GFLOP/s",
+                    "GEMM GFLOP/s",
+                    "share of peak",
+                )
+            )
+            add(_row("---", "--:", "--:", "--:", "--:", "--:"))
+            add(
+                _row(
+                    f"word default: {c['layers']}x{c['hidden']} {c['cell'].upper()}, "
+                    f"{c['embedding']}-d emb., vocab {c['vocab_size']:,}, "
+                    f"adaptive {c['adaptive_cutoffs']}, {c['mode']} mode, "
+                    f"batch {c['batch_size']}, BPTT {c['bptt']}, {c['optimizer']}, "
+                    f"{ts['threads']} threads",
+                    f"**{ts['tokens_per_s']:,.0f}**",
+                    f"{ts['train_flops_per_token'] / 1e6:.2f} M",
+                    f"{ts['achieved_gflops']:.2f}",
+                    f"{ts['gemm_gflops']:,.1f}",
+                    f"**{ts['pct_of_gemm_peak']:.1f}%**",
+                )
+            )
+            add("")
+            add(
+                f"FLOPs per token, forward: recurrent {f['recurrent'] / 1e6:.3f} M, projection "
+                f"{f['projection'] / 1e6:.3f} M, output layer {f['output'] / 1e6:.3f} M "
+                f"(adaptive tail clusters hold {ts['tail_cluster_shares']} of the training "
+                f"targets); training = 3 x forward. Formula: {ts['flops_formula']}. "
+                f"Timed {ts['steps']} optimizer steps ({ts['seconds']} s) of the real training "
+                "step (`bench/speed.py train`: forward, backward, clipping, AdamW) on the "
+                f"corpus's own batches; padding was {100 * ts['padding_share']:.1f}% of positions."
+            )
+            add("")
+
+    summaries = _all(records, "summary")
+    if summaries:
+        add("## Speed: the HTTP service")
+        add("")
+        add(
+            "`bench/bench_service.py` starts `rnnlm serve` on loopback and drives it with httpx "
+            "clients on the same machine: each sampling client sends `/sample` "
+            "(`max_tokens` 128) back to back; scoring sends one `/score` of 1 or 64 sentences "
+            "(40–79 characters) at a time. The GEMM-bound rate is the 1-thread fp32 GEMM "
+            "rate divided by the model's forward FLOPs per token."
+        )
+        add("")
+        for s in summaries:
+            label = s["model"]
+            m = _find(records, "model", model=label) or {}
+            cfg = m.get("config", {})
+            add(
+                f"### `{label}`: {cfg.get('layers')}x{cfg.get('hidden')} "
+                f"{str(cfg.get('cell', '')).upper()}, {cfg.get('embedding')}-d emb., "
+                f"{m.get('tokenizer')} vocabulary {cfg.get('vocab_size')}, "
+                f"{_n(m.get('parameters'))} params, {m.get('server_threads')} server thread"
+            )
+            add("")
+            if label == "untrained":
+                add(
+                    "Random weights with `<eos>` suppressed: every sample is exactly "
+                    f"{m.get('max_tokens')} tokens (pure speed)."
+                )
+            elif label == "demo":
+                add(
+                    "The trained demo model (`rnnlm demo`): samples stop at `<eos>`, as "
+                    "real requests do."
+                )
+            add("")
+            add(
+                _row(
+                    "measurement",
+                    "requests",
+                    "tokens/s",
+                    "p50 latency",
+                    "p99 latency",
+                    "vs GEMM bound",
+                    "peak RSS",
+                )
+            )
+            add(_row("---", "--:", "--:", "--:", "--:", "--:", "--:"))
+            for r in _all(records, "sample", model=label):
+                add(
+                    _row(
+                        f"sample, {r['concurrency']} client(s)",
+                        _n(r["requests"]),
+                        _n(r["tokens_per_s"]),
+                        f"{r['latency_p50_s']:.3f} s",
+                        f"{r['latency_p99_s']:.3f} s",
+                        "–",
+                        f"{_n(r.get('rss_max_mb'))} MiB",
+                    )
+                )
+            for r in _all(records, "score", model=label):
+                bound = (
+                    f"{r['pct_of_gemm_bound']:.1f}% of {r['gemm_bound_tokens_per_s']:,.0f}"
+                    if r.get("pct_of_gemm_bound") is not None
+                    else "–"
+                )
+                add(
+                    _row(
+                        f"score, batch {r['batch_size']} ({_n(r['sentences_per_s'])} sentences/s)",
+                        _n(r["requests"]),
+                        _n(r["tokens_per_s"]),
+                        f"{r['latency_p50_s']:.3f} s",
+                        f"{r['latency_p99_s']:.3f} s",
+                        bound,
+                        f"{_n(r.get('rss_max_mb'))} MiB",
+                    )
+                )
+            add("")
+            add(
+                f"Aggregate sampling rate over one stream: 8 clients {s['speedup_8']}x, "
+                f"32 clients **{s['speedup_32']}x**, 64 clients {s['speedup_64']}x."
+            )
+            add("")
+        mems = _all(records, "memory")
+        if mems:
+            add("### Server memory (resident set, VmRSS of the server process)")
+            add("")
+            add(
+                _row(
+                    "model",
+                    "idle, model loaded",
+                    "max under load",
+                    "idle after load",
+                    "high-water mark (VmHWM)",
+                )
+            )
+            add(_row("---", "--:", "--:", "--:", "--:"))
+            for r in mems:
+                add(
+                    _row(
+                        r["model"],
+                        f"{_n(r['rss_idle_loaded_mb'])} MiB",
+                        f"{_n(r['rss_under_load_max_mb'])} MiB",
+                        f"{_n(r['rss_idle_after_load_mb'])} MiB",
+                        f"{_n(r['rss_hwm_mb'])} MiB",
+                    )
+                )
+            add("")
+
+    errors = _all(records, "error")
+    if errors:
+        add("## Failed stages")
+        add("")
+        for e in errors:
+            add(f"- **{e['stage']}**: {e['message'].splitlines()[0]}")
+        add("")
+    add("## Reproduce")
+    add("")
+    add("```sh")
+    add("make bench                      # this summary; word runs 240 s, char/sentencepiece 120 s")
+    add("make bench-quality              # the same with 600 s per training run (~50 min)")
+    add("BENCH_BUDGET=600 make bench     # 600 s word runs, 300 s char/sentencepiece")
+    add("python bench/run.py --help      # stages, budgets, --only")
+    add("```")
+    add("")
+    return "\n".join(L)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("results", nargs="?", type=Path, default=Path("bench/results.jsonl"))
+    p.add_argument("-o", "--output", type=Path, default=None, help="default: stdout")
+    args = p.parse_args()
+    lines = args.results.read_text().splitlines()
+    records = [json.loads(line) for line in lines if line.startswith("{")]  # JSON lines only
+    records = [r for r in records if r.get("bench") != "goal"]  # judged again, here
+    records += goals(records)
+    text = render(records)
+    if args.output:
+        args.output.write_text(text)
+    else:
+        sys.stdout.write(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,174 @@
+"""The machine's fp32 matrix-multiply rate, and training speed against it.
+
+    python bench/speed.py gemm [--threads 1 2] [--seconds 3]
+    python bench/speed.py train CORPUS_DIR [--seconds 30] [--threads N] [--gemm-gflops X]
+
+`gemm`: torch.matmul of square fp32 matrices (n = 1024 and 2048), each timed
+for about `--seconds` after a warm-up; the best median rate over the sizes is
+the machine's peak for that many threads. One JSON object per thread count.
+
+`train`: the training step of `rnnlm train`'s default configuration for the
+corpus (what `TrainConfig.resolve` picks: for a word corpus a 1x256 LSTM,
+128-d embeddings, adaptive softmax, sentence mode, batch 64, BPTT 70, AdamW,
+clip 1.0), on the corpus's own length-sorted batches, timed for `--seconds`
+after 5 warm-up steps, without evaluation or checkpointing. Tokens are the
+real (non-padding) targets. FLOPs per token come from the layer sizes
+(bench/flops.py; training = 3 x forward); the share of peak is
+FLOPs/token x tokens/s over the GEMM rate measured here with the same threads
+(or `--gemm-gflops`). Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import flops  # noqa: E402
+
+
+def measure_gemm(
+    threads: int, seconds: float, sizes: tuple[int, ...] = (1024, 2048)
+) -> dict[str, Any]:
+    torch.set_num_threads(threads)
+    best: dict[str, Any] = {}
+    for n in sizes:
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        for _ in range(2):
+            torch.matmul(a, b)
+        times: list[float] = []
+        t_end = time.perf_counter() + seconds
+        while time.perf_counter() < t_end or len(times) < 3:
+            t0 = time.perf_counter()
+            torch.matmul(a, b)
+            times.append(time.perf_counter() - t0)
+        rate = 2 * n**3 / statistics.median(times) / 1e9
+        if rate > best.get("gflops", 0.0):
+            best = {"n": n, "gflops": round(rate, 2), "repeats": len(times)}
+    return {"bench": "gemm", "dtype": "float32", "threads": threads, **best}
+
+
+def train_speed(
+    corpus: Path, seconds: float, threads: int, gemm_gflops: float | None
+) -> dict[str, Any]:
+    from models.model import RNNLM
+    from training.corpus import TokenSplit, load_corpus_tokenizer, read_corpus_meta
+    from training.data import sentence_batches, sentence_tensors, windows
+    from training.train import LossModule, TrainConfig
+
+    torch.set_num_threads(threads)
+    meta = read_corpus_meta(corpus)
+    tok = load_corpus_tokenizer(corpus)
+    cfg = TrainConfig().resolve(meta["tokenizer"]["kind"], tok.vocab_size)
+    assert cfg.bptt is not None and cfg.lr is not None and cfg.weight_decay is not None
+    bptt = cfg.bptt
+    torch.manual_seed(cfg.seed)
+    model_cfg = cfg.model_config(tok.vocab_size)
+    model = RNNLM(model_cfg)
+    net = LossModule(model).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    split = TokenSplit(corpus, "train")
+    model_dict = model_cfg.to_dict()
+    tails = flops.tail_fractions(model_dict, np.asarray(split.tokens).tolist())
+    fwd = flops.forward_flops(model_dict, tails)
+    per_token = flops.TRAIN_FACTOR * fwd["total"]
+
+    def windows_forever() -> Iterator[tuple[Tensor, Tensor, bool]]:
+        """(inputs, targets, fresh): a batch's later windows carry its state, as in training."""
+        epoch = 0
+        while True:
+            for idx in sentence_batches(split, cfg.batch_size, epoch, cfg.seed):
+                for k, (inp, tgt) in enumerate(windows(*sentence_tensors(split, idx), bptt)):
+                    yield inp, tgt, k == 0
+            epoch += 1
+
+    tokens = positions = n_steps = 0
+    warmup = 5
+    t0 = time.perf_counter()
+    state: tuple[Tensor, ...] | None = None
+    for i, (inp, tgt, fresh) in enumerate(windows_forever()):
+        if i == warmup:
+            t0 = time.perf_counter()
+        nll, n_t, new_state = net(inp, tgt, None if fresh else state)
+        opt.zero_grad(set_to_none=True)
+        (nll / n_t).backward()
+        nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+        opt.step()
+        state = tuple(s.detach() for s in new_state)
+        if i >= warmup:
+            tokens += int(n_t)
+            positions += inp.numel()
+            n_steps += 1
+            if time.perf_counter() - t0 >= seconds:
+                break
+    elapsed = time.perf_counter() - t0
+    tps = tokens / elapsed
+    if gemm_gflops is None:
+        gemm_gflops = measure_gemm(threads, 2.0)["gflops"]
+        torch.set_num_threads(threads)
+    achieved = per_token * tps / 1e9
+    return {
+        "bench": "train_speed",
+        "corpus": str(corpus),
+        "threads": threads,
+        "config": {
+            "mode": cfg.mode,
+            "cell": model_cfg.cell,
+            "layers": model_cfg.layers,
+            "hidden": model_cfg.hidden,
+            "embedding": model_cfg.embedding,
+            "vocab_size": model_cfg.vocab_size,
+            "adaptive_cutoffs": model_cfg.adaptive_cutoffs,
+            "tied": model_cfg.tied,
+            "batch_size": cfg.batch_size,
+            "bptt": cfg.bptt,
+            "optimizer": cfg.optimizer,
+        },
+        "parameters": model.num_parameters(),
+        "steps": n_steps,
+        "seconds": round(elapsed, 2),
+        "tokens": tokens,
+        "tokens_per_s": round(tps, 1),
+        "padding_share": round(1 - tokens / max(1, positions), 4),
+        "tail_cluster_shares": [round(p, 4) for p in tails],
+        "forward_flops_per_token": {k: round(v) for k, v in fwd.items()},
+        "train_flops_per_token": round(per_token),
+        "flops_formula": flops.FORMULA,
+        "achieved_gflops": round(achieved, 3),
+        "gemm_gflops": gemm_gflops,
+        "pct_of_gemm_peak": round(100 * achieved / gemm_gflops, 2) if gemm_gflops else math.nan,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    sub = p.add_subparsers(dest="what", required=True)
+    g = sub.add_parser("gemm", help="fp32 matmul GFLOP/s")
+    g.add_argument("--threads", type=int, nargs="+", default=[1, torch.get_num_threads()])
+    g.add_argument("--seconds", type=float, default=3.0, help="per matrix size")
+    t = sub.add_parser("train", help="training tokens/s and share of GEMM peak")
+    t.add_argument("corpus", type=Path, help="directory written by `rnnlm corpus`")
+    t.add_argument("--seconds", type=float, default=30.0)
+    t.add_argument("--threads", type=int, default=torch.get_num_threads())
+    t.add_argument("--gemm-gflops", type=float, default=None, help="default: measure it")
+    args = p.parse_args()
+    if args.what == "gemm":
+        for n in dict.fromkeys(args.threads):
+            print(json.dumps(measure_gemm(n, args.seconds)), flush=True)
+    else:
+        print(json.dumps(train_speed(args.corpus, args.seconds, args.threads, args.gemm_gflops)))
+
+
+if __name__ == "__main__":
+    main()
