@@ -276,22 +276,29 @@ class ModelWorker:
         groups: dict[tuple[bool, bool, bool, int], list[ScoreJob]] = {}
         for job in jobs:
             groups.setdefault(job.group, []).append(job)
-        for (bos, eos, per_token, top), group in groups.items():
-            texts = [t for job in group for t in job.texts]
-            try:
-                results = self.engine.score_batch(texts, bos, eos, per_token, top)
-            except Exception as e:
-                log.exception("model %s: scoring failed", self.name)
+        for group in groups.values():
+            self._score_group(group)
+
+    def _score_group(self, group: list[ScoreJob]) -> None:
+        bos, eos, per_token, top = group[0].group
+        texts = [t for job in group for t in job.texts]
+        try:
+            results = self.engine.score_batch(texts, bos, eos, per_token, top)
+        except Exception as e:
+            if len(group) > 1:  # whose request was it? Each alone: only that one fails
                 for job in group:
-                    _call_soon(job.future.get_loop(), _resolve, job.future, None, e)
-                continue
-            self.metrics.score_batch_size.labels(self.name).observe(len(texts))
-            self.metrics.tokens_scored.labels(self.name).inc(sum(r.num_tokens for r in results))
-            start = 0
-            for job in group:
-                part = results[start : start + len(job.texts)]
-                start += len(job.texts)
-                _call_soon(job.future.get_loop(), _resolve, job.future, part)
+                    self._score_group([job])
+                return
+            log.exception("model %s: scoring failed", self.name)
+            _call_soon(group[0].future.get_loop(), _resolve, group[0].future, None, e)
+            return
+        self.metrics.score_batch_size.labels(self.name).observe(len(texts))
+        self.metrics.tokens_scored.labels(self.name).inc(sum(r.num_tokens for r in results))
+        start = 0
+        for job in group:
+            part = results[start : start + len(job.texts)]
+            start += len(job.texts)
+            _call_soon(job.future.get_loop(), _resolve, job.future, part)
 
     def _send(self, items: list[tuple[SampleJob, Event]]) -> None:
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[SampleJob, Event]]] = {}

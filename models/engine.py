@@ -311,7 +311,8 @@ class Engine:
         for text, (ids, pieces), (tids, lps, tops) in zip(texts, encoded, scored, strict=True):
             tokens = None
             if per_token or top:
-                names = (pieces[0 if bos else 1 :] if ids else []) + (["<eos>"] if eos else [])
+                # Without bos the first token is context only, even when it is <eos>.
+                names = (pieces + (["<eos>"] if eos else []))[0 if bos else 1 :]
                 tokens = [
                     TokenLogprob(
                         id=tid,

@@ -232,3 +232,29 @@ def test_an_engine_failure_fails_the_running_jobs_and_the_worker_survives(
         asyncio.run(main())
     finally:
         worker.stop()
+
+
+def test_a_request_that_breaks_scoring_fails_alone(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = engine.score_batch
+
+    def fragile(texts, bos=True, eos=True, per_token=False, top=0):  # type: ignore[no-untyped-def]
+        if "boom" in texts:
+            raise RuntimeError("boom")
+        return real(texts, bos, eos, per_token, top)
+
+    monkeypatch.setattr(engine, "score_batch", fragile)
+    worker = _worker(engine, start=False)
+
+    async def main() -> list:
+        futs = [worker.submit_score(t, True, True, False, 0) for t in (["a"], ["boom"], ["b"])]
+        worker.start()  # all three in one group: scored together, then apart
+        return await asyncio.gather(*futs, return_exceptions=True)
+
+    try:
+        a, boom, b = asyncio.run(main())
+    finally:
+        worker.stop()
+    assert isinstance(boom, RuntimeError)
+    assert a[0].text == "a" and b[0].text == "b"

@@ -43,6 +43,23 @@ def test_score_fields_follow_the_design(engine: Engine):
     assert empty.num_tokens == 0 and empty.logprob == 0 and empty.perplexity is None
 
 
+@pytest.mark.parametrize("text", ["", "a", "the cat"])
+@pytest.mark.parametrize("bos", [True, False])
+@pytest.mark.parametrize("eos", [True, False])
+def test_per_token_results_line_up_for_every_bos_and_eos(
+    engine: Engine, text: str, bos: bool, eos: bool
+):
+    # Found by fuzzing the API: "" with bos false and eos true crashed per_token scoring.
+    r = engine.score_batch([text], bos=bos, eos=eos, per_token=True, top=2)[0]
+    pieces = engine.tokenizer.tokenize(text)[1]
+    names = (pieces + (["<eos>"] if eos else []))[0 if bos else 1 :]
+    assert r.tokens is not None and [t.token for t in r.tokens] == names
+    assert r.num_tokens == len(names) and all(len(t.top or []) == 2 for t in r.tokens)
+    plain = engine.score_batch([text], bos=bos, eos=eos)[0]
+    assert plain.num_tokens == r.num_tokens
+    assert plain.logprob == pytest.approx(r.logprob, abs=1e-5)
+
+
 def test_score_matches_the_model_directly(engine: Engine):
     text = "the cat sat"
     ids = [BOS] + engine.tokenizer.encode(text) + [EOS]
