@@ -17,6 +17,7 @@ from app.config import Settings
 from app.errors import install_error_handlers
 from app.metrics import Metrics
 from app.middleware import GuardMiddleware, MetricsMiddleware
+from app.openapi import openapi_for
 from app.registry import Registry
 from app.routes import health, models, native, openai
 from models.errors import RnnlmError
@@ -53,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     app.state.registry = None
     app.state.started = time.time()
+    app.openapi = openapi_for(app, settings)  # type: ignore[method-assign]
     install_error_handlers(app)
     for r in (native.router, openai.router, models.router, health.router):
         app.include_router(r)
