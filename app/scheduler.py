@@ -161,11 +161,27 @@ class ModelWorker:
     def running(self) -> int:
         return len(self._batch)
 
+    def _backlog(self) -> int:
+        """Requests that cannot start at the next token boundary: the queue that is bounded.
+
+        Sampling jobs the batch has room for start at the next step, as the worker
+        admits them (in order, stopping at the first that does not fit); they do not
+        count, so a free slot is never refused because the worker is mid-step.
+        """
+        room = self.max_batch - len(self._batch)
+        starting = 0
+        for job in self._samples:
+            if len(job.gens) > room:
+                break
+            room -= len(job.gens)
+            starting += 1
+        return len(self._samples) - starting + len(self._scores)
+
     def _admit_or_refuse(self) -> None:
-        if self.queue_depth >= self.max_queue:
+        if (backlog := self._backlog()) >= self.max_queue:
             self.metrics.rejected.labels(self.name).inc()
             raise Overloaded(
-                f"model {self.name!r} has {self.queue_depth} requests waiting; "
+                f"model {self.name!r} has {backlog} requests waiting; "
                 f"retry in {self.retry_after_s} s",
                 headers={"Retry-After": str(self.retry_after_s)},
             )
