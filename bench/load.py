@@ -265,7 +265,7 @@ async def overload(args: argparse.Namespace, server: Server, exact: bool) -> dic
                     tally.fail(problem)
 
         for b in range(args.bursts):
-            tally, refused, admitted = Tally(), [], []
+            tally, refused, admitted = Tally(), list[float](), list[float]()
             t0 = time.perf_counter()
             await asyncio.gather(*(one(b * burst + i, tally, refused, admitted)
                                    for i in range(burst)))  # fmt: skip
