@@ -99,5 +99,6 @@ def serve(
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        timeout_keep_alive=settings.keep_alive_s,
         timeout_graceful_shutdown=settings.shutdown_timeout_s,
     )
