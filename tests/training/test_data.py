@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,7 +14,9 @@ from training.corpus import CorpusOptions, TokenSplit, build_corpus
 from training.data import sentence_batches, sentence_windows
 
 
-def _padded_then_cut(split: TokenSplit, idx: np.ndarray, bptt: int) -> list[tuple]:
+def _padded_then_cut(
+    split: TokenSplit, idx: np.ndarray[Any, Any], bptt: int
+) -> list[tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]]:
     """The reference: pad the whole batch to its longest row, then cut it in windows."""
     seqs = [split.sequence(int(i)) for i in idx]
     T = max(len(s) for s in seqs)
