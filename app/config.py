@@ -39,6 +39,15 @@ class Settings(BaseSettings):
     max_batch: int = Field(default=64, ge=1, le=4096, description="sequences stepped together")
     max_queue: int = Field(default=256, ge=1, description="requests waiting; past it: 503")
     retry_after_s: int = Field(default=1, ge=1, description="Retry-After of a 503")
+    keep_alive_s: int = Field(
+        default=75,
+        ge=1,
+        description="idle keep-alive connections close after this; above the idle timeout of a "
+        "load balancer or client pool (often 60 s, httpx 5 s), so that they close first",
+    )
+    shutdown_timeout_s: int = Field(
+        default=5, ge=0, description="on SIGTERM, seconds in-flight requests get to finish"
+    )
 
     # Request limits.
     max_body_bytes: int = Field(default=1 << 20, ge=1024)

@@ -112,27 +112,40 @@ def _schema_status(request: Request) -> int:
 _TAGS = {"str", "int", "float", "bool", "none", "StreamOptions"}
 
 
+def _is_tag(x: str) -> bool:
+    return x in _TAGS or x.startswith(("function-", "list[", "dict["))
+
+
 def describe_validation_errors(errors: list[dict[str, Any]]) -> tuple[str, str | None]:
     """Pydantic's error list -> one readable message and the first field's dotted name."""
     parts, first = [], None
     for e in errors:
-        loc = [str(x) for x in e.get("loc", ()) if x != "body"]
+        loc = [str(x) for x in e.get("loc", ())]
+        loc = loc[1:] if loc[:1] == ["body"] else loc  # FastAPI's prefix, not a field "body"
         kind = e.get("type", "")
         if kind == "json_invalid":
             where = loc[0] if loc else "?"
             reason = (e.get("ctx") or {}).get("error", "invalid JSON")
             parts.append(f"request body is not valid JSON (at character {where}: {reason})")
             continue
-        # Union members add their type name to the location: drop it.
+        # Union members add their type name to the location: drop it. The first name is
+        # always a field, and so is the last of an unknown one ({"str": 1} is a field "str").
+        keep_last = kind == "extra_forbidden"
         loc = [
-            x for x in loc if x not in _TAGS and not x.startswith(("function-", "list[", "dict["))
+            x
+            for i, x in enumerate(loc)
+            if i == 0 or (keep_last and i == len(loc) - 1) or not _is_tag(x)
         ]
-        param = ".".join(loc) or None
-        first = first or param
+        param = ".".join(loc) if loc else None
+        first = param if first is None else first
         if kind == "extra_forbidden":
             parts.append(f"unknown field {param!r}")
+        elif kind == "missing" and not loc:
+            parts.append("request body is missing: send a JSON object")
         elif kind == "missing":
             parts.append(f"{param}: field required")
+        elif kind == "string_unicode":  # pydantic's word for a lone surrogate, in places
+            parts.append(f"{param}: a lone UTF-16 surrogate is not text")
         elif kind == "model_attributes_type" and not loc:
             parts.append("request body must be a JSON object (send Content-Type: application/json)")
         else:
@@ -163,6 +176,8 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
         message = f"no route {request.method} {request.url.path}"
     elif exc.status_code == 405:
         message = f"method {request.method} is not allowed on {request.url.path}"
+    elif isinstance(exc.__cause__, RecursionError):
+        message = "request body is not valid JSON here: it is nested too deeply"
     elif exc.__cause__ is not None:
         # FastAPI's "error parsing the body": say why (a number too long, bad UTF-8, ...).
         message = f"{message}: {exc.__cause__}"

@@ -18,6 +18,7 @@ from app.config import Settings
 from app.errors import install_error_handlers
 from app.metrics import Metrics
 from app.middleware import GuardMiddleware, MetricsMiddleware
+from app.openapi import openapi_for
 from app.registry import Registry
 from app.routes import health, models, native, openai, playground
 from models.errors import RnnlmError
@@ -57,6 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     app.state.registry = None
     app.state.started = time.time()
+    app.openapi = openapi_for(app, settings)  # type: ignore[method-assign]
     install_error_handlers(app)
     for r in (native.router, openai.router, models.router, health.router, playground.router):
         app.include_router(r)
@@ -101,5 +103,6 @@ def serve(
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        timeout_graceful_shutdown=5,
+        timeout_keep_alive=settings.keep_alive_s,
+        timeout_graceful_shutdown=settings.shutdown_timeout_s,
     )

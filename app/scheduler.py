@@ -161,11 +161,27 @@ class ModelWorker:
     def running(self) -> int:
         return len(self._batch)
 
+    def _backlog(self) -> int:
+        """Requests that cannot start at the next token boundary: the queue that is bounded.
+
+        Sampling jobs the batch has room for start at the next step, as the worker
+        admits them (in order, stopping at the first that does not fit); they do not
+        count, so a free slot is never refused because the worker is mid-step.
+        """
+        room = self.max_batch - len(self._batch)
+        starting = 0
+        for job in self._samples:
+            if len(job.gens) > room:
+                break
+            room -= len(job.gens)
+            starting += 1
+        return len(self._samples) - starting + len(self._scores)
+
     def _admit_or_refuse(self) -> None:
-        if self.queue_depth >= self.max_queue:
+        if (backlog := self._backlog()) >= self.max_queue:
             self.metrics.rejected.labels(self.name).inc()
             raise Overloaded(
-                f"model {self.name!r} has {self.queue_depth} requests waiting; "
+                f"model {self.name!r} has {backlog} requests waiting; "
                 f"retry in {self.retry_after_s} s",
                 headers={"Retry-After": str(self.retry_after_s)},
             )
@@ -276,22 +292,29 @@ class ModelWorker:
         groups: dict[tuple[bool, bool, bool, int], list[ScoreJob]] = {}
         for job in jobs:
             groups.setdefault(job.group, []).append(job)
-        for (bos, eos, per_token, top), group in groups.items():
-            texts = [t for job in group for t in job.texts]
-            try:
-                results = self.engine.score_batch(texts, bos, eos, per_token, top)
-            except Exception as e:
-                log.exception("model %s: scoring failed", self.name)
+        for group in groups.values():
+            self._score_group(group)
+
+    def _score_group(self, group: list[ScoreJob]) -> None:
+        bos, eos, per_token, top = group[0].group
+        texts = [t for job in group for t in job.texts]
+        try:
+            results = self.engine.score_batch(texts, bos, eos, per_token, top)
+        except Exception as e:
+            if len(group) > 1:  # whose request was it? Each alone: only that one fails
                 for job in group:
-                    _call_soon(job.future.get_loop(), _resolve, job.future, None, e)
-                continue
-            self.metrics.score_batch_size.labels(self.name).observe(len(texts))
-            self.metrics.tokens_scored.labels(self.name).inc(sum(r.num_tokens for r in results))
-            start = 0
-            for job in group:
-                part = results[start : start + len(job.texts)]
-                start += len(job.texts)
-                _call_soon(job.future.get_loop(), _resolve, job.future, part)
+                    self._score_group([job])
+                return
+            log.exception("model %s: scoring failed", self.name)
+            _call_soon(group[0].future.get_loop(), _resolve, group[0].future, None, e)
+            return
+        self.metrics.score_batch_size.labels(self.name).observe(len(texts))
+        self.metrics.tokens_scored.labels(self.name).inc(sum(r.num_tokens for r in results))
+        start = 0
+        for job in group:
+            part = results[start : start + len(job.texts)]
+            start += len(job.texts)
+            _call_soon(job.future.get_loop(), _resolve, job.future, part)
 
     def _send(self, items: list[tuple[SampleJob, Event]]) -> None:
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[SampleJob, Event]]] = {}

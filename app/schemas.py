@@ -7,15 +7,17 @@ the engine's own `SampleParams`.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, Strict
 
 from app.config import Settings
 from app.errors import InvalidField, TooLarge
 from models.engine import SampleParams, SampleResult, ScoreResult, TokenLogprob
 
 SEED_MAX = 2**63 - 1
+SAMPLE_MAX_TOKENS = 100  # defaults, lowered to the server's RNNLM_MAX_TOKENS when over it
+COMPLETION_MAX_TOKENS = 16  # OpenAI's
 
 
 def _valid_unicode(s: str) -> str:
@@ -26,7 +28,20 @@ def _valid_unicode(s: str) -> str:
     return s
 
 
+def _json_int(v: Any) -> Any:
+    """JSON integers (and 2.0) only: not "2", not true. JSON Schema's `integer`."""
+    if isinstance(v, str | bool):
+        raise ValueError("Input should be a valid integer")
+    return v
+
+
 Text = Annotated[str, AfterValidator(_valid_unicode)]
+T = TypeVar("T")
+# Requests are validated strictly (no "1" for 1, no 0 for false), as their schema says;
+# integers alone are lax, so that 2.0 counts as 2, as in JSON Schema. Bounds of an
+# optional integer go inside: JsonInt[Annotated[int, Field(ge=0)]] | None.
+JsonInt = Annotated[T, Strict(False), BeforeValidator(_json_int)]
+NonNegative = JsonInt[Annotated[int, Field(ge=0)]]
 ModelName = Annotated[
     Text | None,
     Field(
@@ -34,7 +49,13 @@ ModelName = Annotated[
     ),
 ]
 
-_NATIVE = ConfigDict(extra="forbid")
+_NATIVE = ConfigDict(extra="forbid", strict=True)
+
+
+def shown(value: int) -> str:
+    """A number for an error message: a 4,000-digit one is not repeated back."""
+    digits = len(str(abs(value)))
+    return str(value) if digits <= 20 else f"a {digits}-digit number"
 
 
 def check_stop(stop: list[str], settings: Settings, param: str = "stop") -> None:
@@ -63,15 +84,60 @@ def check_text(text: str, settings: Settings, param: str) -> None:
 def check_max_tokens(value: int, settings: Settings) -> None:
     if value > settings.max_tokens:
         raise InvalidField(
-            f"max_tokens: at most {settings.max_tokens} on this server, got {value}", "max_tokens"
+            f"max_tokens: at most {settings.max_tokens} on this server, got {shown(value)}",
+            "max_tokens",
         )
 
 
 def check_top(value: int, settings: Settings, param: str) -> None:
     if value > settings.max_top_logprobs:
         raise InvalidField(
-            f"{param}: at most {settings.max_top_logprobs} on this server, got {value}", param
+            f"{param}: at most {settings.max_top_logprobs} on this server, got {shown(value)}",
+            param,
         )
+
+
+# ----------------------------------------------------------------------- errors
+
+
+class ErrorDetail(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    message: str = Field(description="what went wrong, for a person to act on")
+    type: str = Field(description="invalid_request_error, authentication_error, ...")
+    param: str | None = Field(description="the field at fault, dotted (texts.3), or null")
+    code: str | None = Field(description="a stable machine-readable code, or null")
+
+
+class ErrorResponse(BaseModel):
+    """The one shape of every error, whatever its status."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    error: ErrorDetail
+
+
+_ERROR_STATUSES = {
+    400: "malformed body (not UTF-8, not JSON); on /v1/* also a bad field, as OpenAI does",
+    401: "missing or wrong API key (only when RNNLM_API_KEY is set)",
+    404: "no such model",
+    413: "body, text or list over the server's limits",
+    422: "a bad or unknown field, named in `param`",
+    503: "queue full or models not loaded yet: retry after `Retry-After` seconds",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` for a route's errors: each in the one error shape."""
+    out: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        doc: dict[str, Any] = {"model": ErrorResponse, "description": _ERROR_STATUSES[status]}
+        if status == 503:
+            doc["headers"] = {
+                "Retry-After": {"description": "seconds", "schema": {"type": "integer"}}
+            }
+        out[status] = doc
+    return out
 
 
 class Usage(BaseModel):
@@ -88,39 +154,45 @@ class SampleRequest(BaseModel):
 
     model: ModelName
     prompt: Text = Field(default="", description="text the samples continue; may be empty")
-    max_tokens: int = Field(
-        default=100, ge=0, description="tokens to generate at most (<eos> counts)"
+    max_tokens: JsonInt[int] = Field(
+        default=SAMPLE_MAX_TOKENS, ge=0, description="tokens to generate at most (<eos> counts)"
     )
     temperature: float = Field(default=1.0, ge=0, le=100, description="0 is greedy")
-    top_k: int = Field(default=0, ge=0, le=1_000_000, description="keep the k most likely; 0: all")
+    top_k: JsonInt[int] = Field(
+        default=0, ge=0, le=1_000_000, description="keep the k most likely; 0: all"
+    )
     top_p: float = Field(
         default=1.0, gt=0, le=1, description="nucleus: smallest set with this mass"
     )
     min_p: float = Field(
         default=0.0, ge=0, lt=1, description="drop tokens below min_p × the top one"
     )
-    seed: int | None = Field(
-        default=None, ge=0, le=SEED_MAX, description="sample i uses seed + i; drawn when absent"
+    seed: JsonInt[Annotated[int, Field(ge=0, le=SEED_MAX)]] | None = Field(
+        default=None, description="sample i uses seed + i; drawn when absent"
     )
     stop: list[Text] | Text | None = Field(
         default=None, description="stop strings, not included in the text"
     )
-    n: int = Field(default=1, ge=1, description="number of samples")
+    n: JsonInt[int] = Field(default=1, ge=1, description="number of samples")
     stream: bool = Field(default=False, description="send Server-Sent Events as text is produced")
     logprobs: bool = Field(default=False, description="return each token's log-probability")
-    top_logprobs: int = Field(default=0, ge=0, description="and this many alternatives per token")
+    top_logprobs: JsonInt[int] = Field(
+        default=0, ge=0, description="and this many alternatives per token"
+    )
 
     @property
     def stop_list(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
 
     def check(self, settings: Settings) -> None:
+        if "max_tokens" not in self.model_fields_set:  # the default never exceeds the server's
+            self.max_tokens = min(self.max_tokens, settings.max_tokens)
         check_text(self.prompt, settings, "prompt")
         check_max_tokens(self.max_tokens, settings)
         check_stop(self.stop_list, settings)
         check_top(self.top_logprobs, settings, "top_logprobs")
         if self.n > settings.max_n:
-            raise InvalidField(f"n: at most {settings.max_n} samples, got {self.n}", "n")
+            raise InvalidField(f"n: at most {settings.max_n} samples, got {shown(self.n)}", "n")
         if self.seed is not None and self.seed + self.n - 1 > SEED_MAX:
             raise InvalidField(f"seed: seed + n - 1 must be at most {SEED_MAX}", "seed")
 
@@ -245,29 +317,35 @@ class ScoreResponse(BaseModel):
 
 
 class StreamOptions(BaseModel):
+    model_config = ConfigDict(strict=True)
+
     include_usage: bool = False
 
 
 class CompletionRequest(BaseModel):
     """OpenAI's legacy completions request. Unknown fields are ignored, as vLLM does."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     model: Text = Field(max_length=200)
     prompt: Text | list[Text] = ""
-    max_tokens: int | None = Field(default=16, ge=0)
+    max_tokens: NonNegative | None = COMPLETION_MAX_TOKENS
     temperature: float | None = Field(default=1.0, ge=0, le=100)
     top_p: float | None = Field(default=1.0, gt=0, le=1)
-    top_k: int | None = Field(default=None, ge=0, le=1_000_000, description="extension (as vLLM)")
+    top_k: JsonInt[Annotated[int, Field(ge=0, le=1_000_000)]] | None = Field(
+        default=None, description="extension (as vLLM)"
+    )
     min_p: float | None = Field(default=None, ge=0, lt=1, description="extension (as vLLM)")
-    n: int | None = Field(default=1, ge=1)
+    n: JsonInt[Annotated[int, Field(ge=1)]] | None = 1
     stop: Text | list[Text] | None = None
-    seed: int | None = Field(default=None, ge=0, le=SEED_MAX)
+    seed: JsonInt[Annotated[int, Field(ge=0, le=SEED_MAX)]] | None = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
-    logprobs: int | None = Field(default=None, ge=0)
+    logprobs: NonNegative | None = None
     echo: bool | None = False
-    best_of: int | None = Field(default=None, ge=1)
+    best_of: JsonInt[Annotated[int, Field(ge=1, le=1)]] | None = Field(
+        default=None, description="only 1: this server makes no choice among samples"
+    )
     suffix: str | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
@@ -290,11 +368,13 @@ class CompletionRequest(BaseModel):
             raise TooLarge(f"prompt: at most {settings.max_texts} prompts", "prompt")
         for i, p in enumerate(prompts):
             check_text(p, settings, "prompt" if isinstance(self.prompt, str) else f"prompt.{i}")
-        check_max_tokens(self.max_tokens or 0, settings)
+        if self.max_tokens is None or "max_tokens" not in self.model_fields_set:
+            self.max_tokens = min(COMPLETION_MAX_TOKENS, settings.max_tokens)
+        check_max_tokens(self.max_tokens, settings)
         check_stop(self.stop_list, settings)
         check_top(self.logprobs or 0, settings, "logprobs")
         if n > settings.max_n:
-            raise InvalidField(f"n: at most {settings.max_n}, got {n}", "n")
+            raise InvalidField(f"n: at most {settings.max_n}, got {shown(n)}", "n")
         if n * len(prompts) > settings.max_batch:
             raise InvalidField(
                 f"n: n × number of prompts must be at most {settings.max_batch}, "
@@ -305,7 +385,6 @@ class CompletionRequest(BaseModel):
             raise InvalidField(f"seed: seed + n - 1 must be at most {SEED_MAX}", "seed")
         unsupported = [
             ("suffix", self.suffix not in (None, "")),
-            ("best_of", self.best_of not in (None, n)),
             ("presence_penalty", self.presence_penalty not in (None, 0)),
             ("frequency_penalty", self.frequency_penalty not in (None, 0)),
             ("logit_bias", bool(self.logit_bias)),
@@ -317,7 +396,7 @@ class CompletionRequest(BaseModel):
     def to_params(self) -> SampleParams:
         top = self.logprobs or 0
         return SampleParams(
-            max_tokens=self.max_tokens if self.max_tokens is not None else 16,
+            max_tokens=self.max_tokens if self.max_tokens is not None else COMPLETION_MAX_TOKENS,
             temperature=self.temperature if self.temperature is not None else 1.0,
             top_k=self.top_k or 0,
             top_p=self.top_p if self.top_p is not None else 1.0,

@@ -8,11 +8,13 @@
 Writes are atomic: the new directory is written and fsync'd beside the old one
 under a temporary name, then renamed into place. Between the two renames a
 crash leaves `.<name>.old`; loading and the next save both recover it, so a
-good checkpoint is never lost.
+good checkpoint is never lost. A crash while writing leaves `.<name>.tmp-*`,
+which the next save of that name removes.
 """
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -72,10 +74,16 @@ def _old(target: Path) -> Path:
 
 
 def recover(target: Path) -> Path:
-    """Put back a checkpoint a crash left under its `.old` name; return `target`."""
+    """Put back a checkpoint a crash left under its `.old` name; return `target`.
+
+    With `target` in place too, the crash came after the second rename: the `.old`
+    one is superseded and goes.
+    """
     old = _old(target)
     if old.is_dir() and not target.exists():
         os.rename(old, target)
+    elif old.is_dir():
+        shutil.rmtree(old, ignore_errors=True)
     return target
 
 
@@ -85,6 +93,8 @@ def atomic_directory(target: Path) -> Iterator[Path]:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     recover(target)
+    for stale in target.parent.glob(f".{glob.escape(target.name)}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)  # a crash in the middle of a write left it
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         yield tmp

@@ -40,6 +40,7 @@ from models.tokenizers import BOS, EOS, PAD, UNK
 _NEVER_SAMPLED = [PAD, UNK, BOS]
 _OUTPUT_CHUNK = 4096  # positions per output-layer call: bounds the (N, V) buffer
 _TIME_WINDOW = 512  # time steps per recurrent call when scoring long texts
+_PADDED_IDS = 1 << 20  # rows x time steps of one scoring batch, padding included
 
 
 @dataclass
@@ -269,9 +270,12 @@ class Engine:
         ]
         order = sorted(range(len(fulls)), key=lambda i: -len(fulls[i]))
         order = [i for i in order if len(fulls[i]) >= 2]
-        for start in range(0, len(order), self.max_batch):
-            chunk = order[start : start + self.max_batch]
-            T = len(fulls[chunk[0]]) - 1  # longest first
+        while order:
+            # Longest first; as many as fit max_batch and the padded-size budget (a
+            # 5 MB line is scored alone, not padded into 63 rows beside it).
+            T = len(fulls[order[0]]) - 1
+            chunk = order[: max(1, min(self.max_batch, _PADDED_IDS // T))]
+            order = order[len(chunk) :]
             inp = torch.full((len(chunk), T), PAD, dtype=torch.long)
             tgt = torch.full((len(chunk), T), PAD, dtype=torch.long)
             lengths = torch.zeros(len(chunk), dtype=torch.long)
@@ -360,7 +364,8 @@ class Engine:
         ):
             tokens = None
             if per_token or top:
-                names = (pieces[0 if bos else 1 :] if ids else []) + (["<eos>"] if eos else [])
+                # Without bos the first token is context only, even when it is <eos>.
+                names = (pieces + (["<eos>"] if eos else []))[0 if bos else 1 :]
                 tokens = [
                     TokenLogprob(
                         id=tid,

@@ -160,7 +160,14 @@ def _fit(
     if n_train == 0:
         raise RnnlmError("the training split is empty: the inputs hold no text")
     if opts.tokenizer == "char":
-        return CharTokenizer.fit(counts, opts.vocab_size, opts.min_freq or 2)
+        min_freq = opts.min_freq or 2
+        char_tok = CharTokenizer.fit(counts, opts.vocab_size, min_freq)
+        if char_tok.vocab_size <= len(SPECIALS):
+            raise RnnlmError(
+                f"no character occurs --min-freq {min_freq} times in the training split, so the "
+                "vocabulary would hold nothing but <unk>; use more text or --min-freq 1"
+            )
+        return char_tok
     if opts.pretokenized:
         counts.pop("<unk>", None)  # the literal <unk> maps to the special id
     return WordTokenizer.fit(

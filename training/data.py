@@ -24,6 +24,7 @@ or its own lanes (stream mode): `rank`, `world` below.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -52,17 +53,37 @@ def sentence_batches(
     return batches[rank * per_rank : (rank + 1) * per_rank] if world > 1 else batches
 
 
-def sentence_tensors(split: TokenSplit, indices: np.ndarray[Any, Any]) -> tuple[Tensor, Tensor]:
-    """Padded inputs and targets (B, T): inputs `<bos> t1..tn`, targets `t1..tn <eos>`."""
+def sentence_windows(
+    split: TokenSplit, indices: np.ndarray[Any, Any], bptt: int, start: int = 0
+) -> tuple[int, Iterator[tuple[Tensor, Tensor]]]:
+    """One batch as time windows of at most `bptt`: (how many in all, iterator of
+    (inputs, targets) from window `start` on).
+
+    Rows are padded to the batch's longest sequence T: inputs `<bos> t1..tn`, targets
+    `t1..tn <eos>`, each (B, min(bptt, T - t0)). Only the window in hand is built, so
+    a batch holding one 5 MB line costs B x bptt, not B x 5M, ids of memory.
+    """
     seqs = [split.sequence(int(i)) for i in indices]
     T = max(len(s) for s in seqs)
-    inp = np.full((len(seqs), T), PAD, dtype=np.int64)
-    tgt = np.full((len(seqs), T), PAD, dtype=np.int64)
-    for row, s in enumerate(seqs):
-        inp[row, 0] = BOS
-        inp[row, 1 : len(s)] = s[:-1]
-        tgt[row, : len(s)] = s
-    return torch.from_numpy(inp), torch.from_numpy(tgt)
+
+    def build() -> Iterator[tuple[Tensor, Tensor]]:
+        for t0 in range(start * bptt, T, bptt):
+            w = min(bptt, T - t0)
+            inp = np.full((len(seqs), w), PAD, dtype=np.int64)
+            tgt = np.full((len(seqs), w), PAD, dtype=np.int64)
+            for row, s in enumerate(seqs):
+                end = min(t0 + w, len(s))  # this row's tokens in the window: t0..end
+                if end <= t0:
+                    continue
+                tgt[row, : end - t0] = s[t0:end]
+                if t0 == 0:
+                    inp[row, 0] = BOS
+                    inp[row, 1:end] = s[: end - 1]
+                else:
+                    inp[row, : end - t0] = s[t0 - 1 : end - 1]
+            yield torch.from_numpy(inp), torch.from_numpy(tgt)
+
+    return math.ceil(T / bptt), build()
 
 
 def with_backward_rows(inp: Tensor, tgt: Tensor) -> tuple[Tensor, Tensor]:

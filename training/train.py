@@ -58,7 +58,7 @@ from models.tokenizers import PAD, Tokenizer
 from training.corpus import TokenSplit, load_corpus_tokenizer, read_corpus_meta
 from training.data import (
     sentence_batches,
-    sentence_tensors,
+    sentence_windows,
     stream_lanes,
     stream_window,
     windows,
@@ -147,6 +147,7 @@ class TrainState:
     step: int = 0
     epoch: int = 0
     unit: int = 0  # batches (sentence) or windows (stream) done in this epoch
+    window: int = 0  # bptt windows done in the unit in hand (a long sequence's batch)
     best_valid: float = math.inf
     bad_evals: int = 0
     lr_scale: float = 1.0  # plateau schedule
@@ -358,23 +359,50 @@ def _resume_config(out: Path, cfg: TrainConfig, given: set[str]) -> TrainConfig:
 # ------------------------------------------------------------------- loop
 
 
+Windows = Iterator[tuple[Tensor, Tensor]]
+
+
 def _units(
-    cfg: TrainConfig, split: TokenSplit, epoch: int, start: int, rank: int, world: int
-) -> Iterator[tuple[list[tuple[Tensor, Tensor]], bool]]:
-    """This epoch's units from `start`: (windows, fresh_state) per batch or stream window."""
+    cfg: TrainConfig,
+    split: TokenSplit,
+    epoch: int,
+    start: int,
+    rank: int,
+    world: int,
+    first_window: int = 0,
+) -> Iterator[tuple[int, Windows, bool]]:
+    """This epoch's units from unit `start` (its windows from `first_window`):
+    (windows in the unit, the windows, fresh_state) per batch or stream window."""
     assert cfg.bptt is not None
     if cfg.mode == "sentence":
         batches = sentence_batches(split, cfg.batch_size, epoch, cfg.seed, rank, world)
-        for idx in batches[start:]:
-            inp, tgt = sentence_tensors(split, idx)  # (B, T)
+        for k, idx in enumerate(batches[start:]):
+            first = first_window if k == 0 else 0
             if cfg.bidirectional:
-                inp, tgt = with_backward_rows(inp, tgt)  # (2B, T)
-            yield list(windows(inp, tgt, cfg.bptt)), True
+                # The reversed rows need each whole row: this batch is built at once.
+                _, whole = sentence_windows(split, idx, sys.maxsize)  # one window (B, T)
+                inp, tgt = with_backward_rows(*next(whole))  # (2B, T)
+                wins = list(windows(inp, tgt, cfg.bptt))
+                yield len(wins), iter(wins[first:]), True
+            else:
+                n, lazy = sentence_windows(split, idx, cfg.bptt, first)
+                yield n, lazy, True
     else:
         lane = stream_lanes(split, cfg.batch_size, rank, world)
         for k in range(start, _units_per_epoch(cfg, split, world)):
             inp, tgt = stream_window(split, cfg.batch_size, k * cfg.bptt, cfg.bptt, rank, world)
-            yield [(inp, tgt)], k == 0 and lane > 0
+            yield 1, iter([(inp, tgt)]), k == 0 and lane > 0
+
+
+def _limit(cfg: TrainConfig, st: TrainState, epoch_end: bool) -> str:
+    """Which limit of the run is reached, if any."""
+    if cfg.max_steps and st.step >= cfg.max_steps:
+        return "max_steps"
+    if cfg.time_budget and st.elapsed >= cfg.time_budget:
+        return "time_budget"
+    if cfg.epochs and epoch_end and st.epoch + 1 >= cfg.epochs:
+        return "epochs"
+    return ""
 
 
 def _units_per_epoch(cfg: TrainConfig, split: TokenSplit, world: int) -> int:
@@ -432,7 +460,10 @@ def train(
             f"--batch-size {cfg.batch_size} in stream mode"
         )
     torch.manual_seed(cfg.seed)
-    model_cfg = cfg.model_config(tok.vocab_size)
+    try:
+        model_cfg = cfg.model_config(tok.vocab_size)
+    except ValueError as e:  # e.g. a corpus whose vocabulary is the special tokens alone
+        raise RnnlmError(f"{corpus}: no model can be built for this corpus ({e})") from None
     model = RNNLM(model_cfg).to(dev)
     opt = _optimizer(cfg, model)
     st, carried = TrainState(), None
@@ -490,11 +521,19 @@ def train(
     t_start = time.monotonic() - st.elapsed
     # Training NLL since the last evaluation, per direction (forward, [backward]).
     train_nll, train_n, window_tokens, window_t0 = [0.0, 0.0], 0, 0, time.monotonic()
-    stopped, last_metrics = "", {}
+    last_metrics: dict[str, Any] = {}
+    # A resumed run may have reached its limits already (killed while finishing).
+    stopped = ""
+    if resume:
+        stopped = _limit(cfg, st, st.unit >= units_per_epoch)
+        stopped = stopped or ("early_stopping" if st.bad_evals >= cfg.patience else "")
     net.train()
     while not stopped:
-        for wins, fresh in _units(cfg, train_split, st.epoch, st.unit, rank, world):
-            state = None if fresh else carried
+        units = _units(cfg, train_split, st.epoch, st.unit, rank, world, st.window)
+        for n_wins, wins, fresh in units:
+            # Resuming inside a unit (a long sequence's batch): its state was saved.
+            state = carried if st.window or not fresh else None
+            skip = st.window
             for inp, tgt in wins:
                 inp, tgt = inp.to(dev), tgt.to(dev)
                 for group in opt.param_groups:
@@ -521,12 +560,23 @@ def train(
                 window_tokens += n
                 st.step += 1
                 st.tokens += int(total)
+                st.window += 1
                 if on_step is not None:
                     on_step(st.step, model)
-            carried = state if cfg.mode == "stream" else None
-            st.unit += 1
+                if st.window < n_wins:  # inside a long batch: limits and signals hold too
+                    st.elapsed = time.monotonic() - t_start
+                    if _agree([bool(_limit(cfg, st, False) or stop_signal)], dev)[0]:
+                        break
+            done_here = st.window - skip
+            unit_done = st.window >= n_wins
+            if unit_done:
+                carried = state if cfg.mode == "stream" else None
+                st.unit += 1
+                st.window = 0
+            else:
+                carried = state  # to go on with this unit on resume
             st.elapsed = time.monotonic() - t_start
-            bar.update(len(wins))
+            bar.update(done_here)
             if train_n and st.step % 10 == 0:
                 tps = window_tokens * world / max(1e-9, time.monotonic() - window_t0)
                 bar.set_postfix(
@@ -536,25 +586,18 @@ def train(
                     refresh=False,
                 )
             # Decide together: rank 0's clock and evaluation rule for everyone.
-            epoch_end = st.unit >= units_per_epoch
-            due_eval = (
-                cfg.eval_every is not None and st.step - st.last_eval_step >= cfg.eval_every
-            ) or (
-                cfg.eval_every is None
-                and (
-                    (cfg.time_budget and st.elapsed - st.last_eval_time >= cfg.time_budget / 10)
-                    or (not cfg.time_budget and epoch_end)
+            epoch_end = unit_done and st.unit >= units_per_epoch
+            due_eval = unit_done and (
+                (cfg.eval_every is not None and st.step - st.last_eval_step >= cfg.eval_every)
+                or (
+                    cfg.eval_every is None
+                    and (
+                        (cfg.time_budget and st.elapsed - st.last_eval_time >= cfg.time_budget / 10)
+                        or (not cfg.time_budget and epoch_end)
+                    )
                 )
             )
-            limit = ""
-            if cfg.max_steps and st.step >= cfg.max_steps:
-                limit = "max_steps"
-            elif cfg.time_budget and st.elapsed >= cfg.time_budget:
-                limit = "time_budget"
-            elif cfg.epochs and epoch_end and st.epoch + 1 >= cfg.epochs:
-                limit = "epochs"
-            elif stop_signal:
-                limit = "interrupted"
+            limit = _limit(cfg, st, epoch_end) or ("interrupted" if stop_signal else "")
             flags = _agree([bool(due_eval or limit), bool(limit), bool(stop_signal)], dev)
             if flags[0]:
                 tps = window_tokens * world / max(1e-9, time.monotonic() - window_t0)
@@ -578,7 +621,9 @@ def train(
                 train_nll, train_n, window_tokens, window_t0 = [0.0, 0.0], 0, 0, time.monotonic()
                 if _agree([st.bad_evals >= cfg.patience], dev)[0]:
                     limit = limit or "early_stopping"
-            elif cfg.save_every and st.step % cfg.save_every < len(wins) and _is_main():
+            elif (
+                cfg.save_every and unit_done and st.step % cfg.save_every < done_here and _is_main()
+            ):
                 _save_latest(out, model, tok, opt, cfg, st, carried, meta_now(last_metrics))
             if flags[1] or flags[2] or limit:
                 stopped = limit or "interrupted"

@@ -9,6 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.deps import MetricsDep
 from app.errors import NotReady
+from app.schemas import error_responses
 
 router = APIRouter(tags=["health"])
 
@@ -19,7 +20,7 @@ async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/ready")
+@router.get("/ready", responses=error_responses(503))
 async def ready(request: Request) -> dict[str, Any]:
     """200 once models are loaded and at least one is being served; 503 otherwise."""
     registry = getattr(request.app.state, "registry", None)
@@ -31,7 +32,11 @@ async def ready(request: Request) -> dict[str, Any]:
     return {"status": "ready", "models": list(registry.models), "failed": list(registry.failed)}
 
 
-@router.get("/metrics", response_class=Response)
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}}, **error_responses(401)},
+)
 async def metrics(m: MetricsDep) -> Response:
     """Prometheus metrics."""
     return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)

@@ -8,17 +8,18 @@ from fastapi import APIRouter
 
 from app.deps import RegistryDep
 from app.errors import ModelNotFound
+from app.schemas import error_responses
 
 router = APIRouter(tags=["models"])
 
 
-@router.get("/models")
+@router.get("/models", responses=error_responses(401, 503))
 async def list_models(registry: RegistryDep) -> dict[str, Any]:
     """Every model directory found: size, tokenizer, cell, training metrics, or its error."""
     return {"default": registry.default, "models": registry.listing()}
 
 
-@router.get("/models/{name}")
+@router.get("/models/{name}", responses=error_responses(401, 404, 503))
 async def get_model(name: str, registry: RegistryDep) -> dict[str, Any]:
     """One model's description (or why it failed to load)."""
     for entry in registry.listing():

@@ -7,15 +7,22 @@ from fastapi.responses import StreamingResponse
 
 from app import service
 from app.deps import RegistryDep, SettingsDep
-from app.schemas import SampleRequest, SampleResponse, ScoreRequest, ScoreResponse
+from app.schemas import (
+    SampleRequest,
+    SampleResponse,
+    ScoreRequest,
+    ScoreResponse,
+    error_responses,
+)
 
 router = APIRouter(tags=["native"])
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _SSE_DOC = {200: {"content": {"text/event-stream": {}}, "description": "with stream: true"}}
+_ERRORS = error_responses(400, 401, 404, 413, 422, 503)
 
 
-@router.post("/sample", response_model=SampleResponse, responses=_SSE_DOC)  # type: ignore[arg-type]
+@router.post("/sample", response_model=SampleResponse, responses={**_SSE_DOC, **_ERRORS})  # type: ignore[dict-item]
 async def sample(
     body: SampleRequest, request: Request, settings: SettingsDep, registry: RegistryDep
 ) -> SampleResponse | StreamingResponse:
@@ -29,7 +36,7 @@ async def sample(
     return await service.sample(model, body, request)
 
 
-@router.post("/score", response_model=ScoreResponse)
+@router.post("/score", response_model=ScoreResponse, responses=_ERRORS)
 async def score(
     body: ScoreRequest, request: Request, settings: SettingsDep, registry: RegistryDep
 ) -> ScoreResponse:

@@ -8,19 +8,23 @@ from fastapi.responses import StreamingResponse
 from app import service
 from app.deps import RegistryDep, SettingsDep
 from app.routes.native import _SSE_DOC, SSE_HEADERS
-from app.schemas import Completion, CompletionRequest, ModelCard, ModelList
+from app.schemas import Completion, CompletionRequest, ModelCard, ModelList, error_responses
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
 
-@router.get("/models", response_model=ModelList)
+@router.get("/models", response_model=ModelList, responses=error_responses(401, 503))
 async def list_models(request: Request, registry: RegistryDep) -> ModelList:
     """The loaded models, in OpenAI's shape."""
     created = int(request.app.state.started)
     return ModelList(data=[ModelCard(id=name, created=created) for name in registry.models])
 
 
-@router.post("/completions", response_model=Completion, responses=_SSE_DOC)  # type: ignore[arg-type]
+# Schema errors are 400 here, as OpenAI does: no 422.
+_ERRORS = error_responses(400, 401, 404, 413, 503)
+
+
+@router.post("/completions", response_model=Completion, responses={**_SSE_DOC, **_ERRORS})  # type: ignore[dict-item]
 async def completions(
     body: CompletionRequest, request: Request, settings: SettingsDep, registry: RegistryDep
 ) -> Completion | StreamingResponse:

@@ -45,7 +45,7 @@ def endless_checkpoint(app_models_dir: Path) -> Path:
 
 
 def make_client(models: Path, **overrides: object) -> TestClient:
-    settings = Settings(models_dir=models, default_model="char", **overrides)  # type: ignore[arg-type]
+    settings = Settings(**{"models_dir": models, "default_model": "char", **overrides})  # type: ignore[arg-type]
     return TestClient(create_app(settings))
 
 

@@ -53,3 +53,20 @@ def test_the_service_sets_the_gil_switch_interval(app_models_dir: Path) -> None:
         sys.setswitchinterval(before)
     with pytest.raises(ValidationError, match="switch_interval_s"):
         Settings(switch_interval_s=0)
+
+
+def test_serve_hands_keep_alive_and_shutdown_timeouts_to_uvicorn(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import uvicorn
+
+    seen: dict[str, object] = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(kw))
+    serve(str(tmp_path), None, None, None)
+    # Above the 5 s of httpx's pool and the 60 s of common load balancers, so that the
+    # client side closes an idle connection first (bench/load.py saw a ReadError at 5 s).
+    assert seen["timeout_keep_alive"] == 75 and seen["timeout_graceful_shutdown"] == 5
+    monkeypatch.setenv("RNNLM_KEEP_ALIVE_S", "120")
+    monkeypatch.setenv("RNNLM_SHUTDOWN_TIMEOUT_S", "30")
+    serve(str(tmp_path), None, None, None)
+    assert seen["timeout_keep_alive"] == 120 and seen["timeout_graceful_shutdown"] == 30

@@ -143,21 +143,40 @@ def test_scores_arriving_together_are_scored_together(
 
 
 def test_a_full_queue_refuses_with_retry_after(engine: Engine) -> None:
-    worker = _worker(engine, start=False, max_queue=2)
+    worker = _worker(engine, start=False, max_queue=2, max_batch=1)
 
     async def main() -> None:
         p = SampleParams(max_tokens=3, seed=1)
-        worker.submit_sample(SampleJob([engine.generation("", p)]))
-        worker.submit_score(["a"], True, True, False, 0)
+        worker.submit_sample(SampleJob([engine.generation("", p)]))  # starts at the next step
+        worker.submit_sample(SampleJob([engine.generation("", p)]))  # waits: no room
+        worker.submit_score(["a"], True, True, False, 0)  # waits
         with pytest.raises(Overloaded) as e:
             worker.submit_sample(SampleJob([engine.generation("", p)]))
         assert e.value.headers == {"Retry-After": "1"}
-        assert worker.queue_depth == 2
+        assert "2 requests waiting" in e.value.message
+        assert worker.queue_depth == 3
 
     asyncio.run(main())
     reg = worker.metrics.registry
     assert reg.get_sample_value("rnnlm_rejected_total", {"model": "m"}) == 1
-    assert reg.get_sample_value("rnnlm_queue_depth", {"model": "m"}) == 2
+    assert reg.get_sample_value("rnnlm_queue_depth", {"model": "m"}) == 3
+
+
+def test_a_request_the_batch_has_room_for_is_never_refused(engine: Engine) -> None:
+    # Found by bench/load.py: with the worker mid-step, requests that would start at
+    # the next token boundary counted as waiting, and 6 clients got 503s from a server
+    # with room for 4 running and 4 waiting.
+    worker = _worker(engine, start=False, max_queue=1, max_batch=4)
+
+    async def main() -> None:
+        p = SampleParams(max_tokens=3, seed=1)
+        for _ in range(4):  # the worker is not stepping: all four are in its queue
+            worker.submit_sample(SampleJob([engine.generation("", p)]))
+        worker.submit_sample(SampleJob([engine.generation("", p)]))  # the one that waits
+        with pytest.raises(Overloaded):
+            worker.submit_sample(SampleJob([engine.generation("", p)]))
+
+    asyncio.run(main())
 
 
 def test_cancelling_frees_the_slot_and_others_go_on(endless_checkpoint: Path) -> None:
@@ -232,3 +251,29 @@ def test_an_engine_failure_fails_the_running_jobs_and_the_worker_survives(
         asyncio.run(main())
     finally:
         worker.stop()
+
+
+def test_a_request_that_breaks_scoring_fails_alone(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = engine.score_batch
+
+    def fragile(texts, bos=True, eos=True, per_token=False, top=0):  # type: ignore[no-untyped-def]
+        if "boom" in texts:
+            raise RuntimeError("boom")
+        return real(texts, bos, eos, per_token, top)
+
+    monkeypatch.setattr(engine, "score_batch", fragile)
+    worker = _worker(engine, start=False)
+
+    async def main() -> list:
+        futs = [worker.submit_score(t, True, True, False, 0) for t in (["a"], ["boom"], ["b"])]
+        worker.start()  # all three in one group: scored together, then apart
+        return await asyncio.gather(*futs, return_exceptions=True)
+
+    try:
+        a, boom, b = asyncio.run(main())
+    finally:
+        worker.stop()
+    assert isinstance(boom, RuntimeError)
+    assert a[0].text == "a" and b[0].text == "b"

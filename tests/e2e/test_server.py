@@ -4,11 +4,7 @@ by the official `openai` client."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,15 +14,10 @@ import openai
 import pytest
 
 from tests.app.conftest import make_endless
+from tests.e2e.live import live_server
 
 KEY = "e2e-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -35,38 +26,9 @@ def server(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterat
     shutil.copytree(models_dir / "char", root / "char")
     shutil.copytree(models_dir / "word", root / "word")
     make_endless(root / "endless")
-    port = _free_port()
-    exe = Path(sys.executable).parent / "rnnlm"
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "rnnlm.cli"]
-    env = {**os.environ, "RNNLM_API_KEY": KEY, "RNNLM_MAX_TOKENS": "100000",
-           "RNNLM_LOG_LEVEL": "warning"}  # fmt: skip
-    log = (root / "server.log").open("w")
-    proc = subprocess.Popen(
-        [*cmd, "serve", "--models", str(root), "--host", "127.0.0.1", "--port", str(port),
-         "--default-model", "char"],
-        env=env, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, (root / "server.log").read_text()
-            try:
-                if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "server not ready in 60 s"
-            time.sleep(0.2)
-        yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-        log.close()
+    env = {"RNNLM_API_KEY": KEY, "RNNLM_MAX_TOKENS": "100000"}
+    with live_server(root, env) as live:
+        yield live.base
 
 
 @pytest.fixture(scope="module")

@@ -120,8 +120,24 @@ def test_failed_write_leaves_the_old_checkpoint(tmp_path: Path, ckpt: Path):
     load_checkpoint(ckpt)
 
 
+def test_a_write_cut_short_by_a_crash_is_cleaned_up_by_the_next(tmp_path: Path, ckpt: Path):
+    stale = tmp_path / ".m.tmp-killed"  # what SIGKILL in the middle of a save leaves
+    stale.mkdir()
+    (stale / WEIGHTS).write_bytes(b"half a file")
+    other = tmp_path / ".other.tmp-x"  # another checkpoint's temporary: not ours to touch
+    other.mkdir()
+    a = load_checkpoint(ckpt)
+    save_checkpoint(ckpt, a.model, a.tokenizer, training=a.config["training"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.tmp-x", "m"]
+
+
 def test_crash_between_renames_is_recovered(tmp_path: Path, ckpt: Path):
     # The moment between moving the old directory aside and the new one in.
     os.rename(ckpt, ckpt.with_name(".m.old"))
     assert load_checkpoint(ckpt).tokenizer.kind == "word"
     assert ckpt.is_dir()
+    # After the second rename, before the old one was removed: the new one stays.
+    shutil.copytree(ckpt, ckpt.with_name(".m.old"))
+    (ckpt.with_name(".m.old") / "marker").write_text("old")
+    assert load_checkpoint(ckpt).tokenizer.kind == "word"
+    assert not (ckpt / "marker").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["m"]

@@ -43,6 +43,46 @@ def test_score_fields_follow_the_design(engine: Engine):
     assert empty.num_tokens == 0 and empty.logprob == 0 and empty.perplexity is None
 
 
+@pytest.mark.parametrize("text", ["", "a", "the cat"])
+@pytest.mark.parametrize("bos", [True, False])
+@pytest.mark.parametrize("eos", [True, False])
+def test_per_token_results_line_up_for_every_bos_and_eos(
+    engine: Engine, text: str, bos: bool, eos: bool
+):
+    # Found by fuzzing the API: "" with bos false and eos true crashed per_token scoring.
+    r = engine.score_batch([text], bos=bos, eos=eos, per_token=True, top=2)[0]
+    pieces = engine.tokenizer.tokenize(text)[1]
+    names = (pieces + (["<eos>"] if eos else []))[0 if bos else 1 :]
+    assert r.tokens is not None and [t.token for t in r.tokens] == names
+    assert r.num_tokens == len(names) and all(len(t.top or []) == 2 for t in r.tokens)
+    plain = engine.score_batch([text], bos=bos, eos=eos)[0]
+    assert plain.num_tokens == r.num_tokens
+    assert plain.logprob == pytest.approx(r.logprob, abs=1e-5)
+
+
+def test_a_long_text_is_not_padded_beside_short_ones(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+):
+    texts = ["the cat sat on the mat " * 12] + ["a b", "the", "cat sat"] * 5
+    want = engine.score_batch(texts, per_token=True)
+    shapes: list[tuple[int, ...]] = []
+    real = engine.model.features
+
+    def spy(inp, state=None):  # type: ignore[no-untyped-def]
+        shapes.append(tuple(inp.shape))
+        return real(inp, state)
+
+    monkeypatch.setattr(engine.model, "features", spy)
+    monkeypatch.setattr("models.engine._PADDED_IDS", 64)
+    got = engine.score_batch(texts, per_token=True)
+    long_rows = {rows for rows, steps in shapes if steps > 16}
+    assert long_rows == {1}, shapes  # the long text alone, then the short ones together
+    assert max(rows for rows, _ in shapes) > 1
+    for a, b in zip(want, got, strict=True):
+        assert a.num_tokens == b.num_tokens
+        assert a.logprob == pytest.approx(b.logprob, rel=1e-5, abs=1e-4)
+
+
 def test_score_matches_the_model_directly(engine: Engine):
     text = "the cat sat"
     ids = [BOS] + engine.tokenizer.encode(text) + [EOS]

@@ -123,31 +123,98 @@ def _train_cmd(corpus: Path, out: Path, *extra: str) -> list[str]:
     ]
 
 
-def test_resume_after_sigkill_continues_at_the_saved_step(tmp_path: Path, corpus: Path):
+def _latest_step(out: Path) -> int:
+    try:
+        return int(json.loads((out / "latest/trainer_state.json").read_text())["state"]["step"])
+    except (OSError, ValueError, KeyError):
+        return -1
+
+
+def _kill_when(proc: subprocess.Popen, ready, timeout: float = 120) -> bool:  # type: ignore[type-arg, no-untyped-def]
+    """SIGKILL `proc` at a moment `ready()` holds: stopped first (SIGSTOP), so the moment
+    is checked on the frozen process and cannot pass before the kill lands."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if ready():
+            proc.send_signal(signal.SIGSTOP)
+            if ready():
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                return True
+            proc.send_signal(signal.SIGCONT)
+        time.sleep(0.001)
+    return False
+
+
+def _saving(out: Path) -> bool:
+    """latest/ is being written: a temporary directory, or the old one set aside."""
+    return any(p.name.startswith((".latest.tmp-", ".latest.old")) for p in out.iterdir())
+
+
+def test_sigkill_at_several_moments_then_resume_reaches_the_same_end(tmp_path: Path, corpus: Path):
     out = tmp_path / "killed"
-    proc = subprocess.Popen(_train_cmd(corpus, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    state = out / "latest/trainer_state.json"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if state.exists() and json.loads(state.read_text())["state"]["step"] >= 30:
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    saved = json.loads((out / "latest/trainer_state.json").read_text())["state"]["step"]
-    assert 30 <= saved < 150
-    load_checkpoint(out / "latest")  # intact after the kill
+    moments = [
+        ("after a few saves", lambda: _latest_step(out) >= 30),
+        ("in the middle of a save", lambda: _latest_step(out) >= 60 and _saving(out)),
+        ("after the last save, while finishing", lambda: _latest_step(out) == 150),
+    ]
+    steps_seen = []
+    for i, (name, ready) in enumerate(moments):
+        cmd = _train_cmd(corpus, out, *(["--resume"] if i else []))
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert _kill_when(proc, ready), f"the run ended before the moment {name!r}"
+        # The previous checkpoint is intact: it loads, and so does its trainer state.
+        load_checkpoint(out / "latest")
+        assert _latest_step(out) > (steps_seen[-1] if steps_seen else 0), name
+        steps_seen.append(_latest_step(out))
+    assert steps_seen[-1] == 150
     res = subprocess.run(
         _train_cmd(corpus, out, "--resume"), capture_output=True, text=True, timeout=240
     )
     assert res.returncode == 0, res.stderr
-    assert f"resuming at step {saved}" in res.stderr
-    assert json.loads(res.stdout)["steps"] == 150
+    assert "resuming at step 150" in res.stderr
+    summary = json.loads(res.stdout)
+    assert summary["steps"] == 150 and summary["stopped"] == "max_steps"
+    # Nothing half-written is left behind.
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
     # The resumed run ends with exactly the weights of an uninterrupted one.
     ref = tmp_path / "straight"
     subprocess.run(_train_cmd(corpus, ref), capture_output=True, check=True, timeout=240)
     a = load_file(str(out / "latest/model.safetensors"))
     b = load_file(str(ref / "latest/model.safetensors"))
+    assert all((a[k] - b[k]).abs().max() < 1e-6 for k in a)
+    assert json.loads((ref / "summary.json").read_text())["steps"] == 150
+
+
+def test_resuming_a_finished_run_trains_no_further(tmp_path: Path, corpus: Path):
+    cfg = TrainConfig(max_steps=12, **SMALL)
+    train(cfg, corpus, tmp_path / "run", progress=False)
+    before = load_file(str(tmp_path / "run/latest/model.safetensors"))
+    summary = train(TrainConfig(), corpus, tmp_path / "run", resume=True, progress=False)
+    assert summary["steps"] == 12 and summary["stopped"] == "max_steps"
+    after = load_file(str(tmp_path / "run/latest/model.safetensors"))
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_a_long_line_obeys_the_limits_and_resumes_inside_its_batch(tmp_path: Path):
+    # 4 lines of 399 characters (+ <eos>) are one batch of 8 windows of bptt 50.
+    text = tmp_path / "long.txt"
+    text.write_text("".join(("the cat sat on the mat. " * 17)[:399] + "\n" for _ in range(8)))
+    c = tmp_path / "c"
+    build_corpus([text], c, CorpusOptions(min_freq=1, valid_fraction=0, test_fraction=0))
+    small = {**SMALL, "batch_size": 4, "bptt": 50, "eval_every": 1000, "schedule": "constant"}
+    cut = train(TrainConfig(max_steps=11, **small), c, tmp_path / "cut", progress=False)
+    assert cut["steps"] == 11  # not 16: the limit holds inside a batch
+    saved = json.loads((tmp_path / "cut/latest/trainer_state.json").read_text())["state"]
+    assert (saved["unit"], saved["window"]) == (1, 3)
+    resumed = train(
+        TrainConfig(max_steps=16), c, tmp_path / "cut", resume=True, given={"max_steps"},
+        progress=False,
+    )  # fmt: skip
+    straight = train(TrainConfig(max_steps=16, **small), c, tmp_path / "straight", progress=False)
+    assert resumed["steps"] == straight["steps"] == 16
+    a = load_file(str(tmp_path / "cut/latest/model.safetensors"))
+    b = load_file(str(tmp_path / "straight/latest/model.safetensors"))
     assert all((a[k] - b[k]).abs().max() < 1e-6 for k in a)
 
 

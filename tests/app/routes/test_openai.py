@@ -130,6 +130,7 @@ def test_streaming_echo_scoring(client: TestClient) -> None:
         ({"model": "char", "prompt": "a", "logit_bias": {"5": 1}}, "logit_bias"),
         ({"model": "char", "prompt": "a", "presence_penalty": 0.5}, "presence_penalty"),
         ({"model": "char", "prompt": "a", "best_of": 3}, "best_of"),
+        ({"model": "char", "prompt": "a", "best_of": 2, "n": 2}, "best_of"),
         ({"model": "char", "prompt": [1, 2]}, "prompt"),
         ({"model": "char", "prompt": []}, "prompt"),
         ({"model": "char", "prompt": "a", "logprobs": 50}, "logprobs"),

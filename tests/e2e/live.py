@@ -1,0 +1,77 @@
+"""A real `rnnlm serve` process on a loopback port, for the end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Live:
+    base: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def rss_kib(self) -> int:
+        """The server's resident memory (Linux)."""
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise RuntimeError("no VmRSS")
+
+
+def rnnlm_command() -> list[str]:
+    exe = Path(sys.executable).parent / "rnnlm"
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "rnnlm.cli"]
+
+
+@contextmanager
+def live_server(
+    models: Path, env: dict[str, str] | None = None, default_model: str = "char"
+) -> Iterator[Live]:
+    """Start `rnnlm serve --models MODELS` with `RNNLM_*` overrides; stop it on exit."""
+    port = free_port()
+    full_env = {**os.environ, "RNNLM_LOG_LEVEL": "warning", "OMP_NUM_THREADS": "1", **(env or {})}
+    log_path = models.parent / f"server-{port}.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [*rnnlm_command(), "serve", "--models", str(models), "--host", "127.0.0.1",
+             "--port", str(port), "--default-model", default_model],
+            env=full_env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        base = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                assert proc.poll() is None, log_path.read_text()
+                try:
+                    if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert time.monotonic() < deadline, "server not ready in 60 s"
+                time.sleep(0.1)
+            yield Live(base, proc, log_path)
+        finally:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(5)
