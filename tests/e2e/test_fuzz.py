@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
@@ -86,3 +87,9 @@ def test_api_holds_to_its_schema(case: Case[Any], base: str) -> None:
     response = case.call_and_validate(base_url=base, headers=AUTH, timeout=30)
     assert response.status_code < 500, response.text
     _one_error_shape(response)
+
+
+def test_the_fuzzed_document_is_the_one_the_server_serves(base: str) -> None:
+    served = httpx.get(f"{base}/openapi.json", headers=AUTH, timeout=10).json()
+    assert served == schema.raw_schema
+    assert served["components"]["schemas"]["SampleRequest"]["properties"]["n"]["maximum"] == 4
