@@ -68,9 +68,9 @@ def test_a_long_text_is_not_padded_beside_short_ones(
     shapes: list[tuple[int, ...]] = []
     real = engine.model.features
 
-    def spy(inp, state=None):  # type: ignore[no-untyped-def]
+    def spy(inp, state=None, **kw):  # type: ignore[no-untyped-def]
         shapes.append(tuple(inp.shape))
-        return real(inp, state)
+        return real(inp, state, **kw)
 
     monkeypatch.setattr(engine.model, "features", spy)
     monkeypatch.setattr("models.engine._PADDED_IDS", 64)
