@@ -168,7 +168,7 @@ class SampleRequest(BaseModel):
         default=0.0, ge=0, lt=1, description="drop tokens below min_p × the top one"
     )
     seed: JsonInt[Annotated[int, Field(ge=0, le=SEED_MAX)]] | None = Field(
-        default=None, description="sample i uses seed + i; drawn when absent"
+        default=None, description="sample i uses (seed + i) mod 2**63; drawn when absent"
     )
     stop: list[Text] | Text | None = Field(
         default=None, description="stop strings, not included in the text"
@@ -193,8 +193,6 @@ class SampleRequest(BaseModel):
         check_top(self.top_logprobs, settings, "top_logprobs")
         if self.n > settings.max_n:
             raise InvalidField(f"n: at most {settings.max_n} samples, got {shown(self.n)}", "n")
-        if self.seed is not None and self.seed + self.n - 1 > SEED_MAX:
-            raise InvalidField(f"seed: seed + n - 1 must be at most {SEED_MAX}", "seed")
 
     def to_params(self) -> SampleParams:
         return SampleParams(
@@ -381,8 +379,6 @@ class CompletionRequest(BaseModel):
                 f"got {n * len(prompts)}",
                 "n",
             )
-        if self.seed is not None and self.seed + n - 1 > SEED_MAX:
-            raise InvalidField(f"seed: seed + n - 1 must be at most {SEED_MAX}", "seed")
         unsupported = [
             ("suffix", self.suffix not in (None, "")),
             ("presence_penalty", self.presence_penalty not in (None, 0)),

@@ -73,9 +73,8 @@ def sse(data: dict[str, Any] | str) -> str:
 def _generations(
     model: LoadedModel, prompts: list[str], params: SampleParams, n: int
 ) -> list[Generation]:
-    """n sequences per prompt; sample j of each prompt uses seed base + j."""
-    base = params.seed if params.seed is not None else secrets.randbits(62)
-    return [model.engine.generation(p, params, seed=base + j) for p in prompts for j in range(n)]
+    """n sequences per prompt; sample j of each prompt uses seed `(seed + j) mod 2**63`."""
+    return [model.engine.generation(p, params, j) for p in prompts for j in range(n)]
 
 
 def _usage(gens: list[Generation], n: int, results: list[SampleResult]) -> Usage:

@@ -64,7 +64,7 @@ def train_speed(
 ) -> dict[str, Any]:
     from models.model import RNNLM
     from training.corpus import TokenSplit, load_corpus_tokenizer, read_corpus_meta
-    from training.data import sentence_batches, sentence_tensors, windows
+    from training.data import sentence_batches, sentence_windows
     from training.train import LossModule, TrainConfig
 
     torch.set_num_threads(threads)
@@ -89,7 +89,7 @@ def train_speed(
         epoch = 0
         while True:
             for idx in sentence_batches(split, cfg.batch_size, epoch, cfg.seed):
-                for k, (inp, tgt) in enumerate(windows(*sentence_tensors(split, idx), bptt)):
+                for k, (inp, tgt) in enumerate(sentence_windows(split, idx, bptt)[1]):
                     yield inp, tgt, k == 0
             epoch += 1
 
@@ -102,7 +102,7 @@ def train_speed(
             t0 = time.perf_counter()
         nll, n_t, new_state = net(inp, tgt, None if fresh else state)
         opt.zero_grad(set_to_none=True)
-        (nll / n_t).backward()
+        (nll.mean() / n_t).backward()  # nll: (directions,)
         nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
         opt.step()
         state = tuple(s.detach() for s in new_state)

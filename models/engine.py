@@ -38,6 +38,7 @@ from models.tokenizers import BOS, EOS, PAD, UNK
 # Sampling never emits these: they have no text, and a sample's text must score
 # back to the same tokens. (Their probability still counts in every logprob.)
 _NEVER_SAMPLED = [PAD, UNK, BOS]
+SEED_SPACE = 2**63  # seeds are in [0, 2**63): a non-negative int64
 _OUTPUT_CHUNK = 4096  # positions per output-layer call: bounds the (N, V) buffer
 _TIME_WINDOW = 512  # time steps per recurrent call when scoring long texts
 _PADDED_IDS = 1 << 20  # rows x time steps of one scoring batch, padding included
@@ -106,7 +107,7 @@ class SampleParams:
         for name, ok, message in checks:
             if not ok:
                 raise ValueError(f"{name} {message}, not {getattr(self, name)!r}")
-        if self.seed is not None and not 0 <= self.seed < 2**63:
+        if self.seed is not None and not 0 <= self.seed < SEED_SPACE:
             raise ValueError(f"seed must be in [0, 2**63), not {self.seed}")
 
 
@@ -390,11 +391,15 @@ class Engine:
     # --------------------------------------------------------------- sampling
 
     def generation(
-        self, prompt: str, params: SampleParams, seed: int | None = None, key: object = None
+        self, prompt: str, params: SampleParams, index: int = 0, key: object = None
     ) -> Generation:
-        """A new sequence to `add()` to a batch; draws a seed when none is given."""
-        if seed is None:
-            seed = params.seed if params.seed is not None else secrets.randbits(63)
+        """A new sequence to `add()` to a batch: the `index`-th sample of `params`.
+
+        Sample i uses seed `(params.seed + i) mod 2**63`, so every seed in range is
+        valid for any n; without a seed, each sequence draws its own.
+        """
+        given = params.seed
+        seed = secrets.randbits(63) if given is None else (given + index) % SEED_SPACE
         ids = self.tokenizer.encode(prompt) if prompt else []
         return Generation(params, seed, ids, self.tokenizer.decode(ids), key=key)
 
@@ -402,10 +407,9 @@ class Engine:
         return Batch(self)
 
     def sample(self, prompt: str, params: SampleParams, n: int = 1) -> list[SampleResult]:
-        """Run n samples to completion: sample i uses seed `seed + i`."""
-        base = params.seed if params.seed is not None else secrets.randbits(62)
+        """Run n samples to completion: sample i uses seed `(seed + i) mod 2**63`."""
         batch = self.new_batch()
-        gens = [self.generation(prompt, params, seed=base + i) for i in range(n)]
+        gens = [self.generation(prompt, params, i) for i in range(n)]
         for s in range(0, n, self.max_batch):
             batch.add(gens[s : s + self.max_batch])
             while len(batch):

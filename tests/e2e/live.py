@@ -7,7 +7,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,35 +36,32 @@ class Live:
 
 
 def rnnlm_command() -> list[str]:
+    """The installed `rnnlm` script beside this Python, or the module when not installed."""
     exe = Path(sys.executable).parent / "rnnlm"
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "rnnlm.cli"]
 
 
 @contextmanager
-def live_server(
-    models: Path, env: dict[str, str] | None = None, default_model: str = "char"
-) -> Iterator[Live]:
-    """Start `rnnlm serve --models MODELS` with `RNNLM_*` overrides; stop it on exit."""
-    port = free_port()
-    full_env = {**os.environ, "RNNLM_LOG_LEVEL": "warning", "OMP_NUM_THREADS": "1", **(env or {})}
-    log_path = models.parent / f"server-{port}.log"
+def running(
+    argv: Sequence[str], port: int, log_path: Path, env: dict[str, str] | None = None,
+    wait_for: str = "/ready",
+) -> Iterator[Live]:  # fmt: skip
+    """Run `argv` (a server listening on 127.0.0.1:`port`); yield it once `wait_for`
+    answers 200; terminate it afterwards."""
+    full_env = {**os.environ, "RNNLM_LOG_LEVEL": "warning", **(env or {})}
     with log_path.open("w") as log:
-        proc = subprocess.Popen(
-            [*rnnlm_command(), "serve", "--models", str(models), "--host", "127.0.0.1",
-             "--port", str(port), "--default-model", default_model],
-            env=full_env, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+        proc = subprocess.Popen(argv, env=full_env, stdout=log, stderr=subprocess.STDOUT)
         base = f"http://127.0.0.1:{port}"
         try:
             deadline = time.monotonic() + 60
             while True:
                 assert proc.poll() is None, log_path.read_text()
                 try:
-                    if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
+                    if httpx.get(base + wait_for, timeout=1).status_code == 200:
                         break
                 except httpx.TransportError:
                     pass
-                assert time.monotonic() < deadline, "server not ready in 60 s"
+                assert time.monotonic() < deadline, f"not ready in 60 s:\n{log_path.read_text()}"
                 time.sleep(0.1)
             yield Live(base, proc, log_path)
         finally:
@@ -75,3 +72,16 @@ def live_server(
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait(5)
+
+
+@contextmanager
+def live_server(
+    models: Path, env: dict[str, str] | None = None, default_model: str = "char"
+) -> Iterator[Live]:
+    """Start `rnnlm serve --models MODELS` with `RNNLM_*` overrides; stop it on exit."""
+    port = free_port()
+    argv = [*rnnlm_command(), "serve", "--models", str(models), "--host", "127.0.0.1",
+            "--port", str(port), "--default-model", default_model]  # fmt: skip
+    with running(argv, port, models.parent / f"server-{port}.log",
+                 {"OMP_NUM_THREADS": "1", **(env or {})}) as live:  # fmt: skip
+        yield live

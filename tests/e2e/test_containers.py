@@ -22,7 +22,7 @@ import yaml
 
 from models.checkpoint import load_checkpoint
 from rnnlm.cli import build_parser
-from tests.e2e.serving import free_port, rnnlm_command, running
+from tests.e2e.live import free_port, rnnlm_command, running
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -218,7 +218,8 @@ def test_image_command_serves_and_passes_its_healthcheck(volume: Path, tmp_path:
     check = [sys.executable, *(a.replace(":8000/", f":{port}/") for a in check[1:])]
     env = {k: interpolate(str(v), {}) for k, v in compose()["x-rnnlm-settings"].items()}
     env["RNNLM_MODELS_DIR"] = str(volume)
-    with running(argv, port, tmp_path / "server.log", env, wait_for="/health") as base:
+    with running(argv, port, tmp_path / "server.log", env, wait_for="/health") as live:
+        base = live.base
         assert subprocess.run(check, timeout=30).returncode == 0
         ready = httpx.get(base + "/ready", timeout=10).json()
         assert ready["models"] == ["demo", "docs"]

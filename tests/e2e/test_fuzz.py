@@ -10,6 +10,7 @@ invalid data refused, the key enforced; and each error in the one error shape.
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,7 +33,8 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 LIMITS = {"max_tokens": 24, "max_n": 4, "max_texts": 8, "max_text_chars": 300, "max_stop": 3,
           "max_stop_chars": 8, "max_top_logprobs": 5, "max_batch": 32}  # fmt: skip
 MODELS = ("char", "word")
-EXAMPLES = 40  # per operation and phase
+# Per operation and phase; FUZZ_EXAMPLES=1000 for a deeper hunt than the suite's.
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "40"))
 
 CONFIG = SchemathesisConfig.from_dict(
     {

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from tests.app.conftest import make_endless
-from tests.e2e.serving import free_port, rnnlm_command, running
+from tests.e2e.live import free_port, rnnlm_command, running
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
@@ -64,8 +64,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterat
     argv = [*rnnlm_command(), "serve", "--models", str(root), "--host", "127.0.0.1",
             "--port", str(port), "--default-model", "char"]  # fmt: skip
     env = {"RNNLM_API_KEY": KEY, "RNNLM_MAX_TOKENS": "100000"}
-    with running(argv, port, root / "server.log", env) as base:
-        yield base
+    with running(argv, port, root / "server.log", env) as live:
+        yield live.base
 
 
 @pytest.fixture

@@ -127,11 +127,19 @@ def test_same_seed_same_samples_alone_or_in_a_batch(engine: Engine):
     assert other[0].seed == 99
 
 
+def test_seeds_wrap_around_at_two_to_the_63(engine: Engine):
+    last = 2**63 - 1
+    wrapped = engine.sample("the", SampleParams(max_tokens=10, seed=last), n=3)
+    assert [s.seed for s in wrapped] == [last, 0, 1]
+    first = engine.sample("the", SampleParams(max_tokens=10, seed=0))[0]
+    assert wrapped[1].text == first.text
+
+
 def test_joining_a_running_batch_changes_nothing(engine: Engine):
     params = SampleParams(max_tokens=20, seed=3)
     solo = engine.sample("", params)[0]
     batch = engine.new_batch()
-    first = engine.generation("", params, seed=3)
+    first = engine.generation("", params)
     batch.add([first])
     batch.step()
     batch.step()

@@ -40,6 +40,17 @@ def test_sample_returns_samples_usage_and_seeds(client: TestClient) -> None:
     }
 
 
+def test_any_seed_in_range_works_with_any_n(client: TestClient) -> None:
+    last = 2**63 - 1  # the seeds of n samples wrap around rather than overflow
+    r = client.post("/sample", json={"max_tokens": 5, "seed": last, "n": 3})
+    assert r.status_code == 200, r.text
+    assert [s["seed"] for s in r.json()["samples"]] == [last, 0, 1]
+    req = {"model": "char", "prompt": ["a", "b"], "max_tokens": 3, "seed": last, "n": 2}
+    r = client.post("/v1/completions", json=req)
+    assert r.status_code == 200, r.text
+    assert len(r.json()["choices"]) == 4
+
+
 def test_same_seed_same_sample_and_drawn_seed_reproduces(client: TestClient) -> None:
     req = {"prompt": "a", "max_tokens": 30, "temperature": 0.9, "top_k": 10, "top_p": 0.9}
     a = client.post("/sample", json={**req, "seed": 42}).json()["samples"][0]
