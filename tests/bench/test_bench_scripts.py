@@ -1,7 +1,7 @@
-"""The benchmark's FLOP formula against torch's own count, and its PASS/MISSED judgement.
+"""The benchmark's FLOP formula against torch's own count, its PASS/MISSED judgement,
+and the cells' perplexity script run at a toy size.
 
-bench/ holds scripts, not a package; these load two of them by path. Nothing
-here runs a benchmark.
+bench/ holds scripts, not a package; these load two of them by path.
 """
 
 from __future__ import annotations
@@ -111,3 +111,21 @@ def test_missing_measurements_are_not_measured():
     gs = report.goals(records)
     assert {g["result"] for g in gs[:-1]} == {"NOT MEASURED"}
     assert "NOT MEASURED" in report.render(records + gs)
+
+
+def test_cells_quality_trains_every_cell_on_the_same_corpus(tmp_path: Path) -> None:
+    import json
+    import subprocess
+
+    out = subprocess.run(
+        [sys.executable, str(BENCH / "cells_quality.py"), "--chars", "20000", "--steps", "4",
+         "--hidden", "16", "--embedding", "8", "--cells", "rnn,lstm-peephole",
+         "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=300, check=True,
+    )  # fmt: skip
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [r["cell"] for r in rows] == ["rnn", "lstm-peephole"]
+    assert rows[0]["test_tokens"] == rows[1]["test_tokens"] > 0  # the same test split
+    for r in rows:
+        assert r["steps"] == 4 and r["parameters"] > 0 and r["test_ppl"] > 1
+    assert rows[1]["parameters"] > rows[0]["parameters"]
