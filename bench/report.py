@@ -18,6 +18,7 @@ from typing import Any
 
 ISSUE_BUDGET_S = 600.0  # the issue's quality goal: 10 minutes of training
 RUN_LIMIT_S = 30 * 60  # `make bench` end to end
+STAGES = ("data", "ngram", "corpus", "speed", "service", "quality")  # bench/run.py's, in order
 Rec = dict[str, Any]
 
 
@@ -162,17 +163,19 @@ def goals(records: list[Rec]) -> list[Rec]:
     machine = _find(records, "machine") or {}
     if run:
         budgets = machine.get("budgets_s", {})
+        whole = set(STAGES) <= set(run["stages"])  # a partial run says nothing of the whole
+        minutes = f"{run['wall_s'] / 60:.1f} min"
         out.append(
             _goal(
                 "`make bench` runs end to end in under 30 minutes",
-                run["wall_s"] / 60,
+                run["wall_s"] / 60 if whole else None,
                 RUN_LIMIT_S / 60,
                 "<",
-                f"{run['wall_s'] / 60:.1f} min",
+                minutes if whole else "–",
                 "< 30 min",
                 f"word runs {_s(budgets.get('word'))}, char/sentencepiece "
-                f"{_s(budgets.get('char'))}; stages {', '.join(run['stages'])}; "
-                "`make install` not counted",
+                f"{_s(budgets.get('char'))}; stages {', '.join(run['stages'])}"
+                + ("; `make install` not counted" if whole else f" only: {minutes}"),
             )
         )
     return out

@@ -50,7 +50,7 @@ BENCH = ROOT / "bench"
 sys.path.insert(0, str(BENCH))
 import report  # noqa: E402
 
-STAGES = ("data", "ngram", "corpus", "speed", "service", "quality")
+STAGES = report.STAGES
 APT_HINT = "apt-get install -y fortunes fortunes-min"
 KENLM_HINT = (
     "apt-get install -y build-essential cmake libboost-program-options-dev "
