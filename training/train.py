@@ -109,7 +109,9 @@ class TrainConfig:
             "dropout": 0.4 if word else 0.1,
             "weight_drop": 0.3 if word else 0.0,
             "tied": word and vocab_size <= 5000,
-            "lr": 20.0 if self.optimizer == "sgd" else 3e-3,
+            # Characters take a higher rate: in 120-s runs on fortunes, valid PPL
+            # 12.0 at 3e-3, 9.4 at 1e-2, 8.7 at 2e-2 (README "Measured").
+            "lr": 20.0 if self.optimizer == "sgd" else 3e-3 if word else 1e-2,
             "weight_decay": 0.0 if self.optimizer == "sgd" else 0.01,
             "schedule": "plateau" if self.optimizer == "sgd" else "cosine",
             "bptt": 70 if word else 200,

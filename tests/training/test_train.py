@@ -294,3 +294,20 @@ def test_stream_mode_refuses_bidirectional(tmp_path: Path, corpus: Path):
     with pytest.raises(RnnlmError, match="--bidirectional needs --mode sentence: .*no sequence"):
         train(cfg, corpus, tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("kind", "optimizer", "lr", "layers", "dropout"),
+    [
+        ("word", "adamw", 3e-3, 1, 0.4),
+        ("sentencepiece", "adamw", 3e-3, 1, 0.4),
+        ("char", "adamw", 1e-2, 2, 0.1),
+        ("char", "sgd", 20.0, 2, 0.1),
+    ],
+)
+def test_defaults_depend_on_the_tokenizer(
+    kind: str, optimizer: str, lr: float, layers: int, dropout: float
+) -> None:
+    cfg = TrainConfig(optimizer=optimizer).resolve(kind, vocab_size=100)
+    assert (cfg.lr, cfg.layers, cfg.dropout) == (lr, layers, dropout)
+    assert TrainConfig(lr=0.5).resolve(kind, 100).lr == 0.5  # a given value always wins
