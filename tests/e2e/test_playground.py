@@ -8,7 +8,6 @@ import importlib.util
 import math
 import os
 import re
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,8 +15,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 
-from tests.app.conftest import make_endless
-from tests.e2e.live import free_port, rnnlm_command, running
+from tests.e2e.live import live_server
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
@@ -55,16 +53,9 @@ def browser() -> Iterator[Browser]:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[str]:
-    root = tmp_path_factory.mktemp("playground")
-    shutil.copytree(models_dir / "char", root / "char")
-    shutil.copytree(models_dir / "word", root / "word")
-    make_endless(root / "endless")
-    port = free_port()
-    argv = [*rnnlm_command(), "serve", "--models", str(root), "--host", "127.0.0.1",
-            "--port", str(port), "--default-model", "char"]  # fmt: skip
+def server(served_models: Path) -> Iterator[str]:
     env = {"RNNLM_API_KEY": KEY, "RNNLM_MAX_TOKENS": "100000"}
-    with running(argv, port, root / "server.log", env) as live:
+    with live_server(served_models, env) as live:
         yield live.base
 
 

@@ -4,7 +4,6 @@ by the official `openai` client."""
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +12,6 @@ import httpx
 import openai
 import pytest
 
-from tests.app.conftest import make_endless
 from tests.e2e.live import live_server
 
 KEY = "e2e-key"
@@ -21,13 +19,9 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[str]:
-    root = tmp_path_factory.mktemp("served")
-    shutil.copytree(models_dir / "char", root / "char")
-    shutil.copytree(models_dir / "word", root / "word")
-    make_endless(root / "endless")
+def server(served_models: Path) -> Iterator[str]:
     env = {"RNNLM_API_KEY": KEY, "RNNLM_MAX_TOKENS": "100000"}
-    with live_server(root, env) as live:
+    with live_server(served_models, env) as live:
         yield live.base
 
 
