@@ -13,9 +13,9 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 
 from app.config import Settings
 from app.errors import InvalidField, TooLarge
-from models.engine import SampleParams, SampleResult, ScoreResult, TokenLogprob
+from models.engine import SEED_SPACE, SampleParams, SampleResult, ScoreResult, TokenLogprob
 
-SEED_MAX = 2**63 - 1
+SEED_MAX = SEED_SPACE - 1  # the largest seed the engine takes
 SAMPLE_MAX_TOKENS = 100  # defaults, lowered to the server's RNNLM_MAX_TOKENS when over it
 COMPLETION_MAX_TOKENS = 16  # OpenAI's
 
