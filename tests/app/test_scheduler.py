@@ -138,7 +138,10 @@ def test_scores_arriving_together_are_scored_together(
     assert sorted(calls) == [(1, False), (5, True)]
     monkeypatch.undo()
     for texts, got in zip(batches, results, strict=False):
-        assert [r.logprob for r in got] == [r.logprob for r in engine.score_batch(texts)]
+        # Scored in a batch of 5 against alone: equal to float32 rounding, which
+        # depends on the CPU's BLAS kernel for each batch shape, so not bitwise.
+        alone = [r.logprob for r in engine.score_batch(texts)]
+        assert [r.logprob for r in got] == pytest.approx(alone, rel=1e-6, abs=1e-4)
     assert results[3][0].num_tokens == 7  # no <eos>
 
 
@@ -194,7 +197,7 @@ def test_cancelling_frees_the_slot_and_others_go_on(endless_checkpoint: Path) ->
         short = SampleJob([engine.generation("", SampleParams(max_tokens=5, seed=2))] * 1)
         worker.submit_sample(short)
         (r,) = await asyncio.wait_for(short.results(), 10)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60  # a hang guard
         while worker.running and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         assert worker.running == 0

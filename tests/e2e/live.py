@@ -41,6 +41,10 @@ def rnnlm_command() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "rnnlm.cli"]
 
 
+class PortTaken(Exception):
+    """Another process bound the port between `free_port` and the server's bind."""
+
+
 @contextmanager
 def running(
     argv: Sequence[str], port: int, log_path: Path, env: dict[str, str] | None = None,
@@ -53,15 +57,20 @@ def running(
         proc = subprocess.Popen(argv, env=full_env, stdout=log, stderr=subprocess.STDOUT)
         base = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + 60
+            # A guard against a hang, not a measurement: generous for a busy machine.
+            deadline = time.monotonic() + 180
             while True:
-                assert proc.poll() is None, log_path.read_text()
+                if proc.poll() is not None:
+                    text = log_path.read_text()
+                    if "address already in use" in text.lower():
+                        raise PortTaken(port)
+                    raise AssertionError(text)
                 try:
                     if httpx.get(base + wait_for, timeout=1).status_code == 200:
                         break
                 except httpx.TransportError:
                     pass
-                assert time.monotonic() < deadline, f"not ready in 60 s:\n{log_path.read_text()}"
+                assert time.monotonic() < deadline, f"not ready in 180 s:\n{log_path.read_text()}"
                 time.sleep(0.1)
             yield Live(base, proc, log_path)
         finally:
@@ -78,10 +87,17 @@ def running(
 def live_server(
     models: Path, env: dict[str, str] | None = None, default_model: str = "char"
 ) -> Iterator[Live]:
-    """Start `rnnlm serve --models MODELS` with `RNNLM_*` overrides; stop it on exit."""
-    port = free_port()
-    argv = [*rnnlm_command(), "serve", "--models", str(models), "--host", "127.0.0.1",
-            "--port", str(port), "--default-model", default_model]  # fmt: skip
-    with running(argv, port, models.parent / f"server-{port}.log",
-                 {"OMP_NUM_THREADS": "1", **(env or {})}) as live:  # fmt: skip
-        yield live
+    """Start `rnnlm serve --models MODELS` with `RNNLM_*` overrides; stop it on exit.
+    A port taken by someone else in the moment before the bind is retried on another."""
+    for attempt in range(5):
+        port = free_port()
+        argv = [*rnnlm_command(), "serve", "--models", str(models), "--host", "127.0.0.1",
+                "--port", str(port), "--default-model", default_model]  # fmt: skip
+        try:
+            with running(argv, port, models.parent / f"server-{port}.log",
+                         {"OMP_NUM_THREADS": "1", **(env or {})}) as live:  # fmt: skip
+                yield live
+            return
+        except PortTaken:
+            if attempt == 4:
+                raise

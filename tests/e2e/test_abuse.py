@@ -77,7 +77,7 @@ def test_a_burst_of_ten_times_the_queue(small_queue: Live) -> None:
     # Memory stays flat: the second and third bursts allocate nothing that stays.
     assert rss[2] - rss[0] < 16 * 1024, rss
     # Healthy afterwards: nothing left waiting or running, and new requests are served.
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60  # a hang guard
     while _metric(base, "rnnlm_queue_depth") or _metric(base, "rnnlm_running_sequences"):
         assert time.monotonic() < deadline, "the queue did not drain"
         time.sleep(0.05)
@@ -161,7 +161,9 @@ def test_bench_load_script_runs_clean(small_queue: Live) -> None:
 
 
 def test_sigterm_finishes_or_cancels_in_flight_requests(models: Path) -> None:
-    grace = 6
+    # The short request must finish inside the grace period on a busy machine too:
+    # 1,000 tokens take about 1 s here, a tenth of it.
+    grace = 10
     env = {"RNNLM_MAX_TOKENS": "100000", "RNNLM_SHUTDOWN_TIMEOUT_S": str(grace)}
     with live_server(models, env, default_model="endless") as live:
         base = live.base
@@ -169,7 +171,7 @@ def test_sigterm_finishes_or_cancels_in_flight_requests(models: Path) -> None:
 
         def short_request() -> None:
             try:
-                r = httpx.post(f"{base}/sample", json={"max_tokens": 1500, "seed": 1}, timeout=60)
+                r = httpx.post(f"{base}/sample", json={"max_tokens": 1000, "seed": 1}, timeout=60)
                 plain["status"], plain["body"] = r.status_code, r.json()
             except httpx.HTTPError as e:
                 plain["error"] = repr(e)
@@ -190,7 +192,7 @@ def test_sigterm_finishes_or_cancels_in_flight_requests(models: Path) -> None:
         threads = [threading.Thread(target=f) for f in (endless_stream, short_request)]
         for t in threads:
             t.start()
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 60
         while _metric(base, "rnnlm_running_sequences") < 2:  # both in the batch
             assert time.monotonic() < deadline and "status" not in plain, plain
             time.sleep(0.02)
@@ -206,7 +208,7 @@ def test_sigterm_finishes_or_cancels_in_flight_requests(models: Path) -> None:
     assert exited < grace + 10, exited
     # The short request was in flight and finished: all its tokens, a 200.
     assert plain.get("status") == 200, plain
-    assert plain["body"]["samples"][0]["num_tokens"] == 1500  # type: ignore[index]
+    assert plain["body"]["samples"][0]["num_tokens"] == 1000  # type: ignore[index]
     # The endless stream was cut when the grace period ran out, never finished.
     assert stream_end and "done" not in stream_end, stream_end
     assert "timeout graceful shutdown exceeded" in log, log  # cancelled, not left running

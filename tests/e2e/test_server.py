@@ -70,7 +70,10 @@ def test_sample_stream_over_http(http: httpx.Client) -> None:
                     text += ev["text"]
                 elif ev["type"] == "sample":
                     final = ev["sample"]
-    assert text == plain["text"] and final == plain
+    assert text == plain["text"] and final is not None
+    # The same sample; its logprob to float32 rounding (another batch may share the step).
+    assert {**final, "logprob": 0} == {**plain, "logprob": 0}
+    assert final["logprob"] == pytest.approx(plain["logprob"], rel=1e-6, abs=1e-5)
 
 
 def test_errors_over_http(http: httpx.Client, server: str) -> None:
@@ -127,7 +130,7 @@ def test_disconnected_clients_free_their_slots(http: httpx.Client, server: str) 
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{server}/sample", headers=AUTH, timeout=0.5,
                    json={"model": "endless", "max_tokens": 100000, "n": 4})  # fmt: skip
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 60  # a hang guard
     running = 'rnnlm_running_sequences{model="endless"}'
     while _metric(http, running) > 0:
         assert time.monotonic() < deadline, "generations of gone clients still running"

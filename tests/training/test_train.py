@@ -67,10 +67,10 @@ def test_early_stopping_with_patience(tmp_path: Path, corpus: Path):
 
 
 def test_time_budget_stops_the_run(tmp_path: Path, corpus: Path):
-    t0 = time.monotonic()
+    # No step or epoch limit: only the budget can end this run (else the test's timeout).
     summary = train(TrainConfig(time_budget=3, **SMALL), corpus, tmp_path / "run", progress=False)
     assert summary["stopped"] == "time_budget"
-    assert time.monotonic() - t0 < 30
+    assert summary["elapsed_s"] >= 3
 
 
 def test_refuses_to_overwrite_a_run_and_to_change_the_model_on_resume(tmp_path: Path, corpus: Path):
