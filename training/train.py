@@ -98,19 +98,19 @@ class TrainConfig:
 
     def resolve(self, kind: str, vocab_size: int) -> TrainConfig:
         word = kind != "char"
-        # Measured on 2 CPU cores with a 10-minute budget (README, "Measured"): a
+        # Measured on 2 CPU cores with a 10-minute budget (docs/measured.md): a
         # 1x256 word LSTM sees ~5x the tokens of a 2x512 one and ends far better.
         pick = {
             "layers": 1 if word else 2,
             "hidden": 256,
             "embedding": 128 if word else 64,
             # Word level overfits within minutes: AWD-style locked dropout and
-            # DropConnect (README "Measured": test PPL 86.7 -> 85.3 at 9,000 steps).
+            # DropConnect (docs/measured.md: test PPL 86.7 -> 85.3 at 9,000 steps).
             "dropout": 0.4 if word else 0.1,
             "weight_drop": 0.3 if word else 0.0,
             "tied": word and vocab_size <= 5000,
             # Characters take a higher rate: in 120-s runs on fortunes, valid PPL
-            # 12.0 at 3e-3, 9.4 at 1e-2, 8.7 at 2e-2 (README "Measured").
+            # 12.0 at 3e-3, 9.4 at 1e-2, 8.7 at 2e-2 (docs/measured.md).
             "lr": 20.0 if self.optimizer == "sgd" else 3e-3 if word else 1e-2,
             "weight_decay": 0.0 if self.optimizer == "sgd" else 0.01,
             "schedule": "plateau" if self.optimizer == "sgd" else "cosine",
