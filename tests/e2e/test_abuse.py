@@ -1,5 +1,6 @@
 """The real server under abuse: overload bursts, a 50 MB body, SIGTERM with requests in
-flight, and the bench/load.py script itself on a small scale (its long run is in docs/reliability.md)."""
+flight, and the bench/load.py script itself on a small scale (its long run is in
+docs/reliability.md)."""
 
 from __future__ import annotations
 
