@@ -4,6 +4,9 @@
                               training metadata and metrics, weights' sha256
     <dir>/model.safetensors   the weights
     <dir>/vocab.json | spm.model   the tokenizer
+    <dir>/ngram.safetensors   optional: the n-gram mixed with the RNN (models/ngram.py);
+                              config.json's "ngram" holds its order, the mixing
+                              weight λ and the file's sha256
 
 Writes are atomic: the new directory is written and fsync'd beside the old one
 under a temporary name, then renamed into place. Between the two renames a
@@ -32,7 +35,8 @@ from safetensors.torch import load_model, save_model
 
 from models.errors import CheckpointError, TokenizerError
 from models.model import RNNLM, ModelConfig
-from models.tokenizers import Tokenizer, load_tokenizer, tokenizer_file
+from models.ngram import NGRAM_FILE, NgramModel, check_mixing_weight
+from models.tokenizers import BOS, EOS, Tokenizer, load_tokenizer, tokenizer_file
 
 FORMAT_VERSION = 1
 CONFIG = "config.json"
@@ -45,11 +49,19 @@ class Checkpoint:
     model: RNNLM
     tokenizer: Tokenizer
     config: dict[str, Any]
+    # The n-gram mixed with the RNN, and λ, the RNN's weight in the mixture.
+    ngram: NgramModel | None = None
+    mix_weight: float = 1.0
 
     @property
     def mode(self) -> str:
         """'sentence' (each text from <bos>) or 'stream' (char-rnn style, after <eos>)."""
         return str(self.config.get("training", {}).get("mode", "sentence"))
+
+
+def start_token(mode: str) -> int:
+    """The token every text is read after: <bos>, or <eos> for a stream-mode model."""
+    return EOS if mode == "stream" else BOS
 
 
 def sha256_file(path: Path) -> str:
@@ -125,9 +137,15 @@ def write_json(path: Path, data: Any) -> None:
 
 
 def write_checkpoint_files(
-    directory: Path, model: RNNLM, tokenizer: Tokenizer, **extra: Any
+    directory: Path,
+    model: RNNLM,
+    tokenizer: Tokenizer,
+    ngram: NgramModel | None = None,
+    ngram_info: dict[str, Any] | None = None,
+    **extra: Any,
 ) -> dict[str, Any]:
-    """Write weights, tokenizer and config.json into an existing directory."""
+    """Write weights, tokenizer, the n-gram if any, and config.json into an existing
+    directory. `ngram_info` must hold "lambda"; it becomes config.json's "ngram"."""
     weights = directory / WEIGHTS
     # save_model handles tied (shared) tensors, which plain save_file refuses.
     save_model(model, str(weights), metadata={"format": "pt", "producer": "rnnlm"})
@@ -139,17 +157,75 @@ def write_checkpoint_files(
         **extra,
         "weights_sha256": sha256_file(weights),
     }
+    if ngram is not None:
+        info = dict(ngram_info or {})
+        check_mixing_weight(info.get("lambda"), "the n-gram's settings")
+        ngram.save(directory / NGRAM_FILE)
+        config["ngram"] = {
+            **info,
+            "file": NGRAM_FILE,
+            "order": ngram.order,
+            "sha256": sha256_file(directory / NGRAM_FILE),
+        }
     write_json(directory / CONFIG, config)
     return config
 
 
-def save_checkpoint(directory: Path, model: RNNLM, tokenizer: Tokenizer, **extra: Any) -> None:
+def save_checkpoint(
+    directory: Path,
+    model: RNNLM,
+    tokenizer: Tokenizer,
+    ngram: NgramModel | None = None,
+    ngram_info: dict[str, Any] | None = None,
+    **extra: Any,
+) -> None:
     """Atomically write a complete checkpoint to `directory`.
 
     `extra` becomes top-level keys of config.json (`training`, `metrics`, ...).
     """
     with atomic_directory(Path(directory)) as tmp:
-        write_checkpoint_files(tmp, model, tokenizer, **extra)
+        write_checkpoint_files(tmp, model, tokenizer, ngram, ngram_info, **extra)
+
+
+def load_ngram(
+    directory: Path, config: dict[str, Any], verify: bool = True
+) -> tuple[NgramModel | None, float]:
+    """The checkpoint's n-gram and λ from config.json's "ngram" section; (None, 1.0) without."""
+    section = config.get("ngram")
+    where = directory / CONFIG
+    if section is None:
+        return None, 1.0
+    if not isinstance(section, dict):
+        raise CheckpointError(f"{where}: 'ngram' must be an object")
+    weight = check_mixing_weight(section.get("lambda"), f"{where}: ngram.lambda")
+    name = section.get("file")
+    if name != NGRAM_FILE:
+        raise CheckpointError(f"{where}: ngram.file must be {NGRAM_FILE!r}, not {name!r}")
+    path = directory / NGRAM_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing (config.json says the model has an n-gram)")
+    expected = section.get("sha256")
+    if verify and expected is not None and sha256_file(path) != expected:
+        raise CheckpointError(
+            f"{path}: sha256 does not match config.json (the file was changed or truncated)"
+        )
+    ngram = NgramModel.load(path)
+    model_vocab = config["model"].get("vocab_size")
+    mode = str(config.get("training", {}).get("mode", "sentence"))
+    if ngram.vocab_size != model_vocab:
+        raise CheckpointError(
+            f"{path}: an n-gram over {ngram.vocab_size} tokens, but the model has {model_vocab}"
+        )
+    if section.get("order") != ngram.order:
+        raise CheckpointError(
+            f"{path}: order {ngram.order}, but config.json says {section.get('order')!r}"
+        )
+    if ngram.start_id != start_token(mode):
+        raise CheckpointError(
+            f"{path}: starts texts after token {ngram.start_id}, but a {mode}-mode model "
+            f"reads them after {start_token(mode)}"
+        )
+    return ngram, weight
 
 
 def read_config(directory: Path) -> dict[str, Any]:
@@ -218,4 +294,5 @@ def load_checkpoint(
             f"unexpected: {sorted(unexpected)})"
         )
     model.to(device).eval()
-    return Checkpoint(directory, model, tokenizer, config)
+    ngram, weight = load_ngram(directory, config, verify)
+    return Checkpoint(directory, model, tokenizer, config, ngram, weight)

@@ -9,6 +9,11 @@ and only real positions are gathered. A bidirectional model's backward
 direction scores each text reversed (`<bos> tn … t1 <eos>`, reversed before
 padding), the same way; sampling uses the forward direction only.
 
+A checkpoint with an n-gram (models/ngram.py) is scored and sampled under the
+mixture λ·P_rnn + (1−λ)·P_ngram, token by token, the n-gram reading the same
+history as the RNN (the tokens since the start token, the newest N-1 of them).
+The backward direction of a bidirectional model is the RNN's alone.
+
 Sampling keeps a `Batch`: each running `Generation` owns a slice of the
 recurrent state along dimension 1, its own parameters and its own random
 generator (one uniform number per step, drawn whether or not it is needed), so
@@ -24,15 +29,17 @@ import math
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from models.checkpoint import Checkpoint
+from models.checkpoint import Checkpoint, start_token
 from models.errors import CheckpointError
 from models.model import State
+from models.ngram import NO_TOKEN, mix_logprobs
 from models.tokenizers import BOS, EOS, PAD, UNK
 
 # Sampling never emits these: they have no text, and a sample's text must score
@@ -62,6 +69,10 @@ class ScoreResult:
     # Bidirectional models: the backward model's log-probability of the same
     # text, over as many predictions as `logprob`; None for forward-only models.
     backward_logprob: float | None = None
+    # Models with an n-gram: `logprob` is the mixture's; these are the RNN's
+    # alone and the n-gram's alone, over the same tokens. None without one.
+    rnn_logprob: float | None = None
+    ngram_logprob: float | None = None
 
     @property
     def log10prob(self) -> float:
@@ -214,6 +225,17 @@ def _inverse_cdf(cdf: Tensor, uniform: Tensor) -> Tensor:
     return pos.squeeze(1)
 
 
+@dataclass
+class _Scored:
+    """One sequence's scored ids and log-probs; with an n-gram, each component's too."""
+
+    ids: list[int]
+    logprobs: list[float] = field(default_factory=list)
+    tops: list[list[tuple[int, float]]] = field(default_factory=list)
+    rnn: list[float] | None = None
+    ngram: list[float] | None = None
+
+
 class Engine:
     """Scores and samples with one loaded checkpoint."""
 
@@ -225,8 +247,10 @@ class Engine:
         self.max_batch = max_batch
         # Sentence-mode models condition every text on <bos>; a stream-mode
         # model saw each line after the previous line's <eos>.
-        self.start_id = EOS if checkpoint.mode == "stream" else BOS
+        self.start_id = start_token(checkpoint.mode)
         self.bidirectional = self.model.config.bidirectional
+        self.ngram = checkpoint.ngram
+        self.mix_weight = checkpoint.mix_weight
         if self.bidirectional and checkpoint.mode == "stream":
             raise CheckpointError(
                 f"{checkpoint.path}: a bidirectional model must be trained in sentence mode, "
@@ -244,7 +268,7 @@ class Engine:
         The scored ids are t1..tn (t2..tn without `bos`), then <eos> with `eos`.
         """
         fulls = [([self.start_id] if bos else []) + list(s) + ([EOS] if eos else []) for s in seqs]
-        return self._score(fulls, top, backward=False)
+        return [(r.ids, r.logprobs, r.tops) for r in self._score(fulls, top, backward=False)]
 
     @torch.inference_mode()
     def score_token_ids_backward(
@@ -260,15 +284,13 @@ class Engine:
         if not self.bidirectional:
             raise ValueError("this model has no backward direction (bidirectional is off)")
         fulls = [([BOS] if eos else []) + list(s)[::-1] + ([EOS] if bos else []) for s in seqs]
-        return [(ids, lps) for ids, lps, _ in self._score(fulls, 0, backward=True)]
+        return [(r.ids, r.logprobs) for r in self._score(fulls, 0, backward=True)]
 
-    def _score(
-        self, fulls: list[list[int]], top: int, backward: bool
-    ) -> list[tuple[list[int], list[float], list[list[tuple[int, float]]]]]:
-        """Each full sequence's ids after the first, their log-probs and top alternatives."""
-        out: list[tuple[list[int], list[float], list[list[tuple[int, float]]]]] = [
-            ([], [], []) for _ in fulls
-        ]
+    def _score(self, fulls: list[list[int]], top: int, backward: bool) -> list[_Scored]:
+        """Each full sequence's ids after the first, their log-probs and top alternatives
+        (and, with an n-gram, each component's log-probs)."""
+        out = [_Scored(f[1:]) for f in fulls]
+        mixing = self.ngram is not None and not backward
         order = sorted(range(len(fulls)), key=lambda i: -len(fulls[i]))
         order = [i for i in order if len(fulls[i]) >= 2]
         while order:
@@ -285,18 +307,21 @@ class Engine:
                 inp[row, : len(f) - 1] = torch.tensor(f[:-1])
                 tgt[row, : len(f) - 1] = torch.tensor(f[1:])
                 lengths[row] = len(f) - 1
+            hist = self._histories(inp) if mixing else None  # (B, T, N-1)
             inp, tgt = inp.to(self.device), tgt.to(self.device)
             mask = torch.arange(T).unsqueeze(0) < lengths.unsqueeze(1)  # (B, T)
-            lps = torch.zeros(len(chunk), T)
+            # float64: a mixture's log-probs are computed in it, and summed later.
+            lps = torch.zeros(3 if mixing else 1, len(chunk), T, dtype=torch.float64)
             tops: list[tuple[Tensor, Tensor]] = []
             state: State | None = None
             for t0 in range(0, T, _TIME_WINDOW):
-                feats, state = self.model.features(
-                    inp[:, t0 : t0 + _TIME_WINDOW], state, backward=backward
-                )
-                m = mask[:, t0 : t0 + _TIME_WINDOW].to(self.device)
-                lp_win, top_win = self._gather(feats[m], tgt[:, t0 : t0 + _TIME_WINDOW][m], top)
-                lps[:, t0 : t0 + _TIME_WINDOW][m.cpu()] = lp_win.float().cpu()
+                t1 = t0 + _TIME_WINDOW
+                feats, state = self.model.features(inp[:, t0:t1], state, backward=backward)
+                m = mask[:, t0:t1]
+                h = None if hist is None else hist[:, t0:t1][m.numpy()]
+                parts, top_win = self._gather(feats[m.to(self.device)], tgt[:, t0:t1][m], top, h)
+                for d, part in enumerate(parts):
+                    lps[d, :, t0:t1][m] = part
                 if top:
                     tops.append(top_win)
             per_row_top: dict[int, list[list[tuple[int, float]]]] = {
@@ -318,30 +343,79 @@ class Engine:
             lp_rows = lps.tolist()
             for row, i in enumerate(chunk):
                 n = int(lengths[row])
-                out[i] = (fulls[i][1:], lp_rows[row][:n], per_row_top[row])
+                res = out[i]
+                res.logprobs, res.tops = lp_rows[0][row][:n], per_row_top[row]
+                if mixing:
+                    res.rnn, res.ngram = lp_rows[1][row][:n], lp_rows[2][row][:n]
         return out
 
+    def _histories(self, inp: Tensor) -> np.ndarray[Any, np.dtype[np.int64]]:
+        """The n-gram's history of each target: inp (B, T) -> (B, T, N-1), the inputs
+        up to and including each position, -1 before the first."""
+        assert self.ngram is not None
+        width = self.ngram.order - 1
+        ids = inp.numpy().astype(np.int64)
+        if width == 0:
+            return np.zeros((*ids.shape, 0), np.int64)
+        padded = np.concatenate([np.full((ids.shape[0], width - 1), NO_TOKEN), ids], axis=1)
+        return np.lib.stride_tricks.sliding_window_view(padded, width, axis=1)
+
     def _gather(
-        self, feats: Tensor, targets: Tensor, top: int
-    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """feats (N, F), targets (N,) -> log P(target) (N,), top-k (values, ids) (N, k)."""
-        lps, vals, ids = [], [], []
+        self,
+        feats: Tensor,
+        targets: Tensor,
+        top: int,
+        hist: np.ndarray[Any, np.dtype[np.int64]] | None = None,
+    ) -> tuple[list[Tensor], tuple[Tensor, Tensor]]:
+        """feats (N, F), targets (N,) -> [log P(target)] (N,) (with `hist` (N, order-1):
+        [mixture, RNN, n-gram]), top-k (values, ids) (N, k) of the model's distribution."""
+        parts: list[list[Tensor]] = [[], [], []] if hist is not None else [[]]
+        vals, ids = [], []
         for s in range(0, feats.shape[0], _OUTPUT_CHUNK):
             f, t = feats[s : s + _OUTPUT_CHUNK], targets[s : s + _OUTPUT_CHUNK]
+            h = None if hist is None else hist[s : s + _OUTPUT_CHUNK]
             if top:
-                full = self.model.log_probs(f)
-                lps.append(full.gather(1, t.unsqueeze(1)).squeeze(1))
+                full = self.model.log_probs(f).double()
+                rnn = full.gather(1, t.unsqueeze(1)).squeeze(1)
+                if h is not None:
+                    ngram = torch.from_numpy(self._ngram_distribution(h)).log()
+                    full = self._mix(full, ngram)
+                    parts[1].append(rnn.cpu())
+                    parts[2].append(ngram.gather(1, t.cpu().unsqueeze(1)).squeeze(1))
+                parts[0].append(full.gather(1, t.unsqueeze(1)).squeeze(1).cpu())
                 v, i = full.topk(min(top, full.shape[1]), dim=-1)
                 vals.append(v)
                 ids.append(i)
             else:
-                lps.append(self.model.token_log_probs(f, t))
-        empty = torch.zeros(0)
-        if not lps:
-            return empty, (torch.zeros(0, top), torch.zeros(0, top, dtype=torch.long))
-        if top:
-            return torch.cat(lps), (torch.cat(vals).cpu(), torch.cat(ids).cpu())
-        return torch.cat(lps), (empty, empty)
+                rnn = self.model.token_log_probs(f, t).double().cpu()
+                if h is None:
+                    parts[0].append(rnn)
+                    continue
+                assert self.ngram is not None
+                ngram = torch.from_numpy(self.ngram.logprob_of(h, t.cpu().numpy()))
+                parts[0].append(
+                    torch.from_numpy(mix_logprobs(rnn.numpy(), ngram.numpy(), self.mix_weight))
+                )
+                parts[1].append(rnn)
+                parts[2].append(ngram)
+        empty = torch.zeros(0, dtype=torch.float64)
+        joined = [torch.cat(p) if p else empty for p in parts]
+        if not vals:
+            return joined, (torch.zeros(0, top), torch.zeros(0, top, dtype=torch.long))
+        return joined, (torch.cat(vals).float().cpu(), torch.cat(ids).cpu())
+
+    def _ngram_distribution(
+        self, hist: np.ndarray[Any, np.dtype[np.int64]]
+    ) -> np.ndarray[Any, Any]:
+        assert self.ngram is not None
+        return self.ngram.distribution(hist)
+
+    def _mix(self, rnn: Tensor, ngram: Tensor) -> Tensor:
+        """ln(λ·P_rnn + (1-λ)·P_ngram) from the two log-probabilities, elementwise."""
+        lam = self.mix_weight
+        a = rnn + (math.log(lam) if lam > 0 else -math.inf)
+        b = ngram.to(rnn.device, rnn.dtype) + (math.log1p(-lam) if lam < 1 else -math.inf)
+        return torch.logaddexp(a, b)
 
     def score_batch(
         self,
@@ -355,14 +429,15 @@ class Engine:
         tok = self.tokenizer
         encoded = [tok.tokenize(t) for t in texts]
         seqs = [ids for ids, _ in encoded]
-        scored = self.score_token_ids(seqs, bos=bos, eos=eos, top=top)
+        fulls = [([self.start_id] if bos else []) + s + ([EOS] if eos else []) for s in seqs]
+        with torch.inference_mode():
+            scored = self._score(fulls, top, backward=False)
         backward: list[float | None] = [None] * len(texts)
         if self.bidirectional:
             backward = [sum(lps) for _, lps in self.score_token_ids_backward(seqs, bos, eos)]
         results = []
-        for text, (ids, pieces), (tids, lps, tops), back in zip(
-            texts, encoded, scored, backward, strict=True
-        ):
+        for text, (ids, pieces), sc, back in zip(texts, encoded, scored, backward, strict=True):
+            tids, lps, tops = sc.ids, sc.logprobs, sc.tops
             tokens = None
             if per_token or top:
                 # Without bos the first token is context only, even when it is <eos>.
@@ -384,6 +459,8 @@ class Engine:
                     oov_count=sum(1 for i in ids if i == UNK),
                     tokens=tokens,
                     backward_logprob=None if back is None else float(back),
+                    rnn_logprob=None if sc.rnn is None else float(sum(sc.rnn)),
+                    ngram_logprob=None if sc.ngram is None else float(sum(sc.ngram)),
                 )
             )
         return results
@@ -435,6 +512,8 @@ class Batch:
         self.gens: list[Generation] = []
         self.state: State | None = None  # each (layers, B, hidden)
         self.next_logprobs: Tensor | None = None  # (B, V): each sequence's next-token distribution
+        # With an n-gram: each row's last N-1 tokens (-1 before the start), (B, N-1).
+        self.history: np.ndarray[Any, np.dtype[np.int64]] | None = None
         # Per-row temperature, top_k, top_p, min_p: (B,) each.
         self._knobs: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
 
@@ -475,17 +554,41 @@ class Batch:
         last = out[torch.arange(len(gens)), lengths.to(dev) - 1]  # (B_new, H)
         if model.proj is not None:
             last = model.proj(last)
-        lp = model.log_probs(last)  # (B_new, V)
+        history = self._start_history(inputs)
+        lp = self._next_logprobs(model.log_probs(last), history)  # (B_new, V)
         self.gens.extend(gens)
         self._knobs = None
         if self.state is None or self.next_logprobs is None:
-            self.state, self.next_logprobs = state, lp
+            self.state, self.next_logprobs, self.history = state, lp, history
         else:
             self.state = tuple(
                 torch.cat([a, b], dim=1) for a, b in zip(self.state, state, strict=True)
             )
             self.next_logprobs = torch.cat([self.next_logprobs, lp])
+            if history is not None and self.history is not None:
+                self.history = np.concatenate([self.history, history])
         return done
+
+    def _start_history(self, inputs: list[list[int]]) -> np.ndarray[Any, np.dtype[np.int64]] | None:
+        """The n-gram's history after each prompt (start token included): (B, N-1)."""
+        ngram = self.engine.ngram
+        if ngram is None:
+            return None
+        width = ngram.order - 1
+        rows = [([NO_TOKEN] * width + x)[len(x) :] if width else [] for x in inputs]
+        return np.array(rows, dtype=np.int64).reshape(len(inputs), width)
+
+    def _next_logprobs(
+        self, rnn: Tensor, history: np.ndarray[Any, np.dtype[np.int64]] | None
+    ) -> Tensor:
+        """The model's next-token log-probs (B, V): the RNN's, or the mixture with the n-gram."""
+        ngram = self.engine.ngram
+        if ngram is None or history is None:
+            return rnn
+        probs = torch.from_numpy(ngram.distribution(history))  # (B, V)
+        with torch.inference_mode():
+            mixed = self.engine._mix(rnn.double(), probs.log())
+        return mixed.to(rnn.dtype)
 
     def remove(self, keep: list[int]) -> None:
         """Keep only the rows in `keep` (indices into the batch)."""
@@ -494,12 +597,14 @@ class Batch:
         self.gens = [self.gens[i] for i in keep]
         self._knobs = None
         if not keep:
-            self.state, self.next_logprobs = None, None
+            self.state, self.next_logprobs, self.history = None, None, None
             return
         assert self.state is not None and self.next_logprobs is not None
         idx = torch.tensor(keep, device=self.engine.device)
         self.state = tuple(s.index_select(1, idx) for s in self.state)
         self.next_logprobs = self.next_logprobs.index_select(0, idx)
+        if self.history is not None:
+            self.history = self.history[keep]
 
     def cancel(self, gen: Generation) -> None:
         """Drop a generation whose client went away."""
@@ -551,9 +656,16 @@ class Batch:
                 finished.append(g)
         self.remove(keep)
         if keep:
-            inp = torch.tensor([[gens[r].ids[-1]] for r in keep], device=dev)
+            last = [gens[r].ids[-1] for r in keep]
+            inp = torch.tensor([[t] for t in last], device=dev)
             feats, self.state = self.engine.model.features(inp, self.state)
-            self.next_logprobs = self.engine.model.log_probs(feats[:, -1])
+            if self.history is not None and self.history.shape[1]:
+                self.history = np.concatenate(
+                    [self.history[:, 1:], np.array(last, dtype=np.int64)[:, None]], axis=1
+                )
+            self.next_logprobs = self._next_logprobs(
+                self.engine.model.log_probs(feats[:, -1]), self.history
+            )
         return finished
 
     def _update_text(self, g: Generation) -> None:

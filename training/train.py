@@ -27,34 +27,30 @@ import json
 import math
 import os
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, fields
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from tqdm import tqdm
 
 from models.checkpoint import (
-    Checkpoint,
     atomic_directory,
     load_checkpoint,
     read_config,
-    recover,
     write_checkpoint_files,
     write_json,
 )
-from models.engine import Engine
 from models.errors import RnnlmError
-from models.model import RNNLM, ModelConfig, State
-from models.tokenizers import PAD, Tokenizer
+from models.model import RNNLM, State
+from models.tokenizers import Tokenizer
+from training.config import TrainConfig, TrainState
 from training.corpus import TokenSplit, load_corpus_tokenizer, read_corpus_meta
 from training.data import (
     sentence_batches,
@@ -64,160 +60,12 @@ from training.data import (
     windows,
     with_backward_rows,
 )
+from training.distributed import agree, is_main, launch_distributed, log
+from training.objective import LossModule, evaluate_split
+from training.plot import plot_curve
+from training.state import load_latest, resume_config, save_latest
 
-
-@dataclass
-class TrainConfig:
-    # None: chosen by resolve() from the corpus (see DEFAULTS there).
-    mode: str = "sentence"
-    cell: str = "lstm"
-    layers: int | None = None
-    hidden: int | None = None
-    embedding: int | None = None
-    dropout: float | None = None
-    weight_drop: float | None = None
-    tied: bool | None = None
-    adaptive: str = "auto"  # auto: adaptive softmax for vocabularies over 5000
-    bidirectional: bool = False  # a backward model too (sentence mode only)
-    optimizer: str = "adamw"
-    lr: float | None = None
-    weight_decay: float | None = None
-    schedule: str | None = None  # cosine (adamw) | plateau (sgd) | constant
-    warmup: int = 100
-    batch_size: int = 64
-    bptt: int | None = None
-    clip: float = 1.0
-    patience: int = 5
-    eval_every: int | None = None  # steps; None: ten times per time budget or per epoch
-    max_eval_tokens: int = 200_000
-    max_steps: int | None = None
-    epochs: int | None = None
-    time_budget: float | None = None
-    save_every: int | None = None
-    seed: int = 1234
-
-    def resolve(self, kind: str, vocab_size: int) -> TrainConfig:
-        word = kind != "char"
-        # Measured on 2 CPU cores with a 10-minute budget (docs/measured.md): a
-        # 1x256 word LSTM sees ~5x the tokens of a 2x512 one and ends far better.
-        pick = {
-            "layers": 1 if word else 2,
-            "hidden": 256,
-            "embedding": 128 if word else 64,
-            # Word level overfits within minutes: AWD-style locked dropout and
-            # DropConnect (docs/measured.md: test PPL 86.7 -> 85.3 at 9,000 steps).
-            "dropout": 0.4 if word else 0.1,
-            "weight_drop": 0.3 if word else 0.0,
-            "tied": word and vocab_size <= 5000,
-            # Characters take a higher rate: in 120-s runs on fortunes, valid PPL
-            # 12.0 at 3e-3, 9.4 at 1e-2, 8.7 at 2e-2 (docs/measured.md).
-            "lr": 20.0 if self.optimizer == "sgd" else 3e-3 if word else 1e-2,
-            "weight_decay": 0.0 if self.optimizer == "sgd" else 0.01,
-            "schedule": "plateau" if self.optimizer == "sgd" else "cosine",
-            "bptt": 70 if word else 200,
-        }
-        for name, value in pick.items():
-            if getattr(self, name) is None:
-                setattr(self, name, value)
-        if self.adaptive == "on" or (self.adaptive == "auto" and vocab_size > 5000):
-            self.tied = False if self.adaptive == "auto" else self.tied
-        if self.max_steps is None and self.epochs is None and self.time_budget is None:
-            self.epochs = 20
-        return self
-
-    def model_config(self, vocab_size: int) -> ModelConfig:
-        use_adaptive = self.adaptive == "on" or (self.adaptive == "auto" and vocab_size > 5000)
-        cutoffs = [c for c in (2000, 10000, 50000) if c < vocab_size - 1] if use_adaptive else []
-        assert self.hidden and self.embedding and self.layers
-        assert self.dropout is not None and self.weight_drop is not None
-        return ModelConfig(
-            vocab_size=vocab_size,
-            cell=self.cell,
-            embedding=self.embedding,
-            hidden=self.hidden,
-            layers=self.layers,
-            dropout=self.dropout,
-            weight_drop=self.weight_drop,
-            tied=bool(self.tied),
-            adaptive_cutoffs=cutoffs,
-            bidirectional=self.bidirectional,
-        )
-
-
-@dataclass
-class TrainState:
-    step: int = 0
-    epoch: int = 0
-    unit: int = 0  # batches (sentence) or windows (stream) done in this epoch
-    window: int = 0  # bptt windows done in the unit in hand (a long sequence's batch)
-    best_valid: float = math.inf
-    bad_evals: int = 0
-    lr_scale: float = 1.0  # plateau schedule
-    elapsed: float = 0.0
-    tokens: int = 0
-    last_eval_step: int = 0
-    last_eval_time: float = 0.0
-
-
-LIMIT_FIELDS = ("max_steps", "epochs", "time_budget", "patience", "save_every", "eval_every")
-
-
-# ---------------------------------------------------------------- helpers
-
-
-def _is_main() -> bool:
-    return not dist.is_initialized() or dist.get_rank() == 0
-
-
-def _log(msg: str) -> None:
-    if _is_main():
-        tqdm.write(msg, file=sys.stderr)
-
-
-_EVAL_CHUNK = 1024  # sequences scored at a time
-
-
-def evaluate_split(
-    model: RNNLM,
-    tok: Tokenizer,
-    split: TokenSplit,
-    mode: str,
-    max_tokens: int | None = None,
-    backward: bool = False,
-) -> tuple[float, int]:
-    """(total negative log-likelihood in nats, tokens scored) per the engine's convention.
-
-    `backward`: of a bidirectional model's backward direction. Streams the split
-    in chunks of sequences, so memory stays flat for any size.
-    """
-    was_training = model.training
-    engine = Engine(Checkpoint(Path("."), model, tok, {"training": {"mode": mode}}))
-    nll, n, seen = 0.0, 0, 0
-    seqs: list[list[int]] = []
-
-    def flush() -> None:
-        nonlocal nll, n
-        scored = (
-            engine.score_token_ids_backward(seqs)
-            if backward
-            else [(ids, lps) for ids, lps, _ in engine.score_token_ids(seqs)]
-        )
-        for _, lps in scored:
-            nll -= sum(lps)
-            n += len(lps)
-        seqs.clear()
-
-    for i in range(len(split)):
-        s = split.sequence(i)
-        seqs.append(s[:-1].tolist())  # the engine appends <eos>
-        seen += len(s)
-        if len(seqs) >= _EVAL_CHUNK:
-            flush()
-        if max_tokens is not None and seen >= max_tokens:
-            break
-    flush()
-    model.train(was_training)
-    return nll, n
+__all__ = ["LossModule", "TrainConfig", "train", "train_command"]
 
 
 def _optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -250,112 +98,7 @@ def _lr(cfg: TrainConfig, st: TrainState, units_per_epoch: int) -> float:
     return cfg.lr * warm
 
 
-def _plot(out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    steps = [r["step"] for r in rows]
-    ax.plot(steps, [r["train_loss"] for r in rows], label="train")
-    valid = [(r["step"], r["valid_loss"]) for r in rows if r.get("valid_loss") is not None]
-    if valid:
-        ax.plot(*zip(*valid, strict=True), label="validation")
-    back = [(r["step"], r["valid_loss_backward"]) for r in rows if r.get("valid_loss_backward")]
-    if back:
-        ax.plot(*zip(*back, strict=True), label="validation, backward", linestyle="--")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (nats per token)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    tmp = out / ".curve.png.tmp"
-    fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    os.replace(tmp, out / "curve.png")
-
-
 # ---------------------------------------------------------- trainer state
-
-
-def _save_latest(
-    out: Path,
-    model: RNNLM,
-    tok: Tokenizer,
-    opt: torch.optim.Optimizer,
-    cfg: TrainConfig,
-    st: TrainState,
-    carried: State | None,
-    meta: dict[str, Any],
-) -> None:
-    with atomic_directory(out / "latest") as tmp:
-        write_checkpoint_files(tmp, model, tok, **meta)
-        tensors: dict[str, Tensor] = {"rng.torch": torch.get_rng_state()}
-        opt_sd = opt.state_dict()
-        scalars: dict[str, dict[str, Any]] = {}
-        for pid, pstate in opt_sd["state"].items():
-            for k, v in pstate.items():
-                if isinstance(v, Tensor):
-                    tensors[f"optim.{pid}.{k}"] = v.detach().cpu().contiguous()
-                elif v is not None:
-                    scalars.setdefault(str(pid), {})[k] = v
-        for i, s in enumerate(carried or ()):
-            tensors[f"carried.{i}"] = s.detach().cpu().contiguous()
-        save_file(tensors, str(tmp / "trainer_state.safetensors"))
-        write_json(
-            tmp / "trainer_state.json",
-            {
-                "config": asdict(cfg),
-                "state": asdict(st),
-                "param_groups": opt_sd["param_groups"],
-                "optim_scalars": scalars,
-                "world_size": dist.get_world_size() if dist.is_initialized() else 1,
-            },
-        )
-
-
-def _load_latest(
-    out: Path, model: RNNLM, opt: torch.optim.Optimizer, device: torch.device
-) -> tuple[TrainState, State | None, int]:
-    latest = recover(out / "latest")
-    ck = load_checkpoint(latest, device=device)
-    model.load_state_dict(ck.model.state_dict())
-    try:
-        saved = json.loads((latest / "trainer_state.json").read_text())
-        tensors = load_file(str(latest / "trainer_state.safetensors"))
-    except (OSError, ValueError) as e:
-        raise RnnlmError(f"{latest}: trainer state is missing or broken ({e})") from e
-    state: dict[int, dict[str, Any]] = {}
-    for key, v in tensors.items():
-        if key.startswith("optim."):
-            _, pid, name = key.split(".", 2)
-            state.setdefault(int(pid), {})[name] = v.to(device)
-    for pid, extra in saved.get("optim_scalars", {}).items():
-        state.setdefault(int(pid), {}).update(extra)
-    opt.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
-    torch.set_rng_state(tensors["rng.torch"])
-    carried_keys = sorted(k for k in tensors if k.startswith("carried."))
-    carried = tuple(tensors[k].to(device) for k in carried_keys) or None
-    return TrainState(**saved["state"]), carried, int(saved.get("world_size", 1))
-
-
-def _resume_config(out: Path, cfg: TrainConfig, given: set[str]) -> TrainConfig:
-    path = recover(out / "latest") / "trainer_state.json"
-    if not path.is_file():
-        raise RnnlmError(f"{path}: nothing to resume (no trainer state in {out}/latest)")
-    saved = TrainConfig(**json.loads(path.read_text())["config"])
-    for name in given:
-        new, old = getattr(cfg, name), getattr(saved, name)
-        if name in LIMIT_FIELDS:
-            setattr(saved, name, new)
-        elif new != old:
-            raise RnnlmError(
-                f"--{name.replace('_', '-')} {new} differs from the run being resumed ({old}); "
-                "only limits (steps, epochs, time budget, patience, saving) can change"
-            )
-    return saved
 
 
 # ------------------------------------------------------------------- loop
@@ -432,7 +175,7 @@ def train(
     meta = read_corpus_meta(corpus)
     tok = load_corpus_tokenizer(corpus)
     if resume:
-        cfg = _resume_config(out, cfg, given or set())
+        cfg = resume_config(out, cfg, given or set())
     else:
         cfg.resolve(meta["tokenizer"]["kind"], tok.vocab_size)
         if (out / "latest").exists() or (out / "best").exists():
@@ -470,7 +213,7 @@ def train(
     opt = _optimizer(cfg, model)
     st, carried = TrainState(), None
     if resume:
-        st, carried, saved_world = _load_latest(out, model, opt, dev)
+        st, carried, saved_world = load_latest(out, model, opt, dev)
         if saved_world != world:
             raise RnnlmError(
                 f"{out}: the run was trained by {saved_world} process(es), not {world}; "
@@ -478,7 +221,7 @@ def train(
             )
         if rank > 0:
             carried = None  # the saved stream state is rank 0's lanes'; others restart theirs
-        _log(f"resuming at step {st.step} (epoch {st.epoch}, unit {st.unit})")
+        log(f"resuming at step {st.step} (epoch {st.epoch}, unit {st.unit})")
     if world > 1 and rank > 0:
         # Same initial weights everywhere (DDP also broadcasts rank 0's), but each
         # rank draws its own dropout masks.
@@ -486,13 +229,13 @@ def train(
     net: nn.Module = LossModule(model)
     if world > 1:
         net = nn.parallel.DistributedDataParallel(net)
-    if _is_main():
+    if is_main():
         out.mkdir(parents=True, exist_ok=True)
     run_meta = {"corpus": str(corpus), "mode": cfg.mode, "config": asdict(cfg)}
     units_per_epoch = _units_per_epoch(cfg, train_split, world)
     if units_per_epoch == 0:
         raise RnnlmError(f"{corpus}: too little training data for --batch-size {cfg.batch_size}")
-    _log(
+    log(
         f"model: {model_cfg.cell} {model_cfg.layers}x{model_cfg.hidden}"
         f"{' bidirectional' if model_cfg.bidirectional else ''}, "
         f"{model.num_parameters():,} parameters, vocabulary {tok.vocab_size}; "
@@ -516,7 +259,7 @@ def train(
     bar = tqdm(
         total=cfg.max_steps or (units_per_epoch * cfg.epochs if cfg.epochs else None),
         initial=st.step,
-        disable=not progress or not _is_main(),
+        disable=not progress or not is_main(),
         unit="step",
         dynamic_ncols=True,
     )
@@ -567,7 +310,7 @@ def train(
                     on_step(st.step, model)
                 if st.window < n_wins:  # inside a long batch: limits and signals hold too
                     st.elapsed = time.monotonic() - t_start
-                    if _agree([bool(_limit(cfg, st, False) or stop_signal)], dev)[0]:
+                    if agree([bool(_limit(cfg, st, False) or stop_signal)], dev)[0]:
                         break
             done_here = st.window - skip
             unit_done = st.window >= n_wins
@@ -600,7 +343,7 @@ def train(
                 )
             )
             limit = _limit(cfg, st, epoch_end) or ("interrupted" if stop_signal else "")
-            flags = _agree([bool(due_eval or limit), bool(limit), bool(stop_signal)], dev)
+            flags = agree([bool(due_eval or limit), bool(limit), bool(stop_signal)], dev)
             if flags[0]:
                 tps = window_tokens * world / max(1e-9, time.monotonic() - window_t0)
                 last_metrics = _evaluate_and_save(
@@ -621,12 +364,12 @@ def train(
                     valid_ppl=f"{last_metrics.get('valid_ppl') or float('nan'):.2f}", refresh=True
                 )
                 train_nll, train_n, window_tokens, window_t0 = [0.0, 0.0], 0, 0, time.monotonic()
-                if _agree([st.bad_evals >= cfg.patience], dev)[0]:
+                if agree([st.bad_evals >= cfg.patience], dev)[0]:
                     limit = limit or "early_stopping"
             elif (
-                cfg.save_every and unit_done and st.step % cfg.save_every < done_here and _is_main()
+                cfg.save_every and unit_done and st.step % cfg.save_every < done_here and is_main()
             ):
-                _save_latest(out, model, tok, opt, cfg, st, carried, meta_now(last_metrics))
+                save_latest(out, model, tok, opt, cfg, st, carried, meta_now(last_metrics))
             if flags[1] or flags[2] or limit:
                 stopped = limit or "interrupted"
                 break
@@ -645,47 +388,6 @@ def train(
     return summary
 
 
-class LossModule(nn.Module):
-    """The training objective as a module, so DistributedDataParallel can wrap it.
-
-    inputs, targets (B, T) -> NLL summed over non-padding targets (1,), their
-    count, new state. A bidirectional model takes (2B, T), the rows and then
-    their reversed copies (`with_backward_rows`), and a state of 2B rows too; it
-    returns (2,), the forward and the backward NLL, and the count of one direction.
-    """
-
-    def __init__(self, model: RNNLM) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(
-        self, inp: Tensor, tgt: Tensor, state: State | None
-    ) -> tuple[Tensor, Tensor, State]:
-        directions = (False, True) if self.model.config.bidirectional else (False,)
-        D = len(directions)
-        nlls, states, count = [], [], tgt.new_zeros(())
-        for d, backward in enumerate(directions):
-            rows = slice(d * inp.shape[0] // D, (d + 1) * inp.shape[0] // D)
-            s = None if state is None else tuple(x[:, rows] for x in state)
-            feats, new_s = self.model.features(inp[rows], s, backward=backward)  # (B, T, F)
-            mask = tgt[rows] != PAD
-            lp = self.model.token_log_probs(feats[mask], tgt[rows][mask])  # (N,)
-            nlls.append(-lp.sum())
-            states.append(new_s)
-            count = mask.sum()  # the same in both directions
-        new_state = tuple(torch.cat(parts, dim=1) for parts in zip(*states, strict=True))
-        return torch.stack(nlls), count, new_state
-
-
-def _agree(flags: list[bool], dev: torch.device) -> list[bool]:
-    """Rank 0's flags, on every rank."""
-    if not dist.is_initialized():
-        return flags
-    t = torch.tensor([float(f) for f in flags], device=dev)
-    dist.broadcast(t, src=0)
-    return [bool(x) for x in t.tolist()]
-
-
 def _evaluate_and_save(
     out: Path,
     model: RNNLM,
@@ -702,7 +404,7 @@ def _evaluate_and_save(
 ) -> dict[str, Any]:
     st.last_eval_step, st.last_eval_time = st.step, st.elapsed
     metrics: dict[str, Any] = {}
-    if _is_main():
+    if is_main():
         valid_loss = valid_loss_b = None
         if len(splits["valid"]):
             nll, n = evaluate_split(model, tok, splits["valid"], cfg.mode, cfg.max_eval_tokens)
@@ -735,7 +437,7 @@ def _evaluate_and_save(
             }
         with open(out / "metrics.jsonl", "a") as f:
             f.write(json.dumps(metrics) + "\n")
-        _plot(out)
+        plot_curve(out)
         # Without a validation split the latest model counts as the best. A
         # bidirectional model is judged by what it was trained on: both directions.
         score = valid_loss if valid_loss is not None else -st.step
@@ -749,7 +451,7 @@ def _evaluate_and_save(
             st.bad_evals += 1
             if cfg.schedule == "plateau":
                 st.lr_scale /= 4.0
-        _save_latest(out, model, tok, opt, cfg, st, carried, meta_now(metrics))
+        save_latest(out, model, tok, opt, cfg, st, carried, meta_now(metrics))
     # Keep the ranks' copies of the counters that drive decisions in step.
     if dist.is_initialized():
         t = torch.tensor(
@@ -778,7 +480,7 @@ def _finish(
         "elapsed_s": round(st.elapsed, 1),
         "tokens": st.tokens,
     }
-    if not _is_main():
+    if not is_main():
         return summary
     best = load_checkpoint(out / "best", device=dev)
     summary["best_valid_ppl"] = best.config.get("metrics", {}).get("valid_ppl")
@@ -806,23 +508,6 @@ def _finish(
     return summary
 
 
-def launch_distributed(argv: list[str], nproc: int) -> int:
-    """Re-run this `rnnlm train` command under torchrun with `nproc` processes."""
-    rest, skip = [], False
-    for a in argv:
-        if skip or a.startswith("--nproc="):
-            skip = False
-            continue
-        if a == "--nproc":
-            skip = True
-            continue
-        rest.append(a)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc_per_node={nproc}", "-m", "rnnlm.cli", *rest]  # fmt: skip
-    _log(f"launching {nproc} processes: torchrun --standalone --nproc_per_node={nproc} ...")
-    return subprocess.run(cmd, check=False).returncode
-
-
 def train_command(args: argparse.Namespace) -> None:
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
         rc = launch_distributed(args.argv, args.nproc)
@@ -843,7 +528,7 @@ def train_command(args: argparse.Namespace) -> None:
         device=args.device,
         progress=not args.no_progress,
     )
-    if _is_main():
+    if is_main():
         print(json.dumps(summary, indent=2))
     if summary["stopped"] == "interrupted":
         sys.exit(130)

@@ -1,0 +1,313 @@
+"""The n-gram inside a model: the query side (estimation lives in training/).
+
+A backoff n-gram model over the model's own token ids, as an ARPA file holds
+one: for every stored n-gram its interpolated log-probability, and for every
+stored context its backoff weight. Interpolated modified Kneser-Ney (what
+`training/ngram.py` estimates and what KenLM's `lmplz` writes) is exactly such
+a model: for an n-gram never seen, P(w | h) = backoff(h) · P(w | h without its
+oldest token).
+
+Storage is one sorted array of packed keys per order, a trie read from the
+newest token backwards, the way KenLM's context tree is:
+
+    order 1     dense: index = token id                          (V,)
+    order k     key = index of (w2 … wk) at order k-1 · V + w1    (n_k,) int64, sorted
+
+so the n-gram w1 … wk is found from its last token by k-1 binary searches, and
+every suffix of a history is found on the way. Beside the keys: `logprob`
+(natural log, float32) per n-gram and `backoff` (natural log) per n-gram of the
+orders below the highest. Order 1 covers the whole vocabulary; ids the model
+never predicts (`<pad>` and the sentence-start token) have logprob -inf.
+
+A history is the tokens before a position, the newest last, from the sentence
+start on (`start_id`: `<bos>`, or `<eos>` for a model trained on one stream of
+text): `histories` arrays are (M, order-1), left-padded with -1 where the text
+has no more tokens (the start, or a text scored without `<bos>`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors import SafetensorError
+from safetensors.numpy import load_file, save_file
+
+from models.errors import CheckpointError
+
+NGRAM_FILE = "ngram.safetensors"
+NGRAM_FORMAT = "rnnlm-ngram-1"
+NO_TOKEN = -1  # history padding: before the start of the text
+
+Int64s = np.ndarray[Any, np.dtype[np.int64]]
+Floats = np.ndarray[Any, np.dtype[np.floating[Any]]]
+
+
+@dataclass
+class NgramModel:
+    order: int
+    vocab_size: int
+    start_id: int
+    # keys[k-1], logprob[k-1], backoff[k-1] belong to order k; keys[0] is unused
+    # (order 1 is dense); backoff has order-1 entries (the highest order has none).
+    keys: list[Int64s]
+    logprob: list[Floats]
+    backoff: list[Floats]
+    _children: list[tuple[Int64s, Int64s, Int64s]] = field(default_factory=list, repr=False)
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    # ------------------------------------------------------------ integrity
+
+    def check(self) -> None:
+        """Refuse arrays that do not make one consistent model (a damaged or forged file)."""
+        n, V = self.order, self.vocab_size
+        problems: list[str] = []
+        if n < 1:
+            problems.append(f"order must be at least 1, not {n}")
+        if V < 5:
+            problems.append(f"vocab_size must be at least 5, not {V}")
+        if not 0 <= self.start_id < V:
+            problems.append(f"start_id {self.start_id} is not a token id")
+        if len(self.keys) != n or len(self.logprob) != n or len(self.backoff) != max(0, n - 1):
+            problems.append(f"expected arrays for {n} orders")
+        if problems:
+            raise CheckpointError("n-gram: " + "; ".join(problems))
+        if self.logprob[0].shape != (V,) or self.backoff and self.backoff[0].shape != (V,):
+            raise CheckpointError(f"n-gram: order 1 must cover the {V} token ids")
+        for k in range(2, n + 1):
+            keys, size = self.keys[k - 1], self.size(k)
+            if keys.ndim != 1 or self.logprob[k - 1].shape != (size,):
+                raise CheckpointError(f"n-gram: order {k}: keys and logprob differ in length")
+            if k < n and self.backoff[k - 1].shape != (size,):
+                raise CheckpointError(f"n-gram: order {k}: keys and backoff differ in length")
+            if size and (keys[0] < 0 or np.any(keys[1:] <= keys[:-1])):
+                raise CheckpointError(f"n-gram: order {k}: keys are not strictly increasing")
+            if size and keys[-1] // V >= self.size(k - 1):
+                raise CheckpointError(f"n-gram: order {k}: an n-gram's suffix is not stored")
+        for k in range(1, n + 1):
+            lp = self.logprob[k - 1]
+            if np.any(np.isnan(lp)) or np.any(lp > 1e-4) or np.any(np.isposinf(lp)):
+                raise CheckpointError(f"n-gram: order {k}: log-probabilities must be <= 0")
+            if k > 1 and np.any(np.isinf(lp)):
+                raise CheckpointError(f"n-gram: order {k}: a stored n-gram has probability 0")
+        for k, bo in enumerate(self.backoff, start=1):
+            if not np.all(np.isfinite(bo)):
+                raise CheckpointError(f"n-gram: order {k}: backoff weights must be finite")
+        # Every n-gram's context (w1 … wk-1) must be stored too: found here, once.
+        self._children = self._index_children()
+
+    def size(self, k: int) -> int:
+        """How many n-grams of order k (order 1: the vocabulary)."""
+        return self.vocab_size if k == 1 else len(self.keys[k - 1])
+
+    def counts(self) -> list[int]:
+        return [self.size(k) for k in range(1, self.order + 1)]
+
+    def nbytes(self) -> int:
+        arrays = [*self.keys[1:], *self.logprob, *self.backoff]
+        return int(sum(a.nbytes for a in arrays))
+
+    # ---------------------------------------------------------------- lookups
+
+    def _find(self, k: int, keys: Int64s) -> tuple[Int64s, np.ndarray[Any, np.dtype[np.bool_]]]:
+        """Positions of `keys` among order k's, and whether each is there."""
+        table = self.keys[k - 1]
+        if not len(table):
+            return np.zeros(len(keys), np.int64), np.zeros(len(keys), bool)
+        pos = np.searchsorted(table, keys).clip(max=len(table) - 1)
+        return pos.astype(np.int64), table[pos] == keys
+
+    def _index_children(self) -> list[tuple[Int64s, Int64s, Int64s]]:
+        """Per order k >= 2: (offsets, children, last tokens), grouping the k-grams
+        by their context (w1 … wk-1), for the next-token distribution."""
+        V = self.vocab_size
+        out: list[tuple[Int64s, Int64s, Int64s]] = []
+        last = np.arange(V, dtype=np.int64)  # order 1: an n-gram's last token is itself
+        ctx_prev = np.zeros(0, np.int64)
+        for k in range(2, self.order + 1):
+            keys = self.keys[k - 1]
+            parent, oldest = keys // V, keys % V  # (w2 … wk) and w1
+            last = last[parent]
+            if k == 2:
+                ctx = oldest
+            else:
+                # (w1 … wk-1) = w1 + the context of (w2 … wk), looked up at order k-1.
+                ctx, found = self._find(k - 1, ctx_prev[parent] * V + oldest)
+                if not found.all():
+                    raise CheckpointError(
+                        f"n-gram: order {k}: {int((~found).sum())} n-grams whose context "
+                        "(the n-gram without its last token) is not stored"
+                    )
+            order = np.argsort(ctx, kind="stable")
+            offsets = np.searchsorted(ctx[order], np.arange(self.size(k - 1) + 1))
+            out.append((offsets.astype(np.int64), order.astype(np.int64), last[order]))
+            ctx_prev = ctx
+        return out
+
+    def rows(self, k: int) -> Int64s:
+        """The token ids of every n-gram of order k, oldest first: (n_k, k)."""
+        V = self.vocab_size
+        rows = np.arange(V, dtype=np.int64)[:, None]
+        for j in range(2, k + 1):
+            keys = self.keys[j - 1]
+            rows = np.concatenate([(keys % V)[:, None], rows[keys // V]], axis=1)
+        return rows
+
+    def context_index(self, k: int) -> Int64s:
+        """For every n-gram of order k >= 2, the index of its context (w1 … wk-1) at order k-1."""
+        offsets, children, _ = self._children[k - 2]
+        ctx = np.empty(len(children), np.int64)
+        ctx[children] = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
+        return ctx
+
+    def logprob_of(self, histories: Int64s, targets: Int64s) -> Floats:
+        """ln P(target | history) for M positions at once: histories (M, order-1), targets (M,)."""
+        n, V = self.order, self.vocab_size
+        histories = np.asarray(histories, dtype=np.int64).reshape(len(targets), n - 1)
+        targets = np.asarray(targets, dtype=np.int64)
+        # The longest stored n-gram ending in the target: extend it one token at a time.
+        best = self.logprob[0][targets].astype(np.float64)
+        matched = np.ones(len(targets), np.int64)
+        idx, alive = targets.copy(), np.ones(len(targets), bool)
+        for k in range(2, n + 1):
+            w = histories[:, n - k]  # the (k-1)-th newest token of the history
+            pos, found = self._find(k, idx * V + w.clip(min=0))
+            alive &= found & (w >= 0)
+            if not alive.any():
+                break
+            idx = np.where(alive, pos, idx)
+            best[alive] = self.logprob[k - 1][pos[alive]]
+            matched[alive] = k
+        # Back off from every stored context longer than that n-gram's.
+        ctx = histories[:, n - 2].copy() if n > 1 else np.zeros(0, np.int64)
+        present = ctx >= 0
+        for j in range(1, n):  # contexts of j tokens
+            if j > 1:
+                w = histories[:, n - 1 - j]
+                pos, found = self._find(j, ctx * V + w.clip(min=0))
+                present &= found & (w >= 0)
+                ctx = np.where(present, pos, ctx)
+            if not present.any():
+                break
+            add = present & (matched <= j)
+            best[add] += self.backoff[j - 1][ctx[add]]
+        return best
+
+    def distribution(self, histories: Int64s) -> Floats:
+        """P(· | history) over the whole vocabulary: histories (B, order-1) -> (B, V) float64.
+
+        Each row sums to 1 (ids never predicted have 0).
+        """
+        n = self.order
+        histories = np.asarray(histories, dtype=np.int64).reshape(-1, n - 1)
+        B = histories.shape[0]
+        probs = np.tile(np.exp(self.logprob[0].astype(np.float64)), (B, 1))  # (B, V)
+        ctx = histories[:, n - 2].copy() if n > 1 else np.zeros(0, np.int64)
+        present = ctx >= 0
+        for j in range(1, n):
+            if j > 1:
+                w = histories[:, n - 1 - j]
+                pos, found = self._find(j, ctx * self.vocab_size + w.clip(min=0))
+                present &= found & (w >= 0)
+                ctx = np.where(present, pos, ctx)
+            rows = present.nonzero()[0]
+            if not len(rows):
+                break
+            c = ctx[rows]
+            # Unseen after this context: backoff × the shorter context's probability;
+            # seen: the stored one.
+            probs[rows] *= np.exp(self.backoff[j - 1][c].astype(np.float64))[:, None]
+            offsets, children, last = self._children[j - 1]
+            lo, hi = offsets[c], offsets[c + 1]
+            sizes = hi - lo
+            if sizes.sum():
+                row_of = np.repeat(rows, sizes)
+                flat = np.repeat(lo - np.cumsum(sizes) + sizes, sizes) + np.arange(sizes.sum())
+                probs[row_of, last[flat]] = np.exp(
+                    self.logprob[j][children[flat]].astype(np.float64)
+                )
+        return probs
+
+    # ------------------------------------------------------------------ files
+
+    def save(self, path: Path) -> None:
+        tensors: dict[str, np.ndarray[Any, Any]] = {}
+        for k in range(1, self.order + 1):
+            if k > 1:
+                tensors[f"order{k}.keys"] = np.ascontiguousarray(self.keys[k - 1], np.int64)
+            tensors[f"order{k}.logprob"] = np.ascontiguousarray(self.logprob[k - 1], np.float32)
+            if k < self.order:
+                tensors[f"order{k}.backoff"] = np.ascontiguousarray(self.backoff[k - 1], np.float32)
+        meta = {
+            "format": NGRAM_FORMAT,
+            "order": str(self.order),
+            "vocab_size": str(self.vocab_size),
+            "start_id": str(self.start_id),
+        }
+        save_file(tensors, str(path), metadata=meta)
+
+    @classmethod
+    def load(cls, path: Path) -> NgramModel:
+        """Read an n-gram file; anything damaged or inconsistent is refused by name."""
+        if not path.is_file():
+            raise CheckpointError(f"{path}: missing")
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="numpy") as f:
+                meta = f.metadata() or {}
+            arrays = load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f"{path}: not a valid safetensors file ({e})") from e
+        try:
+            if meta.get("format") != NGRAM_FORMAT:
+                raise ValueError(f"format {meta.get('format')!r}, expected {NGRAM_FORMAT!r}")
+            order, V, start = (int(meta[k]) for k in ("order", "vocab_size", "start_id"))
+            if not 1 <= order <= 64:
+                raise ValueError(f"order {order} is out of range")
+            expected = {f"order{k}.logprob" for k in range(1, order + 1)}
+            expected |= {f"order{k}.keys" for k in range(2, order + 1)}
+            expected |= {f"order{k}.backoff" for k in range(1, order)}
+            if set(arrays) != expected:
+                missing, extra = sorted(expected - set(arrays)), sorted(set(arrays) - expected)
+                raise ValueError(f"arrays missing: {missing}, unexpected: {extra}")
+            dtypes = {"keys": np.int64, "logprob": np.float32, "backoff": np.float32}
+            for name, a in arrays.items():
+                if a.dtype != dtypes[name.split(".")[1]] or a.ndim != 1:
+                    raise ValueError(f"{name} is {a.dtype} {a.shape}, not a 1-d array")
+            keys = [np.zeros(0, np.int64)] + [arrays[f"order{k}.keys"] for k in range(2, order + 1)]
+            return cls(
+                order=order,
+                vocab_size=V,
+                start_id=start,
+                keys=keys,
+                logprob=[arrays[f"order{k}.logprob"] for k in range(1, order + 1)],
+                backoff=[arrays[f"order{k}.backoff"] for k in range(1, order)],
+            )
+        except (KeyError, ValueError) as e:
+            raise CheckpointError(f"{path}: not an rnnlm n-gram file ({e})") from e
+        except CheckpointError as e:
+            raise CheckpointError(f"{path}: {e}") from e
+
+
+def check_mixing_weight(value: Any, where: str) -> float:
+    """λ, the RNN's share of the mixture: a number in [0, 1]."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise CheckpointError(
+            f"{where}: the mixing weight must be a number in [0, 1], not {value!r}"
+        )
+    return float(value)
+
+
+def mix_logprobs(rnn: Floats, ngram: Floats, weight: float) -> Floats:
+    """ln(λ·P_rnn + (1-λ)·P_ngram), from the two log-probabilities (natural log)."""
+    with np.errstate(divide="ignore"):
+        a = rnn + (math.log(weight) if weight > 0 else -np.inf)
+        b = ngram + (math.log1p(-weight) if weight < 1 else -np.inf)
+    out: Floats = np.logaddexp(a, b)
+    return out

@@ -1,0 +1,106 @@
+"""The training run's settings and counters: `TrainConfig` (defaults at the top,
+`resolve()` fills those that depend on the corpus) and `TrainState` (what a
+resumed run carries on from)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from models.model import ModelConfig
+
+
+@dataclass
+class TrainConfig:
+    # None: chosen by resolve() from the corpus (see DEFAULTS there).
+    mode: str = "sentence"
+    cell: str = "lstm"
+    layers: int | None = None
+    hidden: int | None = None
+    embedding: int | None = None
+    dropout: float | None = None
+    weight_drop: float | None = None
+    tied: bool | None = None
+    adaptive: str = "auto"  # auto: adaptive softmax for vocabularies over 5000
+    bidirectional: bool = False  # a backward model too (sentence mode only)
+    optimizer: str = "adamw"
+    lr: float | None = None
+    weight_decay: float | None = None
+    schedule: str | None = None  # cosine (adamw) | plateau (sgd) | constant
+    warmup: int = 100
+    batch_size: int = 64
+    bptt: int | None = None
+    clip: float = 1.0
+    patience: int = 5
+    eval_every: int | None = None  # steps; None: ten times per time budget or per epoch
+    max_eval_tokens: int = 200_000
+    max_steps: int | None = None
+    epochs: int | None = None
+    time_budget: float | None = None
+    save_every: int | None = None
+    seed: int = 1234
+
+    def resolve(self, kind: str, vocab_size: int) -> TrainConfig:
+        word = kind != "char"
+        # Measured on 2 CPU cores with a 10-minute budget (docs/measured.md): a
+        # 1x256 word LSTM sees ~5x the tokens of a 2x512 one and ends far better.
+        pick = {
+            "layers": 1 if word else 2,
+            "hidden": 256,
+            "embedding": 128 if word else 64,
+            # Word level overfits within minutes: AWD-style locked dropout and
+            # DropConnect (docs/measured.md: test PPL 86.7 -> 85.3 at 9,000 steps).
+            "dropout": 0.4 if word else 0.1,
+            "weight_drop": 0.3 if word else 0.0,
+            "tied": word and vocab_size <= 5000,
+            # Characters take a higher rate: in 120-s runs on fortunes, valid PPL
+            # 12.0 at 3e-3, 9.4 at 1e-2, 8.7 at 2e-2 (docs/measured.md).
+            "lr": 20.0 if self.optimizer == "sgd" else 3e-3 if word else 1e-2,
+            "weight_decay": 0.0 if self.optimizer == "sgd" else 0.01,
+            "schedule": "plateau" if self.optimizer == "sgd" else "cosine",
+            "bptt": 70 if word else 200,
+        }
+        for name, value in pick.items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        if self.adaptive == "on" or (self.adaptive == "auto" and vocab_size > 5000):
+            self.tied = False if self.adaptive == "auto" else self.tied
+        if self.max_steps is None and self.epochs is None and self.time_budget is None:
+            self.epochs = 20
+        return self
+
+    def model_config(self, vocab_size: int) -> ModelConfig:
+        use_adaptive = self.adaptive == "on" or (self.adaptive == "auto" and vocab_size > 5000)
+        cutoffs = [c for c in (2000, 10000, 50000) if c < vocab_size - 1] if use_adaptive else []
+        assert self.hidden and self.embedding and self.layers
+        assert self.dropout is not None and self.weight_drop is not None
+        return ModelConfig(
+            vocab_size=vocab_size,
+            cell=self.cell,
+            embedding=self.embedding,
+            hidden=self.hidden,
+            layers=self.layers,
+            dropout=self.dropout,
+            weight_drop=self.weight_drop,
+            tied=bool(self.tied),
+            adaptive_cutoffs=cutoffs,
+            bidirectional=self.bidirectional,
+        )
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    epoch: int = 0
+    unit: int = 0  # batches (sentence) or windows (stream) done in this epoch
+    window: int = 0  # bptt windows done in the unit in hand (a long sequence's batch)
+    best_valid: float = math.inf
+    bad_evals: int = 0
+    lr_scale: float = 1.0  # plateau schedule
+    elapsed: float = 0.0
+    tokens: int = 0
+    last_eval_step: int = 0
+    last_eval_time: float = 0.0
+
+
+LIMIT_FIELDS = ("max_steps", "epochs", "time_budget", "patience", "save_every", "eval_every")
