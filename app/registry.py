@@ -106,4 +106,14 @@ def describe(path: Path, engine: Engine) -> dict[str, Any]:
         "tokenizer": cfg.get("tokenizer", {}),
         "training": cfg.get("training", {}),
         "metrics": cfg.get("metrics", {}),
+        # The n-gram mixed with the RNN: order, λ (the RNN's weight), memory; null without.
+        "ngram": None
+        if engine.ngram is None
+        else {
+            "order": engine.ngram.order,
+            "lambda": engine.mix_weight,
+            "ngrams": sum(engine.ngram.counts()),
+            "memory_bytes": engine.ngram.nbytes(),
+            "source": cfg.get("ngram", {}).get("source"),
+        },
     }

@@ -289,6 +289,15 @@ class ScoreOut(BaseModel):
         default=None,
         description="bidirectional models: (logprob + backward_logprob) / 2; null otherwise",
     )
+    rnn_logprob: float | None = Field(
+        default=None,
+        description="models with an n-gram: the RNN's logprob alone (logprob is the "
+        "mixture's); null otherwise",
+    )
+    ngram_logprob: float | None = Field(
+        default=None,
+        description="models with an n-gram: the n-gram's logprob alone; null otherwise",
+    )
     tokens: list[TokenOut] | None = None
 
     @classmethod
@@ -302,6 +311,8 @@ class ScoreOut(BaseModel):
             oov_count=r.oov_count,
             backward_logprob=r.backward_logprob,
             average_logprob=r.average_logprob,
+            rnn_logprob=r.rnn_logprob,
+            ngram_logprob=r.ngram_logprob,
             tokens=[TokenOut.of(t) for t in r.tokens] if r.tokens is not None else None,
         )
 

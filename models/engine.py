@@ -286,6 +286,17 @@ class Engine:
         fulls = [([BOS] if eos else []) + list(s)[::-1] + ([EOS] if bos else []) for s in seqs]
         return [(r.ids, r.logprobs) for r in self._score(fulls, 0, backward=True)]
 
+    @torch.inference_mode()
+    def score_components(
+        self, seqs: Sequence[Sequence[int]], bos: bool = True, eos: bool = True
+    ) -> list[tuple[list[float], list[float]]]:
+        """A model with an n-gram: each sequence's per-token ln P_rnn and ln P_ngram
+        (the tokens `score_token_ids` scores), from which any mixture follows."""
+        if self.ngram is None:
+            raise ValueError("this model has no n-gram")
+        fulls = [([self.start_id] if bos else []) + list(s) + ([EOS] if eos else []) for s in seqs]
+        return [(r.rnn or [], r.ngram or []) for r in self._score(fulls, 0, backward=False)]
+
     def _score(self, fulls: list[list[int]], top: int, backward: bool) -> list[_Scored]:
         """Each full sequence's ids after the first, their log-probs and top alternatives
         (and, with an n-gram, each component's log-probs)."""

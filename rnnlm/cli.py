@@ -158,6 +158,15 @@ def _add_train(sub: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
+        "--ngram-order", type=_nonneg_int, default=None, metavar="N",
+        help="the n-gram mixed with the RNN, estimated when training ends (default: 10 for "
+        "characters, 5 otherwise; 0: none)",
+    )  # fmt: skip
+    p.add_argument(
+        "--ngram-arpa", default=None, metavar="FILE",
+        help="mix in this KenLM/SRILM ARPA model (.arpa or .arpa.gz) instead of estimating one",
+    )  # fmt: skip
+    p.add_argument(
         "--nproc", type=_positive_int, default=1, metavar="N",
         help="train with N processes on this machine (DistributedDataParallel via torchrun; "
         "--batch-size is per process)",
@@ -224,12 +233,41 @@ def _add_use(sub: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument("--force", action="store_true", help="rebuild even if it exists")
 
 
+def _add_ngram(sub: argparse._SubParsersAction[_Parser]) -> None:
+    p = sub.add_parser("ngram", help="the n-gram inside a model: estimate, import, export, remove")
+    actions = p.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    a = actions.add_parser(
+        "estimate", help="estimate a modified Kneser-Ney n-gram from a corpus's training split"
+    )
+    a.add_argument("--corpus", required=True, help="corpus directory (from `rnnlm corpus`)")
+    a.add_argument("--order", type=_positive_int, default=None, help="default: 10 char, 5 else")
+    where = a.add_mutually_exclusive_group(required=True)
+    where.add_argument(
+        "--model", help="put it into this checkpoint (λ fit on the validation split)"
+    )
+    where.add_argument("--arpa", metavar="FILE", help="write it as an ARPA file instead")
+    a.add_argument("--lambda", dest="weight", type=_float_in(0, 1), default=None,
+                   help="the RNN's weight in the mixture, instead of fitting it")  # fmt: skip
+    a = actions.add_parser("import", help="use an ARPA file (KenLM, SRILM) as a model's n-gram")
+    a.add_argument("--model", required=True, help="checkpoint directory")
+    a.add_argument("--arpa", required=True, metavar="FILE", help=".arpa or .arpa.gz")
+    a.add_argument("--corpus", default=None, help="fit λ on this corpus's validation split")
+    a.add_argument("--lambda", dest="weight", type=_float_in(0, 1), default=None,
+                   help="the RNN's weight in the mixture (without --corpus: 0.5)")  # fmt: skip
+    a = actions.add_parser("export", help="write a model's n-gram as an ARPA file")
+    a.add_argument("--model", required=True, help="checkpoint directory")
+    a.add_argument("--out", required=True, metavar="FILE", help=".arpa (or .arpa.gz)")
+    a = actions.add_parser("remove", help="take the n-gram out of a model (the RNN alone)")
+    a.add_argument("--model", required=True, help="checkpoint directory")
+
+
 def build_parser() -> _Parser:
     parser = _Parser(prog="rnnlm", description=__doc__.splitlines()[0] if __doc__ else None)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_corpus(sub)
     _add_train(sub)
     _add_use(sub)
+    _add_ngram(sub)
     return parser
 
 
@@ -247,6 +285,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from training.train import train_command
 
             train_command(args)
+        elif args.command == "ngram":
+            from training.ngram_command import ngram_command
+
+            ngram_command(args)
         elif args.command == "eval":
             from training.evaluate import eval_command
 

@@ -47,6 +47,9 @@ def score_command(args: argparse.Namespace) -> None:
                 "perplexity": r.perplexity,
                 "oov_count": r.oov_count,
             }
+            if r.rnn_logprob is not None:  # models with an n-gram: each component alone
+                row["rnn_logprob"] = r.rnn_logprob
+                row["ngram_logprob"] = r.ngram_logprob
             if r.backward_logprob is not None:  # bidirectional models only
                 row["backward_logprob"] = r.backward_logprob
                 row["average_logprob"] = r.average_logprob

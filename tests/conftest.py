@@ -5,13 +5,15 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from models.checkpoint import save_checkpoint
 from models.model import RNNLM, ModelConfig
-from models.tokenizers import CharTokenizer, WordTokenizer
+from models.tokenizers import BOS, EOS, CharTokenizer, WordTokenizer
 from rnnlm.demo import stdlib_docstrings
+from training.ngram import estimate
 
 TEXT = [
     "the cat sat on the mat.",
@@ -28,8 +30,11 @@ def make_checkpoint(
     mode: str = "sentence",
     seed: int = 0,
     bidirectional: bool = False,
+    ngram_order: int = 0,
+    mix_weight: float = 0.6,
 ) -> Path:
-    """A small random-weight model: enough to test scoring, sampling and serving."""
+    """A small random-weight model: enough to test scoring, sampling and serving.
+    `ngram_order` > 0: with an n-gram of TEXT mixed in at λ = `mix_weight`."""
     torch.manual_seed(seed)
     if kind == "char":
         tok: CharTokenizer | WordTokenizer = CharTokenizer.fit(Counter("".join(TEXT)))
@@ -40,7 +45,16 @@ def make_checkpoint(
         vocab_size=tok.vocab_size, cell=cell, embedding=16, hidden=32, layers=2, tied=True,
         bidirectional=bidirectional,
     )  # fmt: skip
-    save_checkpoint(directory, RNNLM(cfg), tok, training={"mode": mode, "step": 0})
+    ngram = None
+    if ngram_order:
+        ids = [tok.encode(line) + [EOS] for line in TEXT]
+        offsets = np.cumsum([0] + [len(x) for x in ids])
+        start = EOS if mode == "stream" else BOS
+        ngram, _ = estimate(np.concatenate(ids), offsets, ngram_order, tok.vocab_size, start)
+    save_checkpoint(
+        directory, RNNLM(cfg), tok, ngram, {"lambda": mix_weight, "source": "estimated"},
+        training={"mode": mode, "step": 0},
+    )  # fmt: skip
     return directory
 
 

@@ -239,12 +239,15 @@ def read_arpa(path: Path, word_id: Callable[[str], int]) -> ArpaFile:
         ids: list[int] = []
         probs: list[float] = []
         backoffs: list[float] = []
+        ended = True
         for number, line in lines:
             fields = line.split()
             if not fields:
+                ended = False
                 break
             if fields[0].startswith("\\"):  # the next section, with no blank line before it
                 pending = (number, line)
+                ended = False
                 break
             where = f"{path}:{number}"
             if len(fields) not in (k + 1, k + 2) or (k == arpa.order and len(fields) != k + 1):
@@ -262,6 +265,11 @@ def read_arpa(path: Path, word_id: Callable[[str], int]) -> ArpaFile:
             ids.extend(mapped(w) for w in fields[1 : k + 1])
             if k == 1 and fields[1] == "<unk>":
                 arpa.unk_log10prob = p
+        if ended and len(probs) < counts[k - 1]:
+            raise ArpaError(
+                f"{path}: truncated: the file ends inside {header} after {len(probs)} of "
+                f"{counts[k - 1]} entries"
+            )
         if len(probs) != counts[k - 1]:
             raise ArpaError(
                 f"{path}: {header} has {len(probs)} entries, the header says {counts[k - 1]}"

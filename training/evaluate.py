@@ -1,5 +1,8 @@
 """`rnnlm eval`: how good a model is on a text file, one sequence per line.
 
+For a model with an n-gram, the figures are the mixture's (the model's own
+probabilities), and `perplexity_rnn` / `perplexity_ngram` give each part alone.
+
 Two regimes. Teacher forcing, which training optimises: every prediction is
 conditioned on the true previous tokens, and the file's perplexity says how
 well the model predicts real text. Free running, which is how the model is
@@ -52,12 +55,14 @@ def evaluate_file(
     """
     lines = _read_lines(path)
     engine = Engine(load_checkpoint(model_dir, device=device))
-    nll = nll_backward = 0.0
+    nll = nll_backward = nll_rnn = nll_ngram = 0.0
     tokens = unk = chars = 0
     for start in range(0, len(lines), 1024):
         for r in engine.score_batch(lines[start : start + 1024]):
             nll -= r.logprob
             nll_backward -= r.backward_logprob or 0.0
+            nll_rnn -= r.rnn_logprob or 0.0
+            nll_ngram -= r.ngram_logprob or 0.0
             tokens += r.num_tokens
             unk += r.oov_count
             chars += len(r.text) + 1  # the end of the line counts as a character
@@ -75,6 +80,12 @@ def evaluate_file(
     }
     if engine.bidirectional:
         out["perplexity_backward"] = math.exp(nll_backward / tokens)
+    if engine.ngram is not None:
+        # The model is the mixture; each of its parts alone, on the same tokens.
+        out["ngram"] = {"order": engine.ngram.order, "lambda": engine.mix_weight}
+        for part, part_nll in (("rnn", nll_rnn), ("ngram", nll_ngram)):
+            out[f"perplexity_{part}"] = math.exp(part_nll / tokens)
+            out[f"bits_per_character_{part}"] = part_nll / chars / math.log(2)
     if free_running:
         out["free_running"] = free_running_stats(engine, lines, free_running, max_tokens, seed)
     return out

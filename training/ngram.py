@@ -32,7 +32,6 @@ the peak), plus the model itself.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -126,10 +125,8 @@ def estimate(
     ctxs: list[Array] = [np.zeros(0, np.int64)]  # per n-gram: the index of its context
     rank_prev: Array = seq.astype(np.int64)  # index at the previous order, per position
     for k in range(2, order + 1):
-        pos = np.flatnonzero(avail >= k)
-        if not len(pos):
-            raise RnnlmError(f"no sequence is long enough for a {k}-gram (order {order})")
-        key = rank_prev[pos] * V + seq[pos - k + 1]
+        pos = np.flatnonzero(avail >= k)  # none when no sequence is k tokens long: then
+        key = rank_prev[pos] * V + seq[pos - k + 1]  # this order stays empty
         uniq, first, inverse, count = np.unique(
             key, return_index=True, return_inverse=True, return_counts=True
         )
@@ -207,7 +204,3 @@ def estimate(
         seconds=time.monotonic() - t0,
     )
     return model, info
-
-
-def perplexity(nll: float, n: int) -> float:
-    return math.exp(nll / n) if n else float("nan")

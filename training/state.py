@@ -100,6 +100,7 @@ def resume_config(out: Path, cfg: TrainConfig, given: set[str]) -> TrainConfig:
         elif new != old:
             raise RnnlmError(
                 f"--{name.replace('_', '-')} {new} differs from the run being resumed ({old}); "
-                "only limits (steps, epochs, time budget, patience, saving) can change"
+                "only limits (steps, epochs, time budget, patience, saving) and the n-gram "
+                "can change"
             )
     return saved

@@ -50,7 +50,7 @@ from models.checkpoint import (
 from models.errors import RnnlmError
 from models.model import RNNLM, State
 from models.tokenizers import Tokenizer
-from training.config import TrainConfig, TrainState
+from training.config import TrainConfig, TrainState, default_ngram_order
 from training.corpus import TokenSplit, load_corpus_tokenizer, read_corpus_meta
 from training.data import (
     sentence_batches,
@@ -61,6 +61,7 @@ from training.data import (
     with_backward_rows,
 )
 from training.distributed import agree, is_main, launch_distributed, log
+from training.mixture import attach_ngram, build_ngram
 from training.objective import LossModule, evaluate_split
 from training.plot import plot_curve
 from training.state import load_latest, resume_config, save_latest
@@ -176,6 +177,8 @@ def train(
     tok = load_corpus_tokenizer(corpus)
     if resume:
         cfg = resume_config(out, cfg, given or set())
+        if cfg.ngram_order is None:  # a run from before the n-gram existed
+            cfg.ngram_order = default_ngram_order(meta["tokenizer"]["kind"])
     else:
         cfg.resolve(meta["tokenizer"]["kind"], tok.vocab_size)
         if (out / "latest").exists() or (out / "best").exists():
@@ -382,7 +385,7 @@ def train(
     bar.close()
     for s, h in old_handlers.items():
         signal.signal(s, h)
-    summary = _finish(out, tok, cfg, st, splits, stopped, last_metrics, dev)
+    summary = _finish(out, corpus, tok, cfg, st, splits, stopped, last_metrics, dev)
     if dist.is_initialized():
         dist.barrier()
     return summary
@@ -465,6 +468,7 @@ def _evaluate_and_save(
 
 def _finish(
     out: Path,
+    corpus: Path,
     tok: Tokenizer,
     cfg: TrainConfig,
     st: TrainState,
@@ -503,8 +507,40 @@ def _finish(
             write_checkpoint_files(
                 tmp, best.model, tok, training=config["training"], metrics=config["metrics"]
             )
+    if stopped != "interrupted" and (cfg.ngram_order or cfg.ngram_arpa):
+        summary |= _add_ngram(out, corpus, tok, cfg)
     summary["tokens_per_s"] = last_metrics.get("tokens_per_s")
     write_json(out / "summary.json", summary)
+    return summary
+
+
+def _add_ngram(out: Path, corpus: Path, tok: Tokenizer, cfg: TrainConfig) -> dict[str, Any]:
+    """Estimate (or import) the n-gram, fit λ on the validation split, put both in best/."""
+    arpa = Path(cfg.ngram_arpa) if cfg.ngram_arpa else None
+    ngram, info = build_ngram(tok, corpus, cfg.mode, cfg.ngram_order or 0, arpa, note=log)
+    log(
+        f"n-gram: order {ngram.order}, {sum(ngram.counts()):,} n-grams, "
+        f"{ngram.nbytes() / 1e6:.1f} MB, {info['source']} in {info['seconds']:.1f} s"
+    )
+    report = attach_ngram(out / "best", ngram, info, corpus, max_tokens=cfg.max_eval_tokens)
+    ppl = report["perplexity"]
+    log(f"n-gram: λ (the RNN's weight) {report['lambda']:.3f}, from {report['lambda_from']}")
+    summary: dict[str, Any] = {
+        "ngram": {
+            "order": ngram.order,
+            "lambda": report["lambda"],
+            "source": info["source"],
+            "seconds": info["seconds"],
+            "megabytes": round(ngram.nbytes() / 1e6, 1),
+            "valid_ppl_mixture": ppl.get("valid", {}).get("mixture"),
+        }
+    }
+    if "test" in ppl:
+        summary |= {
+            "test_ppl": ppl["test"]["mixture"],
+            "test_ppl_rnn": ppl["test"]["rnn"],
+            "test_ppl_ngram": ppl["test"]["ngram"],
+        }
     return summary
 
 

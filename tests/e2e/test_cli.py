@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -57,6 +58,14 @@ def trained(tmp_path_factory: pytest.TempPathFactory, text_file: Path) -> Path:
     )
     summary = json.loads(out.stdout)
     assert summary["steps"] == 30 and summary["test_ppl"] > 1
+    # The n-gram is made when training ends, λ fit on the validation split: the
+    # model's perplexity is the mixture's, at most the weighted geometric mean of its
+    # parts' (ln is concave: ln(λa + (1-λ)b) >= λ ln a + (1-λ) ln b, token by token).
+    lam = summary["ngram"]["lambda"]
+    assert summary["ngram"]["order"] == 5 and 0 <= lam <= 1  # 30 steps: the RNN may add nothing
+    bound = summary["test_ppl_rnn"] ** lam * summary["test_ppl_ngram"] ** (1 - lam)
+    assert summary["test_ppl"] <= bound * (1 + 1e-9)
+    assert "n-gram: order 5" in out.stderr and "λ (the RNN's weight)" in out.stderr
     config = json.loads((root / "run" / "best" / "config.json").read_text())
     assert config["model"]["weight_drop"] == 0.3
     return root / "run" / "best"
@@ -67,6 +76,12 @@ def test_eval_prints_perplexity_and_bits(trained: Path, text_file: Path):
     assert r["perplexity"] > 1
     assert r["bits_per_token"] > r["bits_per_character"] > 0
     assert r["unk_count"] > 0 and r["tokens"] > r["sequences"]
+    # The mixture's figures, and each part's alone on the same tokens.
+    lam = r["ngram"]["lambda"]
+    assert r["perplexity"] <= r["perplexity_rnn"] ** lam * r["perplexity_ngram"] ** (1 - lam) * (
+        1 + 1e-9
+    )
+    assert r["bits_per_character_ngram"] > 0 and r["bits_per_character_rnn"] > 0
 
 
 def test_score_texts_and_file(trained: Path, tmp_path: Path):
@@ -85,6 +100,8 @@ def test_score_texts_and_file(trained: Path, tmp_path: Path):
         "num_tokens",
         "perplexity",
         "oov_count",
+        "rnn_logprob",
+        "ngram_logprob",
         "tokens",
     }
     f = tmp_path / "in.txt"
@@ -250,3 +267,54 @@ def test_bidirectional_trains_scores_and_evaluates(trained: Path, tmp_path: Path
     free = ev["free_running"]
     assert free["samples"] == 6 and free["max_tokens"] == 15
     assert free["input_mean_tokens"] == 4.5  # 7 and 2 tokens
+
+
+def test_ngram_commands_export_remove_import_estimate(trained: Path, tmp_path: Path):
+    import kenlm
+
+    model = tmp_path / "m"
+    shutil.copytree(trained, model)
+    text = "the value of the module ."
+    mixed = json.loads(run("score", "--model", str(model), text).stdout)
+    exported = json.loads(run("ngram", "export", "--model", str(model), "--out",
+                              str(tmp_path / "m.arpa")).stdout)  # fmt: skip
+    assert exported["counts"][0] > 100
+    assert kenlm.Model(str(tmp_path / "m.arpa")).order == 5
+    run("ngram", "remove", "--model", str(model))
+    alone = json.loads(run("score", "--model", str(model), text).stdout)
+    assert "rnn_logprob" not in alone
+    assert alone["logprob"] == pytest.approx(mixed["rnn_logprob"], abs=1e-4)
+    # Back in, with the λ it had: the same scores as before.
+    lam = json.loads((trained / "config.json").read_text())["ngram"]["lambda"]
+    imported = run("ngram", "import", "--model", str(model), "--arpa", str(tmp_path / "m.arpa"),
+                   "--lambda", str(lam))  # fmt: skip
+    assert "0 word(s) the model lacks" in imported.stderr
+    again = json.loads(run("score", "--model", str(model), text).stdout)
+    assert again["logprob"] == pytest.approx(mixed["logprob"], abs=1e-4)
+    # Estimated afresh from the corpus, at another order, λ fit on its validation split.
+    corpus = trained.parent.parent / "corpus"
+    report = json.loads(run("ngram", "estimate", "--corpus", str(corpus), "--model", str(model),
+                            "--order", "3").stdout)  # fmt: skip
+    assert report["order"] == 3 and report["lambda_from"] == "validation"
+    assert json.loads((model / "config.json").read_text())["ngram"]["order"] == 3
+    # Or straight to an ARPA file, no model involved.
+    run("ngram", "estimate", "--corpus", str(corpus), "--arpa", str(tmp_path / "c.arpa"))
+    assert kenlm.Model(str(tmp_path / "c.arpa")).order == 5
+
+
+def test_ngram_command_errors_are_one_line(trained: Path, tmp_path: Path):
+    bad = tmp_path / "bad.arpa"
+    bad.write_text("\\data\\\nngram 1=2\n\n\\1-grams:\n-1\tthe\n\n\\end\\\n")
+    for args, message in [
+        (
+            ["import", "--model", str(trained), "--arpa", str(bad)],
+            "has 1 entries, the header says 2",
+        ),
+        (["import", "--model", str(trained), "--arpa", str(tmp_path / "no")], "no such file"),
+        (["export", "--model", str(tmp_path / "none"), "--out", "x.arpa"], "no such checkpoint"),
+        (["estimate", "--corpus", str(tmp_path), "--arpa", "x.arpa"], "not a corpus directory"),
+        (["import", "--model", str(trained), "--arpa", str(bad), "--lambda", "2"], "must be in"),
+    ]:
+        r = run("ngram", *args, check=False)
+        assert r.returncode != 0 and message in r.stderr, (args, r.stderr)
+        assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr

@@ -311,3 +311,39 @@ def test_defaults_depend_on_the_tokenizer(
     cfg = TrainConfig(optimizer=optimizer).resolve(kind, vocab_size=100)
     assert (cfg.lr, cfg.layers, cfg.dropout) == (lr, layers, dropout)
     assert TrainConfig(lr=0.5).resolve(kind, 100).lr == 0.5  # a given value always wins
+
+
+def test_a_run_ends_with_its_ngram_mixed_in(tmp_path: Path, corpus: Path):
+    summary = train(TrainConfig(max_steps=10, ngram_order=3, **SMALL), corpus, tmp_path / "run",
+                    progress=False)  # fmt: skip
+    ck = load_checkpoint(tmp_path / "run" / "best")
+    assert ck.ngram is not None and ck.ngram.order == 3
+    section = ck.config["ngram"]
+    assert (
+        section["lambda"] == summary["ngram"]["lambda"] and section["lambda_from"] == "validation"
+    )
+    assert 0 <= ck.mix_weight <= 1  # 10 steps: the RNN may be worth nothing yet
+    valid = section["perplexity"]["valid"]
+    # λ is the best weight on the validation split: better than either part alone there.
+    assert valid["mixture"] <= min(valid["rnn"], valid["ngram"]) + 1e-9
+    assert ck.config["metrics"]["test_ppl"] == summary["test_ppl"]
+    assert ck.config["metrics"]["test_ppl_rnn"] == summary["test_ppl_rnn"]
+    # Resumed when finished, with another order: only the n-gram is made again.
+    again = train(TrainConfig(ngram_order=2), corpus, tmp_path / "run", resume=True,
+                  given={"ngram_order"}, progress=False)  # fmt: skip
+    assert again["steps"] == 10 and again["ngram"]["order"] == 2
+    assert load_checkpoint(tmp_path / "run" / "best").ngram.order == 2  # type: ignore[union-attr]
+
+
+def test_ngram_order_zero_is_the_rnn_alone(tmp_path: Path, corpus: Path):
+    summary = train(TrainConfig(max_steps=5, ngram_order=0, **SMALL), corpus, tmp_path / "run",
+                    progress=False)  # fmt: skip
+    assert "ngram" not in summary and "test_ppl_rnn" not in summary
+    assert load_checkpoint(tmp_path / "run" / "best").ngram is None
+
+
+def test_the_ngram_default_depends_on_the_tokenizer():
+    assert TrainConfig().resolve("char", 100).ngram_order == 10
+    assert TrainConfig().resolve("word", 10_000).ngram_order == 5
+    assert TrainConfig().resolve("sentencepiece", 8000).ngram_order == 5
+    assert TrainConfig(ngram_order=0).resolve("char", 100).ngram_order == 0

@@ -142,7 +142,8 @@ def test_score_without_bos_or_eos(client: TestClient) -> None:
     assert r["results"][0]["num_tokens"] == 2
     assert r["results"][1] == {
         "text": "", "logprob": 0.0, "log10prob": 0.0, "num_tokens": 0, "perplexity": None,
-        "oov_count": 0, "backward_logprob": None, "average_logprob": None, "tokens": None,
+        "oov_count": 0, "backward_logprob": None, "average_logprob": None,
+        "rnn_logprob": None, "ngram_logprob": None, "tokens": None,
     }  # fmt: skip
 
 

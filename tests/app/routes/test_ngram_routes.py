@@ -1,0 +1,53 @@
+"""A model with an n-gram over HTTP: /score shows the mixture and its parts, /models the n-gram."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.app.conftest import make_client
+from tests.conftest import make_checkpoint
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    root = tmp_path_factory.mktemp("mixed_models")
+    make_checkpoint(root / "char", "char", ngram_order=5, mix_weight=0.25)
+    make_checkpoint(root / "plain", "char")
+    with make_client(root) as c:
+        yield c
+
+
+def test_score_gives_the_mixture_and_each_part(client: TestClient) -> None:
+    r = client.post("/score", json={"texts": ["the cat sat.", ""], "per_token": True}).json()
+    cat, empty = r["results"]
+    assert cat["rnn_logprob"] < cat["logprob"] and cat["ngram_logprob"] < 0
+    assert sum(t["logprob"] for t in cat["tokens"]) == pytest.approx(cat["logprob"])
+    assert empty["num_tokens"] == 1 and empty["rnn_logprob"] is not None
+    plain = client.post("/score", json={"model": "plain", "texts": ["the cat sat."]}).json()
+    assert plain["results"][0]["rnn_logprob"] is None  # no n-gram, no parts
+
+
+def test_a_sample_scores_back_under_the_mixture(client: TestClient) -> None:
+    s = client.post("/sample", json={"max_tokens": 30, "seed": 4}).json()["samples"][0]
+    body = {"texts": [s["text"]], "eos": s["finish_reason"] == "eos"}
+    scored = client.post("/score", json=body).json()["results"][0]
+    assert scored["logprob"] == pytest.approx(s["logprob"], abs=1e-3)
+
+
+def test_openai_echo_scoring_uses_the_mixture(client: TestClient) -> None:
+    body = {"model": "char", "prompt": "the cat", "max_tokens": 0, "echo": True, "logprobs": 1}
+    lp = client.post("/v1/completions", json=body).json()["choices"][0]["logprobs"]
+    score = client.post("/score", json={"texts": ["the cat"], "eos": False}).json()
+    assert sum(lp["token_logprobs"]) == pytest.approx(score["results"][0]["logprob"], abs=1e-4)
+
+
+def test_models_describes_the_ngram(client: TestClient) -> None:
+    by_name = {m["name"]: m for m in client.get("/models").json()["models"]}
+    ngram = by_name["char"]["ngram"]
+    assert ngram["order"] == 5 and ngram["lambda"] == 0.25 and ngram["ngrams"] > 100
+    assert ngram["memory_bytes"] > 0 and ngram["source"] == "estimated"
+    assert by_name["plain"]["ngram"] is None
+    assert by_name["char"]["size_bytes"] > by_name["plain"]["size_bytes"]

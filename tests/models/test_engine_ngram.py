@@ -1,0 +1,132 @@
+"""The engine with an n-gram: scores, samples and top alternatives all under the mixture."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from models.checkpoint import Checkpoint, load_checkpoint
+from models.engine import Engine, SampleParams
+from models.tokenizers import EOS
+from tests.conftest import TEXT, make_checkpoint
+
+TEXTS = ["the cat sat on the mat.", "a dog", "", "zzq!", "the bird sang in the tree."]
+
+
+@pytest.fixture(scope="module", params=["char", "word"])
+def engine(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Engine:
+    root = tmp_path_factory.mktemp("mixed")
+    order = 5 if request.param == "char" else 3
+    return Engine(load_checkpoint(make_checkpoint(root / "m", request.param, ngram_order=order)))
+
+
+def _alone(engine: Engine) -> Engine:
+    """The same weights without the n-gram."""
+    ck = engine.checkpoint
+    return Engine(Checkpoint(ck.path, ck.model, ck.tokenizer, ck.config))
+
+
+def test_a_score_is_the_mixture_of_its_components(engine: Engine) -> None:
+    lam = engine.mix_weight
+    plain = _alone(engine).score_batch(TEXTS, per_token=True)
+    for r, p in zip(engine.score_batch(TEXTS, per_token=True), plain, strict=True):
+        assert r.tokens is not None and p.tokens is not None
+        assert r.rnn_logprob == pytest.approx(p.logprob, abs=1e-4)  # the RNN alone, unchanged
+        assert sum(t.logprob for t in r.tokens) == pytest.approx(r.logprob, abs=1e-6)
+        if not r.num_tokens:
+            continue
+        # Per token: ln(λ·P_rnn + (1-λ)·P_ngram); the n-gram's part is what remains.
+        p_rnn = np.exp([t.logprob for t in p.tokens])
+        p_mix = np.exp([t.logprob for t in r.tokens])
+        p_ngram = (p_mix - lam * p_rnn) / (1 - lam)
+        assert (p_ngram > 0).all()
+        assert r.ngram_logprob == pytest.approx(float(np.log(p_ngram).sum()), abs=1e-4)
+    # A model that is 80% n-gram scores real text better than its random RNN alone.
+    text = TEXT[0]
+    assert engine.score_batch([text])[0].logprob > _alone(engine).score_batch([text])[0].logprob
+
+
+def test_scores_do_not_depend_on_the_batch(engine: Engine) -> None:
+    together = engine.score_batch(TEXTS)
+    for text, r in zip(TEXTS, together, strict=True):
+        alone = engine.score_batch([text])[0]
+        assert alone.logprob == pytest.approx(r.logprob, rel=1e-6, abs=1e-5)
+        assert alone.ngram_logprob == pytest.approx(r.ngram_logprob, abs=1e-9)
+
+
+def test_without_bos_the_first_token_is_context_only(engine: Engine) -> None:
+    full = engine.score_batch(["the cat"], per_token=True)[0]
+    cut = engine.score_batch(["the cat"], bos=False, per_token=True)[0]
+    assert cut.num_tokens == full.num_tokens - 1
+    assert cut.logprob != pytest.approx(full.logprob)
+
+
+def test_the_next_token_distribution_is_a_distribution(engine: Engine) -> None:
+    batch = engine.new_batch()
+    gens = [engine.generation(p, SampleParams(max_tokens=5, seed=1)) for p in ("", "the c", "a")]
+    batch.add(gens)
+    for _ in range(3):
+        assert batch.next_logprobs is not None
+        total = batch.next_logprobs.double().exp().sum(-1)
+        torch.testing.assert_close(total, torch.ones_like(total), atol=1e-5, rtol=0)
+        batch.step()
+
+
+def test_a_sample_scores_back_to_its_logprob_and_reproduces_in_any_batch(engine: Engine) -> None:
+    params = SampleParams(max_tokens=40, seed=11, temperature=0.9, top_k=20)
+    alone = engine.sample("the ", params, n=3)
+    p1 = SampleParams(max_tokens=40, seed=11, temperature=0.9, top_k=20)
+    crowd = engine.sample("the ", p1, n=3)  # the same three, side by side
+    assert [s.text for s in alone] == [s.text for s in crowd]
+    for i, s in enumerate(alone):
+        solo = engine.sample("the ", SampleParams(**{**params.__dict__, "seed": 11 + i}), n=1)[0]
+        assert solo.text == s.text and solo.logprob == pytest.approx(s.logprob, abs=1e-4)
+        # A sample's logprob is under the model's own distribution: the mixture.
+        prompt = engine.score_batch(["the "], eos=False)[0].logprob
+        scored = engine.score_batch(["the " + s.text], eos=s.finish_reason == "eos")[0]
+        assert s.logprob == pytest.approx(scored.logprob - prompt, abs=1e-3)
+
+
+def test_greedy_follows_the_mixture(engine: Engine) -> None:
+    s = engine.sample("", SampleParams(max_tokens=8, temperature=0, logprobs=True), n=1)[0]
+    assert s.tokens is not None and s.num_tokens >= 1
+    # Each greedy token is the argmax of the mixture at its position.
+    ids = [t.id for t in s.tokens]
+    ended = ids[-1] == EOS
+    seq = ids[:-1] if ended else ids
+    ((scored_ids, _, tops),) = engine.score_token_ids([seq], eos=ended, top=1)
+    assert [alt[0][0] for alt in tops] == scored_ids == ids
+
+
+def test_top_alternatives_come_from_the_mixture(engine: Engine) -> None:
+    r = engine.score_batch(["the cat"], top=3)[0]
+    assert r.tokens is not None
+    for t in r.tokens:
+        assert t.top is not None and len(t.top) == 3
+        values = [v for _, v in t.top]
+        assert values == sorted(values, reverse=True)
+        assert t.logprob <= values[0] + 1e-6
+        assert sum(math.exp(v) for v in values) <= 1 + 1e-6
+
+
+def test_lambda_one_is_the_rnn_alone(tmp_path: Path) -> None:
+    ck = load_checkpoint(make_checkpoint(tmp_path / "m", "char", ngram_order=4, mix_weight=1.0))
+    mixed, plain = Engine(ck), _alone(Engine(ck))
+    for a, b in zip(mixed.score_batch(TEXTS), plain.score_batch(TEXTS), strict=True):
+        assert a.logprob == pytest.approx(b.logprob, abs=1e-5)
+    p = SampleParams(max_tokens=30, seed=5)
+    assert [s.text for s in mixed.sample("", p, 2)] == [s.text for s in plain.sample("", p, 2)]
+
+
+def test_a_stream_mode_model_mixes_after_eos(tmp_path: Path) -> None:
+    ck = load_checkpoint(make_checkpoint(tmp_path / "s", "char", mode="stream", ngram_order=4))
+    engine = Engine(ck)
+    r = engine.score_batch(["the cat"])[0]
+    assert r.rnn_logprob is not None and r.ngram_logprob is not None
+    s = engine.sample("", SampleParams(max_tokens=20, seed=2), n=1)[0]
+    scored = engine.score_batch([s.text], eos=s.finish_reason == "eos")[0]
+    assert s.logprob == pytest.approx(scored.logprob, abs=1e-3)

@@ -1,0 +1,203 @@
+"""The mixture λ·P_rnn + (1−λ)·P_ngram: fitting λ, and putting an n-gram into a checkpoint.
+
+λ is the RNN's share, fit on the validation split by maximum likelihood, as
+SRILM's compute-best-mix and Mikolov's rnnlm toolkit fit interpolation weights
+(they iterate EM; the log-likelihood of a two-part mixture is concave in λ, so
+its one maximum is found directly here, see `fit_mixing_weight`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models.checkpoint import (
+    Checkpoint,
+    load_checkpoint,
+    read_config,
+    save_checkpoint,
+    start_token,
+)
+from models.engine import Engine
+from models.errors import RnnlmError
+from models.ngram import NgramModel, mix_logprobs
+from models.tokenizers import Tokenizer
+from training.arpa import import_arpa, token_words
+from training.corpus import TokenSplit, load_corpus_tokenizer
+from training.ngram import estimate
+
+Floats = np.ndarray[Any, np.dtype[np.float64]]
+_CHUNK = 1024  # sequences scored at a time
+DEFAULT_WEIGHT = 0.5  # λ where there is no validation text to fit it on
+
+
+def fit_mixing_weight(rnn: Floats, ngram: Floats) -> float:
+    """The λ in [0, 1] that maximises Σ ln(λ·P_rnn + (1−λ)·P_ngram) (natural-log inputs).
+
+    The sum is concave in λ, so its derivative Σ (r − 1) / (1 + λ·(r − 1)), with
+    r = P_rnn / P_ngram per token, falls from λ = 0 to λ = 1: the best λ is an end
+    where the derivative keeps its sign, else where it crosses zero (bisection, to
+    1e-9: EM's fixed point, reached without EM's slow crawl near an end).
+    """
+    if not len(rnn):
+        return DEFAULT_WEIGHT
+    r = np.exp(np.clip(np.asarray(rnn, np.float64) - np.asarray(ngram, np.float64), -700, 700))
+
+    def slope(lam: float) -> float:
+        return float(np.sum((r - 1.0) / (1.0 + lam * (r - 1.0))))
+
+    if slope(0.0) <= 0:
+        return 0.0
+    if slope(1.0) >= 0:
+        return 1.0
+    lo, hi = 0.0, 1.0
+    while hi - lo > 1e-9:
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if slope(mid) > 0 else (lo, mid)
+    return (lo + hi) / 2
+
+
+def split_sequences(split: TokenSplit, max_tokens: int | None = None) -> Iterator[list[list[int]]]:
+    """The split's sequences without their closing <eos> (the engine adds it), in chunks."""
+    seqs: list[list[int]] = []
+    seen = 0
+    for i in range(len(split)):
+        s = split.sequence(i)
+        seqs.append(s[:-1].tolist())
+        seen += len(s)
+        if len(seqs) >= _CHUNK:
+            yield seqs
+            seqs = []
+        if max_tokens is not None and seen >= max_tokens:
+            break
+    if seqs:
+        yield seqs
+
+
+def component_logprobs(
+    checkpoint: Checkpoint, ngram: NgramModel, split: TokenSplit, max_tokens: int | None = None
+) -> tuple[Floats, Floats]:
+    """Every token's ln P_rnn and ln P_ngram over a split, as the engine scores it."""
+    mixed = Checkpoint(checkpoint.path, checkpoint.model, checkpoint.tokenizer,
+                       checkpoint.config, ngram, DEFAULT_WEIGHT)  # fmt: skip
+    engine = Engine(mixed)
+    rnn: list[float] = []
+    ng: list[float] = []
+    for seqs in split_sequences(split, max_tokens):
+        for r, n in engine.score_components(seqs):
+            rnn.extend(r)
+            ng.extend(n)
+    return np.array(rnn), np.array(ng)
+
+
+def perplexities(rnn: Floats, ngram: Floats, weight: float) -> dict[str, float | None]:
+    """Perplexity of the RNN alone, the n-gram alone and the mixture at `weight`."""
+    if not len(rnn):
+        return {"rnn": None, "ngram": None, "mixture": None}
+    mixed = mix_logprobs(rnn, ngram, weight)
+    return {
+        "rnn": math.exp(-float(np.mean(rnn))),
+        "ngram": math.exp(-float(np.mean(ngram))),
+        "mixture": math.exp(-float(np.mean(mixed))),
+    }
+
+
+def same_vocabulary(a: Tokenizer, b: Tokenizer) -> bool:
+    return a.kind == b.kind and token_words(a) == token_words(b)
+
+
+def build_ngram(
+    tokenizer: Tokenizer,
+    corpus: Path | None,
+    mode: str,
+    order: int,
+    arpa: Path | None = None,
+    note: Any = None,
+) -> tuple[NgramModel, dict[str, Any]]:
+    """Estimate an n-gram of `order` from the corpus's training split, or import `arpa`."""
+    if arpa is not None:
+        t0 = time.monotonic()
+        ngram, report = import_arpa(arpa, tokenizer, start_token(mode))
+        return ngram, {"source": "arpa", "arpa": report, "seconds": round(time.monotonic() - t0, 2)}
+    if corpus is None:
+        raise RnnlmError("an n-gram needs a corpus (--corpus) or an ARPA file (--arpa)")
+    if not same_vocabulary(load_corpus_tokenizer(corpus), tokenizer):
+        raise RnnlmError(f"{corpus}: its vocabulary is not the model's; use the model's corpus")
+    train = TokenSplit(corpus, "train")
+    ngram, info = estimate(
+        train.tokens, np.asarray(train.offsets), order, tokenizer.vocab_size,
+        start_token(mode), fallback_note=note,
+    )  # fmt: skip
+    return ngram, {"source": "estimated", **info.to_dict()}
+
+
+def attach_ngram(
+    directory: Path,
+    ngram: NgramModel,
+    info: dict[str, Any],
+    corpus: Path | None = None,
+    weight: float | None = None,
+    max_tokens: int | None = None,
+) -> dict[str, Any]:
+    """Put `ngram` into the checkpoint at `directory`, with λ fit on the corpus's
+    validation split (or `weight` as given); perplexities on valid and test recorded."""
+    ck = load_checkpoint(directory)
+    splits = {}
+    if corpus is not None:
+        if not same_vocabulary(load_corpus_tokenizer(corpus), ck.tokenizer):
+            raise RnnlmError(f"{corpus}: its vocabulary is not the model's")
+        splits = {s: TokenSplit(corpus, s) for s in ("valid", "test")}
+    scores = {
+        name: component_logprobs(ck, ngram, split, max_tokens if name == "valid" else None)
+        for name, split in splits.items()
+        if len(split)
+    }
+    fitted = "given"
+    if weight is None:
+        if "valid" in scores:
+            weight, fitted = fit_mixing_weight(*scores["valid"]), "validation"
+        else:
+            weight, fitted = DEFAULT_WEIGHT, "default (no validation text)"
+    report = {
+        **info,
+        "lambda": weight,
+        "lambda_from": fitted,
+        "perplexity": {name: perplexities(*s, weight) for name, s in scores.items()},
+        "memory_bytes": ngram.nbytes(),
+    }
+    extra = _extra_config(directory)
+    metrics = extra.setdefault("metrics", {})
+    if "test" in report["perplexity"]:
+        test = report["perplexity"]["test"]
+        metrics |= {"test_ppl": test["mixture"], "test_ppl_rnn": test["rnn"],
+                    "test_ppl_ngram": test["ngram"]}  # fmt: skip
+    if "valid" in report["perplexity"]:
+        metrics["valid_ppl_mixture"] = report["perplexity"]["valid"]["mixture"]
+    save_checkpoint(directory, ck.model, ck.tokenizer, ngram, report, **extra)
+    return report
+
+
+def _extra_config(directory: Path) -> dict[str, Any]:
+    """config.json's sections other than those a save writes itself."""
+    own = ("format_version", "model", "tokenizer", "weights_sha256", "ngram")
+    return {k: v for k, v in read_config(directory).items() if k not in own}
+
+
+def detach_ngram(directory: Path) -> bool:
+    """Remove the n-gram from a checkpoint; whether it had one."""
+    ck = load_checkpoint(directory)
+    if ck.ngram is None:
+        return False
+    extra = _extra_config(directory)
+    metrics = extra.get("metrics", {})
+    if "test_ppl_rnn" in metrics:  # the model's test perplexity is the RNN's again
+        metrics["test_ppl"] = metrics["test_ppl_rnn"]
+    for key in ("test_ppl_rnn", "test_ppl_ngram", "valid_ppl_mixture"):
+        metrics.pop(key, None)
+    save_checkpoint(directory, ck.model, ck.tokenizer, **extra)
+    return True
