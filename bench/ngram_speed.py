@@ -121,7 +121,7 @@ def main() -> None:
             per_token = rec["peak_growth_mib"] * 2**20 / n
             print(json.dumps({"bench": "ngram_estimate", "order": args.order, "tokens": n,
                               "sequences": len(take), "vocab": len(vocab),
-                              "seconds": round(rec["seconds"], 2),
+                              "seconds": round(rec["seconds"], 3),
                               "peak_growth_mib": round(rec["peak_growth_mib"], 1),
                               "peak_mib": round(rec["peak_mib"], 1),
                               "bytes_per_token_at_peak": round(per_token, 1),

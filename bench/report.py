@@ -18,7 +18,8 @@ from typing import Any
 
 ISSUE_BUDGET_S = 600.0  # the issue's quality goal: 10 minutes of training
 RUN_LIMIT_S = 30 * 60  # `make bench` end to end
-STAGES = ("data", "ngram", "corpus", "speed", "service", "quality")  # bench/run.py's, in order
+# bench/run.py's, in order
+STAGES = ("data", "ngram", "corpus", "rnnlm-ngram", "speed", "service", "quality", "mixing")
 Rec = dict[str, Any]
 
 
@@ -120,6 +121,7 @@ def goals(records: list[Rec]) -> list[Rec]:
                 "no n-gram result",
             )
         )
+    out += ngram_goals(records)
     models = [r["model"] for r in _all(records, "summary")] or ["untrained"]
     for label in models:
         s64 = _find(records, "score", model=label, batch_size=64)
@@ -178,6 +180,50 @@ def goals(records: list[Rec]) -> list[Rec]:
                 + ("; `make install` not counted" if whole else f" only: {minutes}"),
             )
         )
+    return out
+
+
+def ngram_goals(records: list[Rec]) -> list[Rec]:
+    """The n-gram issue's goals: rnnlm's n-gram matches KenLM's, the mixture beats it by a
+    margin, estimation is quick, and mixing costs the service little."""
+    out: list[Rec] = []
+    for level, unit, what in (("word", "test PPL", "5-gram"), ("char", "bits/char", "10-gram")):
+        r = _find(records, "rnnlm_ngram", level=level)
+        ratio = r.get("ratio_to_kenlm") if r else None
+        shown = f"{100 * (ratio - 1):+.2f}% ({unit})" if ratio is not None else "–"
+        out.append(_goal(f"rnnlm's own {level} {what} is within 1% of KenLM's lmplz",
+                         None if ratio is None else abs(ratio - 1) * 100, 1.0, "<=", shown,
+                         "within ±1%"))  # fmt: skip
+    for name, key, target, aim, base in (
+        ("word-default", "ppl_ratio_to_ngram", 0.80, 0.75, "KenLM 5-gram's test PPL"),
+        ("char-default", "bpc_ratio_to_ngram", 0.85, None, "character 10-gram's bits/char"),
+    ):
+        q = _find(records, "quality", name=name)
+        ratio = q.get(key) if q else None
+        note = ""
+        if q and float(q["budget_s"]) != ISSUE_BUDGET_S:
+            note = (
+                f"at {q['budget_s']:g} s of training, not {ISSUE_BUDGET_S:g} s "
+                "(`make bench-quality`)"
+            )
+        if q and "lambda" in q:
+            note = (note + "; " if note else "") + f"λ {q['lambda']:.3f}"
+        shown = f"{ratio:.3f}x" if ratio is not None else "–"
+        goal = f"{name}: the model (RNN + its n-gram) at most {target:.2f}x the {base}"
+        if aim:
+            goal += f" (aim {aim:.2f}x)"
+        out.append(_goal(goal, ratio, target, "<=", shown, f"<= {target:.2f}x", note))
+    est = [r for r in _all(records, "ngram_estimate") if r["tokens"] >= 10_000_000]
+    e = est[0] if est else None
+    out.append(_goal("5-gram of 10M tokens estimated in under 60 s", e["seconds"] if e else None,
+                     60.0, "<", f"{e['seconds']:.1f} s" if e else "–", "< 60 s"))  # fmt: skip
+    out.append(_goal("... using under 4 GB", e["peak_mib"] / 1024 if e else None, 4.0, "<",
+                     f"{e['peak_mib'] / 1024:.2f} GiB peak" if e else "–", "< 4 GB"))  # fmt: skip
+    for m in _all(records, "mixing_cost"):
+        worst = m.get("worst_ratio")
+        parts = ", ".join(f"{k} {v['ratio']:.2f}x" for k, v in m.items() if isinstance(v, dict))
+        out.append(_goal(f"mixing in the n-gram keeps >= 80% of tokens/s ({m['model']})", worst,
+                         0.8, ">=", parts or "–", ">= 0.80x"))  # fmt: skip
     return out
 
 
@@ -326,12 +372,19 @@ def render(records: list[Rec]) -> str:
                     "–",
                 )
             )
+        rn = _find(records, "rnnlm_ngram", level="word")
+        if rn:
+            add(_row(f"rnnlm's own {rn['order']}-gram (inside every word model)",
+                     f"build {rn['estimate_s']:.1f} s", "–", "–", _n(rn["valid_ppl"], 2),
+                     f"**{rn['test_ppl']:.2f}**",
+                     _vs(rn["ratio_to_kenlm"]) if rn.get("ratio_to_kenlm") else "–"))  # fmt: skip
         for q in words:
             vs = _vs(q["ppl_ratio_to_ngram"]) if q.get("ppl_ratio_to_ngram") is not None else "–"
+            mixed = f", λ {q['lambda']:.3f}" if "lambda" in q else ""
             add(
                 _row(
                     f"{q['name']}: {q['recipe']} ({_model_text(q['model'])}, "
-                    f"{_n(q['parameters'])} params)",
+                    f"{_n(q['parameters'])} params{mixed})",
                     f"{q['budget_s']:g} s",
                     _n(q["cpu_minutes"], 1),
                     f"{_n(q['tokens_seen'])} ({q['epochs']})",
@@ -340,7 +393,18 @@ def render(records: list[Rec]) -> str:
                     vs,
                 )
             )
+            if "test_ppl_rnn" in q:
+                add(_row("... its RNN alone", "", "", "", "", f"{q['test_ppl_rnn']:.2f}",
+                         _vs(q["rnn_ppl_ratio_to_ngram"]) if q.get("rnn_ppl_ratio_to_ngram")
+                         else "–"))  # fmt: skip
         add("")
+        if any("lambda" in q for q in words):
+            add(
+                "A model's test PPL is its own: the mixture λ·P_rnn + (1−λ)·P_ngram of its RNN "
+                "and the n-gram estimated from the same training split when training ended, "
+                "λ fit on the validation split; the row below it is its RNN alone."
+            )
+            add("")
         for q in words:
             agree = "" if q.get("summary_matches_eval", True) else " (**not rnnlm eval's**)"
             check = (
@@ -397,12 +461,19 @@ def render(records: list[Rec]) -> str:
                     "–",
                 )
             )
+        rn = _find(records, "rnnlm_ngram", level="char")
+        if rn:
+            add(_row(f"rnnlm's own character {rn['order']}-gram (inside every char model)",
+                     f"build {rn['estimate_s']:.1f} s", "–", "–", f"{rn['test_predictions']:,}",
+                     f"**{rn['test_bits_per_char']:.3f}**",
+                     _vs(rn["ratio_to_kenlm"]) if rn.get("ratio_to_kenlm") else "–"))  # fmt: skip
         for q in chars:
             vs = _vs(q["bpc_ratio_to_ngram"]) if q.get("bpc_ratio_to_ngram") is not None else "–"
+            mixed = f", λ {q['lambda']:.3f}" if "lambda" in q else ""
             add(
                 _row(
                     f"{q['name']}: {q['recipe']} ({_model_text(q['model'])}, "
-                    f"{_n(q['parameters'])} params)",
+                    f"{_n(q['parameters'])} params{mixed})",
                     f"{q['budget_s']:g} s",
                     _n(q["cpu_minutes"], 1),
                     f"{_n(q['tokens_seen'])} ({q['epochs']})",
@@ -411,6 +482,11 @@ def render(records: list[Rec]) -> str:
                     vs,
                 )
             )
+            if "test_bits_per_char_rnn" in q:
+                add(_row("... its RNN alone", "", "", "", "",
+                         f"{q['test_bits_per_char_rnn']:.3f}",
+                         _vs(q["rnn_bpc_ratio_to_ngram"]) if q.get("rnn_bpc_ratio_to_ngram")
+                         else "–"))  # fmt: skip
         add("")
         for q in chars:
             check = (

@@ -9,6 +9,10 @@ writes them to OUT/results.jsonl and a Markdown summary to OUT/RESULTS.md
   data     bench/prepare_data.py: Debian's fortunes -> data/fortunes/{raw,ptb}
   ngram    bench/build_kenlm.sh (once), bench/ngram.py: KenLM word 5-gram, char 10-gram
   corpus   `rnnlm corpus` on the same files: word (ptb/), char and sentencepiece (raw/)
+  rnnlm-ngram  bench/rnnlm_ngram.py: rnnlm's own n-gram (the one inside every model)
+           on the same test splits as KenLM's; bench/ngram_speed.py: estimating a
+           5-gram of 10M word tokens (Python's own sources), time and memory,
+           beside KenLM's lmplz on the same text
   speed    bench/speed.py: fp32 GEMM rate (1 thread and the training threads);
            training tokens/s of the word-level default and its share of that rate
   service  bench/bench_service.py through the real HTTP server: an untrained
@@ -17,7 +21,10 @@ writes them to OUT/results.jsonl and a Markdown summary to OUT/RESULTS.md
   quality  `rnnlm train --time-budget` then `rnnlm eval` on the test file:
            word level with rnnlm's defaults, word level with the PyTorch
            word_language_model recipe, character level and sentencepiece with
-           defaults; compared with the n-grams on the same test split
+           defaults; compared with the n-grams on the same test split. A model
+           is the mixture of its RNN and its n-gram; each part alone is recorded.
+  mixing   bench/mixing_cost.py: the trained word and char models served with
+           and without their n-gram, /sample and /score tokens/s side by side
 
 Budgets (seconds of training per run, evaluation included): `--budget` (env
 BENCH_BUDGET, default 240) for the two word-level runs, `--char-budget` (env
@@ -287,6 +294,62 @@ class Bench:
                 }
             )
 
+    def rnnlm_ngram(self) -> None:
+        kenlm_word = self.find("ngram", level="word")
+        kenlm_char = self.find("ngram", level="char")
+        for level, corpus_name, test, order, kenlm in (
+            ("word", "word", self.data / "ptb" / "test.txt", 5, kenlm_word),
+            ("char", "char", self.data / "raw" / "test.txt", 10, kenlm_char),
+        ):
+            corpus = self.work / f"corpus-{corpus_name}"
+            if not (corpus / "corpus.json").is_file():
+                raise StageError(f"{corpus}: missing (the corpus stage builds it)")
+            self.say(f"rnnlm-ngram: {level} {order}-gram")
+            res = json.loads(self.run([self.py, "bench/rnnlm_ngram.py", str(corpus), str(test),
+                                       "--order", str(order)], f"rnnlm-ngram-{level}"))  # fmt: skip
+            rec: dict[str, Any] = {"bench": "rnnlm_ngram", "level": level, **res}
+            if kenlm and level == "word":
+                rec["kenlm_test_ppl"] = kenlm["test_ppl"]
+                rec["ratio_to_kenlm"] = round(res["test_ppl"] / kenlm["test_ppl"], 5)
+                rec["same_predictions_as_kenlm"] = (
+                    res["test_predictions"] == kenlm["test_predictions"]
+                )
+            elif kenlm:
+                rec["kenlm_test_bits_per_char"] = kenlm["test_bits_per_char"]
+                rec["ratio_to_kenlm"] = round(
+                    res["test_bits_per_char"] / kenlm["test_bits_per_char"], 5
+                )
+                rec["same_chars_as_kenlm"] = (
+                    res["test_chars_with_eol"] == kenlm["test_chars_with_eol"]
+                )
+            self.emit(rec)
+        self.say("rnnlm-ngram: estimating a 5-gram of 10M tokens (and lmplz on the same text)")
+        lmplz = BENCH / ".tools" / "kenlm" / "bin" / "lmplz"
+        cmd = [self.py, "bench/ngram_speed.py", "--tokens", "1e6,1e7"]
+        if lmplz.is_file():
+            cmd += ["--lmplz", str(lmplz)]
+        for line in self.run(cmd, "ngram-speed", timeout=900).splitlines():
+            self.emit(json.loads(line))
+
+    def mixing(self) -> None:
+        for name, test in (
+            ("word-default", self.data / "ptb" / "test.txt"),
+            ("char-default", self.data / "raw" / "test.txt"),
+        ):
+            best = self.work / "runs" / name / "best"
+            if not (best / "config.json").is_file():
+                self.say(f"mixing: {name}: no trained model (the quality stage makes it)")
+                continue
+            self.say(f"mixing: {name} served with and without its n-gram")
+            out = self.run([self.py, "bench/mixing_cost.py", str(best), "--texts", str(test)],
+                           f"mixing-{name}", timeout=900)  # fmt: skip
+            for line in out.splitlines():
+                rec = json.loads(line)
+                rec["model"] = name
+                if rec["bench"] != "mixing_cost":
+                    rec["bench"] = f"mixing_{rec['bench']}"
+                self.emit(rec)
+
     def corpora(self) -> None:
         ptb, raw = self.data / "ptb", self.data / "raw"
         specs = {
@@ -546,16 +609,32 @@ class Bench:
             "cpu_minutes": round(cpu / 60, 2),
             "valid_curve": curve,
         }
+        if "ngram" in ev:  # the model is the mixture; each part alone on the same tokens
+            rec |= {
+                "ngram_order": ev["ngram"]["order"],
+                "lambda": round(ev["ngram"]["lambda"], 4),
+                "test_ppl_rnn": round(ev["perplexity_rnn"], 3),
+                "test_ppl_rnnlm_ngram": round(ev["perplexity_ngram"], 3),
+                "test_bits_per_char_rnn": round(ev["bits_per_character_rnn"], 4),
+                "test_bits_per_char_rnnlm_ngram": round(ev["bits_per_character_ngram"], 4),
+                "ngram_s": summary.get("ngram", {}).get("seconds"),
+            }
         ng = self.find("ngram", level="word" if corpus_name == "word" else "char")
         if ng and corpus_name == "word":
             rec["ngram_test_ppl"] = ng["test_ppl"]
             rec["ppl_ratio_to_ngram"] = round(rec["test_ppl"] / ng["test_ppl"], 4)
+            if "test_ppl_rnn" in rec:
+                rec["rnn_ppl_ratio_to_ngram"] = round(rec["test_ppl_rnn"] / ng["test_ppl"], 4)
             rec["same_token_count_as_ngram"] = ev["tokens"] == ng["test_predictions"]
         elif ng:
             rec["ngram_test_bits_per_char"] = ng["test_bits_per_char"]
             rec["bpc_ratio_to_ngram"] = round(
                 rec["test_bits_per_char"] / ng["test_bits_per_char"], 4
             )
+            if "test_bits_per_char_rnn" in rec:
+                rec["rnn_bpc_ratio_to_ngram"] = round(
+                    rec["test_bits_per_char_rnn"] / ng["test_bits_per_char"], 4
+                )
             rec["same_char_count_as_ngram"] = ev["characters"] == ng["test_chars_with_eol"]
         self.emit(rec)
 
@@ -581,7 +660,9 @@ def estimate_seconds(args: argparse.Namespace) -> dict[str, float]:
         # per model: 6 loads, server start, warm-ups and draining the last requests
         "service": 2 * (6 * args.service_seconds + 20) + (0 if demo else 160.0),
         # training, then the final test evaluation, `rnnlm eval` and process start-up
+        "rnnlm-ngram": 60.0,
         "quality": 2 * args.budget + 2 * args.char_budget + 4 * 25.0,
+        "mixing": 2 * 2 * 2 * 3 * 6.0 + 40.0,
     }
     return {k: v for k, v in est.items() if k in args.only}
 
@@ -676,9 +757,11 @@ def main(argv: list[str] | None = None) -> int:
         bench.stage("data", bench.prepare)
         bench.stage("ngram", bench.ngram)
         bench.stage("corpus", bench.corpora)
+        bench.stage("rnnlm-ngram", bench.rnnlm_ngram)
         bench.stage("speed", bench.speed)
         bench.stage("service", bench.service)
         bench.stage("quality", bench.quality)
+        bench.stage("mixing", bench.mixing)
     except KeyboardInterrupt:  # keep what was measured
         interrupted = True
         bench.emit({"bench": "error", "stage": "run", "message": "interrupted (Ctrl-C)"})

@@ -1,0 +1,111 @@
+"""What the n-gram costs the service: the same model served with and without it.
+
+    python bench/mixing_cost.py CHECKPOINT --texts FILE [--seconds 6] [--rounds 2]
+
+CHECKPOINT must hold an n-gram (a model `rnnlm train` made). A copy without it
+(`rnnlm ngram remove`) is served beside it, one server at a time, on the same
+port settings; the server runs on CPU 0 with one torch thread and this load
+generator on CPU 1 (where the machine has two), so that the figures are the
+server's and not a fight for the cores. Each round measures both variants in
+turn (so drift on a shared machine hits both alike): `/sample` tokens/s with 1
+and 8 concurrent clients (128-token cap; trained models mostly end earlier, at
+`<eos>`), and `/score` tokens/s for batches of 64 lines of FILE. Prints one JSON
+object per measurement, then the ratios (with / without, the median over rounds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import bench_service  # noqa: E402
+
+
+async def score_lines(base: str, lines: list[str], seconds: float) -> dict[str, Any]:
+    tokens, requests = 0, 0
+    async with httpx.AsyncClient(base_url=base, timeout=120) as c:
+        await c.post("/score", json={"texts": lines[:64]})
+        t0 = time.perf_counter()
+        i = 0
+        while time.perf_counter() - t0 < seconds:
+            batch = lines[i : i + 64] or lines[:64]
+            i = (i + 64) % max(1, len(lines) - 64)
+            r = await c.post("/score", json={"texts": batch})
+            r.raise_for_status()
+            tokens += sum(x["num_tokens"] for x in r.json()["results"])
+            requests += 1
+        elapsed = time.perf_counter() - t0
+    return {"bench": "score", "batch_size": 64, "requests": requests, "tokens": tokens,
+            "tokens_per_s": round(tokens / elapsed, 1)}  # fmt: skip
+
+
+def pin(cpu: int) -> None:
+    if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
+        os.sched_setaffinity(0, {cpu})
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("--texts", type=Path, required=True, help="lines to score (a test split)")
+    p.add_argument("--seconds", type=float, default=6.0)
+    p.add_argument("--rounds", type=int, default=2)
+    args = p.parse_args()
+    from training.mixture import detach_ngram
+
+    if "ngram" not in json.loads((args.checkpoint / "config.json").read_text()):
+        raise SystemExit(f"{args.checkpoint}: has no n-gram to measure")
+    lines = [ln for ln in args.texts.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    with tempfile.TemporaryDirectory() as tmp:
+        plain = Path(tmp) / "plain"
+        shutil.copytree(args.checkpoint, plain)
+        detach_ngram(plain)
+        variants = {"with_ngram": args.checkpoint, "without_ngram": plain}
+        rates: dict[str, dict[str, list[float]]] = {v: {} for v in variants}
+        # The server inherits CPU 0; this process moves to CPU 1 once it has started.
+        for r in range(args.rounds):
+            for name, ckpt in variants.items():
+                pin(0)
+                proc, base, root = bench_service.start_server(ckpt, threads=1)
+                pin(1)
+                try:
+                    for clients in (1, 8):
+                        m = asyncio.run(bench_service.sample_load(base, clients, args.seconds, 128))
+                        key = f"sample_{clients}"
+                        rates[name].setdefault(key, []).append(m["tokens_per_s"])
+                        print(json.dumps({**m, "variant": name, "round": r}), flush=True)
+                    m = asyncio.run(score_lines(base, lines, args.seconds))
+                    rates[name].setdefault("score_64", []).append(m["tokens_per_s"])
+                    print(json.dumps({**m, "variant": name, "round": r}), flush=True)
+                finally:
+                    proc.terminate()
+                    proc.wait(15)
+                    (root / "bench").unlink()
+                    root.rmdir()
+    summary: dict[str, Any] = {"bench": "mixing_cost", "checkpoint": str(args.checkpoint),
+                               "rounds": args.rounds, "seconds": args.seconds}  # fmt: skip
+    for key in rates["with_ngram"]:
+        w = statistics.median(rates["with_ngram"][key])
+        wo = statistics.median(rates["without_ngram"][key])
+        summary[key] = {"with_ngram_tokens_per_s": w, "without_ngram_tokens_per_s": wo,
+                        "ratio": round(w / wo, 3)}  # fmt: skip
+    summary["worst_ratio"] = min(v["ratio"] for k, v in summary.items() if isinstance(v, dict))
+    summary["goal_min_ratio"] = 0.8
+    print(json.dumps(summary), flush=True)
+
+
+if __name__ == "__main__":
+    main()
