@@ -205,7 +205,8 @@ def test_mixing_cost_serves_both_variants(tmp_path: Path) -> None:
     rows = _script(str(BENCH / "mixing_cost.py"), str(model), "--texts", str(tmp_path / "t.txt"),
                    "--seconds", "0.3", "--rounds", "1")  # fmt: skip
     variants = {(r["variant"], r["bench"]) for r in rows if "variant" in r}
-    assert variants == {(v, b) for v in ("with_ngram", "without_ngram") for b in ("sample", "score")}
+    both = ("with_ngram", "without_ngram")
+    assert variants == {(v, b) for v in both for b in ("sample", "score")}
     summary = rows[-1]
     assert summary["bench"] == "mixing_cost" and 0 < summary["worst_ratio"] < 10
     assert set(summary) >= {"sample_1", "sample_8", "score_64"}
