@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test lint bench bench-quality bench-deps clean
+.PHONY: install run test lint bench bench-quality bench-deps docker-test clean
 
 install: $(STAMP)
 
@@ -23,7 +23,8 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy rnnlm models training app
 
-# Builds the demo model once (about 3 minutes on 2 CPU cores), then serves it.
+# Builds the demo model once (1,000 steps from a fixed seed: about 3 minutes on 2 CPU
+# cores), then serves it.
 run: install
 	$(BIN)/rnnlm demo --out checkpoints
 	$(BIN)/rnnlm serve --models checkpoints --host 0.0.0.0 --port 8000
@@ -48,3 +49,8 @@ bench-deps:
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+
+# The image and docker-compose.yml for real: engine (installed and started if missing),
+# build, compose up, routes, training profile, scaling, volume; cleans up after itself.
+docker-test:
+	bash docker/test.sh

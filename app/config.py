@@ -35,6 +35,13 @@ class Settings(BaseSettings):
         "(Python's default is 0.005)",
     )  # fmt: skip
 
+    # Models that change while serving (see app/registry.py).
+    watch_interval_s: float = Field(
+        default=0.0, ge=0,
+        description="look for new, replaced or removed models every this many seconds "
+        "(0: only on SIGHUP or POST /admin/reload)",
+    )  # fmt: skip
+
     # Scheduling.
     max_batch: int = Field(default=64, ge=1, le=4096, description="sequences stepped together")
     max_queue: int = Field(default=256, ge=1, description="requests waiting; past it: 503")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import signal
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -20,7 +23,7 @@ from app.metrics import Metrics
 from app.middleware import GuardMiddleware, MetricsMiddleware
 from app.openapi import openapi_for
 from app.registry import Registry
-from app.routes import health, models, native, openai, playground
+from app.routes import admin, health, models, native, openai, playground
 from models.errors import RnnlmError
 
 log = logging.getLogger("rnnlm.app")
@@ -42,9 +45,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.registry = registry
         log.info("serving %s (default: %s)", ", ".join(registry.models) or "no model",
                  registry.default)  # fmt: skip
+        tasks = _watch_models(registry, settings)
         try:
             yield
         finally:
+            for t in tasks:
+                t.cancel()
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
             app.state.registry = None
             registry.stop()
 
@@ -60,7 +68,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.started = time.time()
     app.openapi = openapi_for(app, settings)  # type: ignore[method-assign]
     install_error_handlers(app)
-    for r in (native.router, openai.router, models.router, health.router, playground.router):
+    routers = (native.router, openai.router, models.router, admin.router, health.router,
+               playground.router)  # fmt: skip
+    for r in routers:
         app.include_router(r)
     key = settings.api_key.get_secret_value() if settings.api_key else None
     # Added innermost first: metrics see every response, CORS answers preflights
@@ -75,6 +85,38 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app
+
+
+def _watch_models(registry: Registry, settings: Settings) -> list[asyncio.Task[None]]:
+    """Reload the models on SIGHUP, and every `watch_interval_s` when set."""
+    loop = asyncio.get_running_loop()
+    tasks: list[asyncio.Task[None]] = []
+
+    async def reload(why: str) -> None:
+        try:
+            report = await registry.reload()
+        except Exception:  # never let a reload take the service down
+            log.exception("reloading the models (%s) failed", why)
+            return
+        if why == "SIGHUP" or any(report[k] for k in ("added", "replaced", "removed", "failed")):
+            log.info("reload (%s): %s", why, report)
+
+    def on_hup() -> None:
+        tasks.append(loop.create_task(reload("SIGHUP")))
+
+    # Only the main thread may set signal handlers (not so under some test clients).
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
+
+    async def watch() -> None:
+        while True:
+            await asyncio.sleep(settings.watch_interval_s)
+            if any(registry.changes().values()):
+                await reload("watch")
+
+    if settings.watch_interval_s > 0:
+        tasks.append(loop.create_task(watch()))
+    return tasks
 
 
 def serve(

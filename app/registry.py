@@ -2,10 +2,25 @@
 
 A checkpoint that fails to load is logged and listed with its error; the
 others are served all the same.
+
+Models change while the service runs: `reload()` (on SIGHUP, `POST
+/admin/reload`, or every `watch_interval_s` when watching) reads the directory
+again. A model that appeared is loaded; one whose `config.json` changed (a new
+checkpoint written over it: the weights' and the n-gram's hashes are in that
+file) is loaded beside the old one and then takes its place; one that went is
+dropped. The swap happens on the event loop, between requests: a request picks
+its model and hands its work to that model's worker in one step, so work
+submitted before the swap runs on the old version's worker, which finishes
+what it holds and then stops, and work after it goes to the new one. No
+request fails because of a reload. A replacement that fails to load leaves the
+old version serving, and says why in `/models`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import datetime as dt
+import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +43,28 @@ class LoadedModel:
     engine: Engine
     worker: ModelWorker
     info: dict[str, Any]
+    version: str = ""
+
+
+def model_dirs(root: Path) -> dict[str, Path]:
+    """The checkpoints under `root`, by name. Hidden directories (a save in progress
+    writes `.NAME.tmp-*`, a replaced one is `.NAME.old` for a moment) are skipped."""
+    if not root.is_dir():
+        return {}
+    return {
+        p.name: p
+        for p in sorted(root.iterdir())
+        if p.is_dir() and not p.name.startswith(".") and (p / CONFIG).is_file()
+    }
+
+
+def version_of(path: Path) -> str:
+    """A checkpoint's version: the hash of its config.json (which holds the hashes of
+    its weights and n-gram). Empty when it cannot be read."""
+    try:
+        return hashlib.sha256((path / CONFIG).read_bytes()).hexdigest()[:16]
+    except OSError:
+        return ""
 
 
 @dataclass
@@ -35,40 +72,123 @@ class Registry:
     models: dict[str, LoadedModel] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)  # name -> why
     default: str | None = None
+    settings: Settings | None = None
+    metrics: Metrics | None = None
+    _failed_versions: dict[str, str] = field(default_factory=dict)
+    _retired: list[ModelWorker] = field(default_factory=list)  # draining after a reload
+    _lock: asyncio.Lock | None = None
 
     @classmethod
     def load(cls, settings: Settings, metrics: Metrics) -> Registry:
-        reg = cls()
+        reg = cls(settings=settings, metrics=metrics)
         root = settings.models_dir
         if root is None or not root.is_dir():
             log.error("models directory %s does not exist: no model is served", root)
             return reg
-        for sub in sorted(p for p in root.iterdir() if p.is_dir() and (p / CONFIG).is_file()):
-            try:
-                engine = Engine(load_checkpoint(sub, settings.device), settings.max_batch)
-            except (RnnlmError, OSError, ValueError) as e:
-                why = str(e).replace(f"{root}/", "")
-                log.error("model %s failed to load: %s", sub.name, why)
-                reg.failed[sub.name] = why
-                continue
-            worker = ModelWorker(
-                sub.name, engine, settings.max_batch, settings.max_queue,
-                settings.retry_after_s, metrics,
-            )  # fmt: skip
-            reg.models[sub.name] = LoadedModel(sub.name, engine, worker, describe(sub, engine))
-            log.info("model %s loaded from %s", sub.name, sub)
-        reg.default = settings.default_model or next(iter(reg.models), None)
-        if settings.default_model and settings.default_model not in reg.models:
-            log.error("default model %r is not loaded", settings.default_model)
+        for name, path in model_dirs(root).items():
+            loaded = reg._load(name, path)
+            if loaded is not None:
+                reg.models[name] = loaded
+        reg._pick_default()
         return reg
+
+    def _pick_default(self) -> None:
+        wanted = self.settings.default_model if self.settings else None
+        self.default = wanted or next(iter(sorted(self.models)), None)
+        if wanted and wanted not in self.models:
+            log.error("default model %r is not loaded", wanted)
+
+    def _load(self, name: str, path: Path) -> LoadedModel | None:
+        """Load one checkpoint with a worker (not started); None, and recorded, if it fails."""
+        assert self.settings is not None and self.metrics is not None
+        s = self.settings
+        version = version_of(path)
+        try:
+            engine = Engine(load_checkpoint(path, s.device), s.max_batch)
+        except (RnnlmError, OSError, ValueError) as e:
+            root = s.models_dir
+            why = str(e).replace(f"{root}/", "") if root else str(e)
+            log.error("model %s failed to load: %s", name, why)
+            self.failed[name] = why
+            self._failed_versions[name] = version
+            return None
+        self.failed.pop(name, None)
+        self._failed_versions.pop(name, None)
+        worker = ModelWorker(name, engine, s.max_batch, s.max_queue, s.retry_after_s, self.metrics)
+        info = describe(path, engine) | {"version": version, "loaded_at": _now()}
+        log.info("model %s loaded from %s (version %s)", name, path, version)
+        return LoadedModel(name, engine, worker, info, version)
 
     def start(self) -> None:
         for m in self.models.values():
             m.worker.start()
 
     def stop(self) -> None:
-        for m in self.models.values():
-            m.worker.stop()
+        for w in [m.worker for m in self.models.values()] + self._retired:
+            w.stop()
+
+    def _retire(self, worker: ModelWorker) -> None:
+        worker.retire()
+        self._retired = [w for w in self._retired if w.alive] + [worker]
+
+    # ------------------------------------------------------------------ reloading
+
+    def changes(self) -> dict[str, list[str]]:
+        """What a reload would do: names to add, replace and remove (and retry)."""
+        root = self.settings.models_dir if self.settings else None
+        found = {n: version_of(p) for n, p in model_dirs(root).items()} if root else {}
+        out: dict[str, list[str]] = {"added": [], "replaced": [], "removed": []}
+        for name, version in found.items():
+            if name in self.models:
+                changed = version != self.models[name].version
+                if changed and self._failed_versions.get(name) != version:  # not retried
+                    out["replaced"].append(name)
+            elif self._failed_versions.get(name) != version or name not in self.failed:
+                out["added"].append(name)
+        # NAME gone but .NAME.old there: a save is between its two renames, not a removal.
+        moving = {n for n in self.models if root and (root / f".{n}.old").is_dir()}
+        out["removed"] = [n for n in self.models if n not in found and n not in moving]
+        out["removed"] += [n for n in self.failed if n not in found and n not in self.models]
+        return out
+
+    async def reload(self) -> dict[str, Any]:
+        """Bring the served models in line with the directory (see the module's doc)."""
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            todo = self.changes()
+            root = self.settings.models_dir if self.settings else None
+            paths = model_dirs(root) if root else {}
+            report: dict[str, Any] = {"added": [], "replaced": [], "removed": [], "failed": {}}
+            for name in todo["added"] + todo["replaced"]:
+                # Loading takes a while: off the event loop, so requests go on meanwhile.
+                new = await asyncio.to_thread(self._load, name, paths[name])
+                if new is None:
+                    report["failed"][name] = self.failed[name]
+                    if name in self.models:  # the old version keeps serving
+                        self.models[name].info["reload_error"] = self.failed.pop(name)
+                    continue
+                new.worker.start()
+                old = self.models.get(name)
+                self.models[name] = new  # from here on, requests get the new version
+                if old is not None:
+                    self._retire(old.worker)  # finishes what it holds, then its thread ends
+                    report["replaced"].append(name)
+                else:
+                    report["added"].append(name)
+            for name in todo["removed"]:
+                self.failed.pop(name, None)
+                self._failed_versions.pop(name, None)
+                gone = self.models.pop(name, None)
+                if gone is not None:
+                    self._retire(gone.worker)
+                    report["removed"].append(name)
+            self._pick_default()
+            if any(report[k] for k in ("added", "replaced", "removed", "failed")):
+                log.info("models reloaded: %s", report)
+            return report
+
+    # ------------------------------------------------------------------ serving
 
     def get(self, name: str | None) -> LoadedModel:
         """The model a request names, or the default; 404 naming what is available."""
@@ -84,8 +204,16 @@ class Registry:
 
     def listing(self) -> list[dict[str, Any]]:
         out = [m.info for m in self.models.values()]
-        out += [{"name": n, "status": "failed", "error": e} for n, e in self.failed.items()]
+        out += [
+            {"name": n, "status": "failed", "error": e}
+            for n, e in self.failed.items()
+            if n not in self.models
+        ]
         return sorted(out, key=lambda d: str(d["name"]))
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 def describe(path: Path, engine: Engine) -> dict[str, Any]:

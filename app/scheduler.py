@@ -139,6 +139,7 @@ class ModelWorker:
         self._scores: list[ScoreJob] = []
         self._cancelled: list[SampleJob] = []
         self._stopping = False
+        self._retiring = False  # replaced by a reload: finish what it holds, then end
         self._batch = engine.new_batch()
         self._thread = threading.Thread(target=self._run, name=f"rnnlm-{name}", daemon=True)
 
@@ -151,7 +152,19 @@ class ModelWorker:
         with self._cond:
             self._stopping = True
             self._cond.notify()
-        self._thread.join(timeout)
+        if self._thread.ident is not None:  # started
+            self._thread.join(timeout)
+
+    def retire(self) -> None:
+        """Finish every job already submitted, then end the thread (a newer version of
+        the model took this one's place; nothing new is submitted here any more)."""
+        with self._cond:
+            self._retiring = True
+            self._cond.notify()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
 
     @property
     def queue_depth(self) -> int:
@@ -230,12 +243,13 @@ class ModelWorker:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not (
-                    self._stopping or self._samples or self._scores or self._cancelled
-                    or len(self._batch)
-                ):  # fmt: skip
+                idle = not (self._samples or self._scores or self._cancelled or len(self._batch))
+                while idle and not (self._stopping or self._retiring):
                     self._cond.wait()
-                if self._stopping:
+                    idle = not (
+                        self._samples or self._scores or self._cancelled or len(self._batch)
+                    )
+                if self._stopping or (self._retiring and idle):
                     break
                 scores, self._scores = self._scores, []
                 cancelled, self._cancelled = self._cancelled, []

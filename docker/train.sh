@@ -1,7 +1,7 @@
 #!/bin/sh
 # The compose `train` service (installed in the image as `rnnlm-train-texts`):
 # every *.txt file in $TEXTS -> `rnnlm corpus` -> `rnnlm train` -> a checkpoint published
-# as $RNNLM_MODELS_DIR/$MODEL_NAME, which the API serves from its next start.
+# as $RNNLM_MODELS_DIR/$MODEL_NAME, which a running API picks up (RNNLM_WATCH_INTERVAL_S).
 #
 #   MODEL_NAME   the served model's name (default: mine)
 #   CORPUS_ARGS  flags of `rnnlm corpus` (default: --tokenizer char)
@@ -39,4 +39,4 @@ cp -R "$work/run/best" "$new"
 if [ -e "$models/$name" ]; then mv "$models/$name" "$old"; fi
 mv "$new" "$models/$name"
 rm -rf "$old"
-echo "train: model ready in $models/$name (restart the api service to serve it)" >&2
+echo "train: model ready in $models/$name (a running api picks it up within RNNLM_WATCH_INTERVAL_S)" >&2

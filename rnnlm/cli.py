@@ -228,9 +228,19 @@ def _add_use(sub: argparse._SubParsersAction[_Parser]) -> None:
     p = sub.add_parser("demo", help="build the demo model from the standard library's docstrings")
     p.add_argument("--out", default="checkpoints", help="models directory (demo model in OUT/demo)")
     p.add_argument(
-        "--time-budget", type=_float_in(0, 1e9, lo_open=True), default=150.0, metavar="SECONDS"
+        "--steps",
+        type=_positive_int,
+        default=1000,
+        help="optimizer steps, from a fixed seed (the same model on any machine)",
     )
-    p.add_argument("--force", action="store_true", help="rebuild even if it exists")
+    p.add_argument(
+        "--max-valid-ppl",
+        type=_float_in(1, 1e9),
+        default=6.5,
+        metavar="PPL",
+        help="fail if the RNN's validation perplexity per character is above this",
+    )
+    p.add_argument("--force", action="store_true", help="rebuild even if it exists")  # fmt: skip
 
 
 def _add_ngram(sub: argparse._SubParsersAction[_Parser]) -> None:

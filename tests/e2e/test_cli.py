@@ -213,17 +213,29 @@ def test_user_errors_are_one_line(tmp_path: Path, trained: Path, text_file: Path
 
 def test_demo_builds_once_then_is_cached(tmp_path: Path):
     out = tmp_path / "checkpoints"
-    first = run("demo", "--out", str(out), "--time-budget", "4")
+    first = run("demo", "--out", str(out), "--steps", "20", "--max-valid-ppl", "1e6")
     assert "demo model ready" in first.stderr
     config = json.loads((out / "demo/config.json").read_text())
     assert config["tokenizer"]["kind"] == "char" and config["model"]["cell"] == "lstm"
     before = (out / "demo/model.safetensors").stat().st_mtime_ns
-    second = run("demo", "--out", str(out), "--time-budget", "4")
+    second = run("demo", "--out", str(out), "--steps", "20", "--max-valid-ppl", "1e6")
     assert "demo model ready" in second.stderr
     assert (out / "demo/model.safetensors").stat().st_mtime_ns == before  # not retrained
     assert not (out / ".demo-work").exists()
     sample = run("sample", "--model", str(out / "demo"), "--seed", "1", "--max-tokens", "30")
     assert sample.stdout.strip()
+    # Steps and a seed, not a clock: built again elsewhere, the same weights (on one
+    # machine bit for bit; across CPUs only rounding differs).
+    again = tmp_path / "again"
+    run("demo", "--out", str(again), "--steps", "20", "--max-valid-ppl", "1e6")
+    assert (again / "demo/model.safetensors").read_bytes() == (
+        out / "demo/model.safetensors"
+    ).read_bytes()
+    # A demo worse than the bound is not published, and says why in one line.
+    bad = run("demo", "--out", str(tmp_path / "bad"), "--steps", "2", "--max-valid-ppl", "1.5",
+              check=False)  # fmt: skip
+    assert bad.returncode == 1 and "above the 1.5 it must reach" in bad.stderr
+    assert not (tmp_path / "bad" / "demo").exists()
 
 
 def test_reference_cell_trains_samples_and_scores(trained: Path, tmp_path: Path):

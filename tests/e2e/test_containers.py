@@ -1,7 +1,8 @@
 """The containers without a Docker engine: `Dockerfile` and `docker-compose.yml` are read
 and checked against the real CLI, and the commands they run are run here: the image's
 CMD (`rnnlm serve`) with its HEALTHCHECK, and the compose `train` service's script.
-The image's build-time `rnnlm demo` is the command tests/e2e/test_cli.py runs."""
+The image's build-time `rnnlm demo` is the command tests/e2e/test_cli.py runs.
+`make docker-test` (docker/test.sh) runs the real images and compose with an engine."""
 
 from __future__ import annotations
 
@@ -82,18 +83,24 @@ def copied_to(dest: str) -> Path:
 
 def test_dockerfile_reads_right() -> None:
     steps = instructions()
-    assert steps[0] == ("FROM", "python:3.11-slim")
+    # The base and torch's index are build arguments, today's values their defaults.
+    assert steps[0] == ("ARG", "BASE_IMAGE=python:3.11-slim")
+    assert [r for w, r in steps if w == "FROM"] == ["${BASE_IMAGE} AS build", "${BASE_IMAGE}"]
+    assert ("ARG", "TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu") in steps
     runs = [rest for word, rest in steps if word == "RUN"]
     torch_at = next(i for i, r in enumerate(runs) if "torch" in r)
     project_at = next(i for i, r in enumerate(runs) if "pip install /tmp/src" in r)
     assert torch_at < project_at
     pin = next(d for d in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
         "dependencies"] if d.startswith("torch"))  # fmt: skip
-    assert pin in runs[torch_at].split()
-    assert "--index-url https://download.pytorch.org/whl/cpu" in runs[torch_at]
+    assert runs[torch_at].count(pin) == 2  # from the wheelhouse, or from the index
+    assert '--index-url "$TORCH_INDEX_URL"' in runs[torch_at]
+    for at in (torch_at, project_at):  # with no network: docker/wheels/, --no-index
+        assert "--no-index --find-links /tmp/wheels" in runs[at]
+    assert ("COPY", "docker/wheels/ /tmp/wheels/") in steps
     # Every package setuptools installs is copied in, and every COPY source exists.
     for word, rest in steps:
-        if word == "COPY":
+        if word == "COPY" and not rest.startswith("--from"):
             assert (ROOT / rest.split()[0]).exists(), rest
     include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
         "packages"]["find"]["include"]  # fmt: skip
@@ -121,10 +128,14 @@ def test_compose_reads_right() -> None:
     c = compose()
     settings = c["x-rnnlm-settings"]
     assert all(k.startswith("RNNLM_") for k in settings)
-    api, train = c["services"]["api"], c["services"]["train"]
+    api, train, lb = c["services"]["api"], c["services"]["train"], c["services"]["lb"]
     assert api["environment"] == settings
     assert {k: v for k, v in train["environment"].items() if k in settings} == settings
-    assert api["ports"] == ["8000:8000"] and "profiles" not in api
+    # Only the balancer publishes a port, so `--scale api=N` runs N replicas behind it.
+    assert [interpolate(p, {}) for p in lb["ports"]] == ["8000:8000"] and "ports" not in api
+    assert api["expose"] == ["8000"] and "profiles" not in api and "profiles" not in lb
+    assert lb["build"]["context"] == "docker/lb" and lb["depends_on"] == ["api"]
+    assert float(settings["RNNLM_WATCH_INTERVAL_S"]) > 0  # trained models show up by themselves
     assert train["profiles"] == ["train"]
     models = settings["RNNLM_MODELS_DIR"]
     assert models == build_parser().parse_args(image_cmd()[1:]).models
@@ -133,8 +144,11 @@ def test_compose_reads_right() -> None:
     texts = train["environment"]["TEXTS"]
     assert f"./texts:{texts}:ro" in [interpolate(v, {}) for v in train["volumes"]]
     assert api["healthcheck"]["test"] == ["CMD", *exec_form(one("HEALTHCHECK").split("CMD", 1)[1])]
-    for service in (api, train):
-        assert service["build"] == "." and service["image"] == api["image"]
+    assert "/ready" in api["healthcheck"]["test"][-1]  # healthy: its models are loaded
+    assert api["build"]["context"] == "." and train["image"] == api["image"]
+    args = {k: interpolate(v, {}) for k, v in api["build"]["args"].items()}
+    assert args == {"BASE_IMAGE": "python:3.11-slim",
+                    "TORCH_INDEX_URL": "https://download.pytorch.org/whl/cpu"}  # fmt: skip
     copied_to(train["command"][0])  # the train script is in the image, where compose calls it
 
 
