@@ -53,6 +53,6 @@ def test_the_deployment_runs_the_image_as_it_is_built() -> None:
     assert float(settings["RNNLM_WATCH_INTERVAL_S"]) > 0
     # Streams in flight get their shutdown grace before the pod is killed.
     assert pod["terminationGracePeriodSeconds"] > int(settings["RNNLM_SHUTDOWN_TIMEOUT_S"])
-    assert docs["Service"]["spec"]["selector"] == docs["Deployment"]["spec"]["selector"][
-        "matchLabels"
-    ]
+    assert (
+        docs["Service"]["spec"]["selector"] == docs["Deployment"]["spec"]["selector"]["matchLabels"]
+    )
