@@ -141,6 +141,13 @@ class ModelWorker:
         self._stopping = False
         self._retiring = False  # replaced by a reload: finish what it holds, then end
         self._batch = engine.new_batch()
+        self._streaming: set[SampleJob] = set()  # running jobs that stream their text
+        # The metrics of this model, looked up once (a labels() call per step adds up).
+        self._m_step = metrics.step_seconds.labels(name)
+        self._m_batch = metrics.batch_size.labels(name)
+        self._m_tokens = metrics.tokens_generated.labels(name)
+        self._m_running = metrics.running.labels(name)
+        self._m_queue = metrics.queue_depth.labels(name)
         self._thread = threading.Thread(target=self._run, name=f"rnnlm-{name}", daemon=True)
 
     # ------------------------------------------------------------ event-loop side
@@ -236,7 +243,7 @@ class ModelWorker:
             self._gauge()
 
     def _gauge(self) -> None:
-        self.metrics.queue_depth.labels(self.name).set(self.queue_depth)
+        self._m_queue.set(self.queue_depth)
 
     # ---------------------------------------------------------------- worker side
 
@@ -276,30 +283,36 @@ class ModelWorker:
         if cancelled:
             gone = set(map(id, cancelled))
             batch.remove([i for i, g in enumerate(batch.gens) if id(_owner(g)[0]) not in gone])
+            self._streaming.difference_update(cancelled)
         if scores:
             self._score(scores)
         out: list[tuple[SampleJob, Event]] = []
         finished: list[Generation] = []
         new = [g for job in admitted for g in job.gens]
+        self._streaming.update(job for job in admitted if job.stream)
         if new:
             finished += batch.add(new)
         if len(batch):
             n = len(batch)
             t0 = time.perf_counter()
             finished += batch.step()
-            self.metrics.step_seconds.labels(self.name).observe(time.perf_counter() - t0)
-            self.metrics.batch_size.labels(self.name).observe(n)
-            self.metrics.tokens_generated.labels(self.name).inc(n)
-        self.metrics.running.labels(self.name).set(len(batch))
-        for g in batch.gens:
-            job, index = _owner(g)
-            if job.stream and (text := g.delta()):
-                out.append((job, Delta(index, text)))
+            self._m_step.observe(time.perf_counter() - t0)
+            self._m_batch.observe(n)
+            self._m_tokens.inc(n)
+        self._m_running.set(len(batch))
+        # New text of every running streamed sequence (the others need none until the end).
+        for job in self._streaming:
+            for index, g in enumerate(job.gens):
+                if g.finish_reason is None and (text := g.delta()):
+                    out.append((job, Delta(index, text)))
         for g in finished:
             job, index = _owner(g)
             if job.stream and (text := g.delta()):
                 out.append((job, Delta(index, text)))
             out.append((job, Finished(index, self.engine.result(g))))
+        if finished and self._streaming:
+            self._streaming = {j for j in self._streaming if any(g.finish_reason is None
+                                                                  for g in j.gens)}  # fmt: skip
         self._send(out)
 
     def _score(self, jobs: list[ScoreJob]) -> None:
@@ -343,6 +356,7 @@ class ModelWorker:
         running = {id(job): job for job, _ in map(_owner, self._batch.gens)}
         every = {id(j): j for j in jobs} | running
         self._batch = self.engine.new_batch()
+        self._streaming.clear()
         self._send([(job, Failed(error)) for job in every.values()])
         for s in scores:
             _call_soon(s.future.get_loop(), _resolve, s.future, None, error)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, Strict
+from starlette.responses import Response
 
 from app.config import Settings
 from app.errors import InvalidField, TooLarge
@@ -461,3 +462,10 @@ class ModelList(BaseModel):
 
 def dump(model: BaseModel) -> dict[str, Any]:
     return model.model_dump(mode="json")
+
+
+def json_response(model: BaseModel) -> Response:
+    """The answer as JSON, encoded once by pydantic's own serializer: returning a Response
+    spares FastAPI validating the model again against `response_model` and re-encoding it
+    (the route's `response_model` still documents it)."""
+    return Response(model.model_dump_json(), media_type="application/json")

@@ -40,7 +40,7 @@ from models.checkpoint import Checkpoint, start_token
 from models.errors import CheckpointError
 from models.model import State
 from models.ngram import NO_TOKEN, mix_logprobs
-from models.tokenizers import BOS, EOS, PAD, UNK
+from models.tokenizers import BOS, EOS, PAD, UNK, Decoder
 
 # Sampling never emits these: they have no text, and a sample's text must score
 # back to the same tokens. (Their probability still counts in every logprob.)
@@ -132,9 +132,16 @@ class SampleResult:
     tokens: list[TokenLogprob] | None = None
 
 
-@dataclass
+_UNIFORM_BLOCK = 64  # uniforms each sequence draws from its generator at a time
+
+
+@dataclass(eq=False)
 class Generation:
-    """One sequence being sampled; `key` is whatever the caller uses to find it."""
+    """One sequence being sampled; `key` is whatever the caller uses to find it.
+
+    Its text is decoded only when something reads it (a stop string, a stream,
+    the result), and then only the tokens added since the last read.
+    """
 
     params: SampleParams
     seed: int
@@ -144,13 +151,28 @@ class Generation:
     ids: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     tops: list[list[tuple[str, float]]] = field(default_factory=list)
-    text: str = ""
     sent: int = 0  # characters of `text` already handed out by `delta()`
     finish_reason: str | None = None
+    decoder: Decoder | None = None  # the completion's text after the prompt
     rng: np.random.Generator = field(init=False)
+    _text: str = field(init=False, default="")
+    _decoded: int = field(init=False, default=0)  # ids behind `_text`
+    _fixed: bool = field(init=False, default=False)  # text set by hand (cut at a stop)
+    _stop_scanned: int = field(init=False, default=0)  # text length searched for stops
 
     def __post_init__(self) -> None:
         self.rng = np.random.Generator(np.random.PCG64(self.seed))
+
+    @property
+    def text(self) -> str:
+        if not self._fixed and self._decoded != len(self.ids) and self.decoder is not None:
+            self._text = self.decoder.text(self.ids)
+            self._decoded = len(self.ids)
+        return self._text
+
+    @text.setter
+    def text(self, value: str) -> None:
+        self._text, self._fixed = value, True
 
     def delta(self) -> str:
         """Text not yet handed out that can no longer change.
@@ -158,16 +180,17 @@ class Generation:
         While running, hold back the end of the text that could still grow into
         a stop string (it would be cut) and an unfinished UTF-8 character.
         """
-        end = len(self.text)
+        text = self.text
+        end = len(text)
         if self.finish_reason is None:
-            while end > self.sent and self.text[end - 1] == "\ufffd":
+            while end > self.sent and text[end - 1] == "\ufffd":
                 end -= 1
             for stop in self.params.stop:
                 for k in range(min(len(stop) - 1, end - self.sent), 0, -1):
-                    if self.text[end - k : end] == stop[:k]:
+                    if text[end - k : end] == stop[:k]:
                         end -= k
                         break
-        out = self.text[self.sent : end]
+        out = text[self.sent : end]
         self.sent = max(self.sent, end)
         return out
 
@@ -489,7 +512,8 @@ class Engine:
         given = params.seed
         seed = secrets.randbits(63) if given is None else (given + index) % SEED_SPACE
         ids = self.tokenizer.encode(prompt) if prompt else []
-        return Generation(params, seed, ids, self.tokenizer.decode(ids), key=key)
+        decoder = self.tokenizer.decoder(ids)  # spacing after the prompt decided in context
+        return Generation(params, seed, ids, self.tokenizer.decode(ids), key=key, decoder=decoder)
 
     def new_batch(self) -> Batch:
         return Batch(self)
@@ -516,7 +540,12 @@ class Engine:
 
 
 class Batch:
-    """Running generations and their recurrent state, along the batch dimension."""
+    """Running generations and their recurrent state, along the batch dimension.
+
+    Per step the work that grows with the batch is tensor work; the Python loop
+    over rows only appends each row's token and log-probability and checks its
+    end (and decodes text only for rows with stop strings).
+    """
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -527,6 +556,11 @@ class Batch:
         self.history: np.ndarray[Any, np.dtype[np.int64]] | None = None
         # Per-row temperature, top_k, top_p, min_p: (B,) each.
         self._knobs: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
+        # Each row's next uniforms, drawn from its own generator a block at a time (the
+        # same numbers, in the same order, as one draw per step): (B, block), (B,).
+        self._uniforms = np.zeros((0, _UNIFORM_BLOCK))
+        self._upos = np.zeros(0, dtype=np.int64)
+        self._want_top = 0  # the most top_logprobs any row asks for
 
     def __len__(self) -> int:
         return len(self.gens)
@@ -569,6 +603,10 @@ class Batch:
         lp = self._next_logprobs(model.log_probs(last), history)  # (B_new, V)
         self.gens.extend(gens)
         self._knobs = None
+        self._uniforms = np.concatenate(
+            [self._uniforms, np.stack([g.rng.random(_UNIFORM_BLOCK) for g in gens])]
+        )
+        self._upos = np.concatenate([self._upos, np.zeros(len(gens), dtype=np.int64)])
         if self.state is None or self.next_logprobs is None:
             self.state, self.next_logprobs, self.history = state, lp, history
         else:
@@ -593,13 +631,14 @@ class Batch:
         self, rnn: Tensor, history: np.ndarray[Any, np.dtype[np.int64]] | None
     ) -> Tensor:
         """The model's next-token log-probs (B, V): the RNN's, or the mixture with the n-gram."""
-        ngram = self.engine.ngram
-        if ngram is None or history is None:
+        ngram, lam = self.engine.ngram, self.engine.mix_weight
+        if ngram is None or history is None or lam == 1.0:
             return rnn
-        probs = torch.from_numpy(ngram.distribution(history))  # (B, V)
-        with torch.inference_mode():
-            mixed = self.engine._mix(rnn.double(), probs.log())
-        return mixed.to(rnn.dtype)
+        # (1-λ)·P_ngram + λ·P_rnn, then the log: three passes over (B, V), in the
+        # RNN's own precision (a sample's logprob agrees with its score to ~1e-6).
+        dtype = np.float32 if rnn.dtype == torch.float32 else np.float64
+        mixed = torch.from_numpy(ngram.distribution(history, 1.0 - lam, dtype)).to(rnn.device)
+        return mixed.add_(rnn.exp().mul_(lam)).log_()
 
     def remove(self, keep: list[int]) -> None:
         """Keep only the rows in `keep` (indices into the batch)."""
@@ -607,6 +646,7 @@ class Batch:
             return
         self.gens = [self.gens[i] for i in keep]
         self._knobs = None
+        self._uniforms, self._upos = self._uniforms[keep], self._upos[keep]
         if not keep:
             self.state, self.next_logprobs, self.history = None, None, None
             return
@@ -621,6 +661,16 @@ class Batch:
         """Drop a generation whose client went away."""
         self.remove([i for i, g in enumerate(self.gens) if g is not gen])
 
+    def _draw(self) -> np.ndarray[Any, np.dtype[np.float64]]:
+        """This step's uniform of every row (B,), refilling the blocks that run out."""
+        rows = np.arange(len(self.gens))
+        u = self._uniforms[rows, self._upos]
+        self._upos += 1
+        for r in np.flatnonzero(self._upos == _UNIFORM_BLOCK):
+            self._uniforms[r] = self.gens[r].rng.random(_UNIFORM_BLOCK)
+            self._upos[r] = 0
+        return u
+
     @torch.inference_mode()
     def step(self) -> list[Generation]:
         """Pick the next token of every sequence; advance those that go on.
@@ -631,84 +681,80 @@ class Batch:
             return []
         assert self.state is not None and self.next_logprobs is not None
         gens, lp = self.gens, self.next_logprobs
-        p = [g.params for g in gens]
         dev = lp.device
         if self._knobs is None:  # rebuilt only when the batch's members change
+            p = [g.params for g in gens]
             self._knobs = (
                 torch.tensor([x.temperature for x in p], device=dev),
                 torch.tensor([x.top_k for x in p], device=dev),
                 torch.tensor([x.top_p for x in p], device=dev),
                 torch.tensor([x.min_p for x in p], device=dev),
             )
-        uniform = torch.tensor([g.rng.random() for g in gens], device=dev, dtype=lp.dtype)
-        tokens = choose_tokens(lp, *self._knobs, uniform)
+            self._want_top = max(x.top_logprobs for x in p)
+        uniform = torch.from_numpy(self._draw()).to(device=dev, dtype=lp.dtype)
+        tokens = choose_tokens(lp, *self._knobs, uniform)  # (B,)
         chosen_lp = lp.gather(1, tokens.unsqueeze(1)).squeeze(1).tolist()
-        want_top = max(x.top_logprobs for x in p)
-        top_v, top_i = lp.topk(min(want_top, lp.shape[1]), dim=-1) if want_top else (None, None)
         tok_list = tokens.tolist()
+        top_v = top_i = None
+        if self._want_top:
+            top_v, top_i = lp.topk(min(self._want_top, lp.shape[1]), dim=-1)
         keep, finished = [], []
-        for row, (g, t, lp_t) in enumerate(zip(gens, tok_list, chosen_lp, strict=True)):
+        for row, g in enumerate(gens):
+            t = tok_list[row]
             g.ids.append(t)
-            g.logprobs.append(lp_t)
-            if g.params.top_logprobs and top_v is not None and top_i is not None:
+            g.logprobs.append(chosen_lp[row])
+            if top_v is not None and top_i is not None and g.params.top_logprobs:
                 k = g.params.top_logprobs
+                piece = self.engine.tokenizer.piece
                 g.tops.append(
-                    [
-                        (self.engine.tokenizer.piece(a), v)
-                        for a, v in zip(
-                            top_i[row, :k].tolist(), top_v[row, :k].tolist(), strict=True
-                        )
-                    ]
-                )
-            self._update_text(g)
+                    [(piece(a), v) for a, v in zip(top_i[row, :k].tolist(),
+                                                   top_v[row, :k].tolist(), strict=True)]
+                )  # fmt: skip
+            if t == EOS:
+                g.finish_reason = "eos"  # <eos> counts in logprob and num_tokens; no text
+            elif g.params.stop and self._stopped(g):
+                pass
+            elif len(g.ids) >= g.params.max_tokens:
+                g.finish_reason = "length"
             if g.finish_reason is None:
                 keep.append(row)
             else:
                 finished.append(g)
         self.remove(keep)
         if keep:
-            last = [gens[r].ids[-1] for r in keep]
-            inp = torch.tensor([[t] for t in last], device=dev)
-            feats, self.state = self.engine.model.features(inp, self.state)
+            going = tokens if len(keep) == len(tok_list) else tokens[keep]
+            feats, self.state = self.engine.model.features(going.unsqueeze(1), self.state)
             if self.history is not None and self.history.shape[1]:
                 self.history = np.concatenate(
-                    [self.history[:, 1:], np.array(last, dtype=np.int64)[:, None]], axis=1
+                    [self.history[:, 1:], going.cpu().numpy().astype(np.int64)[:, None]], axis=1
                 )
             self.next_logprobs = self._next_logprobs(
                 self.engine.model.log_probs(feats[:, -1]), self.history
             )
         return finished
 
-    def _update_text(self, g: Generation) -> None:
-        if g.ids[-1] == EOS:
-            # <eos> counts in logprob and num_tokens; it has no text.
-            g.finish_reason = "eos"
-            return
-        old_len = len(g.text)
-        if self.engine.tokenizer.kind == "char":
-            # Decoding characters is concatenation: append, don't decode it all again.
-            g.text += self.engine.tokenizer.decode(g.ids[-1:])
-        else:
-            g.text = self._completion(g, g.ids)
-        if g.params.stop:
-            longest = max(len(s) for s in g.params.stop)
-            lo = max(0, old_len - longest + 1)
-            hits = [i for s in g.params.stop if (i := g.text.find(s, lo)) >= 0]
-            if hits:
-                self._cut_at(g, min(hits))
-                return
-        if len(g.ids) >= g.params.max_tokens:
-            g.finish_reason = "length"
+    def _stopped(self, g: Generation) -> bool:
+        """Whether the token just added completed a stop string; if so, cut there."""
+        text = g.text
+        longest = max(len(s) for s in g.params.stop)
+        lo = max(0, g._stop_scanned - longest + 1)  # a stop may start in the text before
+        g._stop_scanned = len(text)
+        hits = [i for s in g.params.stop if (i := text.find(s, lo)) >= 0]
+        if hits:
+            self._cut_at(g, min(hits))
+            return True
+        return False
 
     def _cut_at(self, g: Generation, pos: int) -> None:
         """End `g` at a stop string found at `pos`: keep the tokens wholly before it."""
-        g.text = g.text[:pos]
+        text = g.text[:pos]
         k = len(g.ids)
-        while k > 0 and not g.text.startswith(self._completion(g, g.ids[:k])):
+        while k > 0 and not text.startswith(self._completion(g, g.ids[:k])):
             k -= 1
         del g.ids[k:]
         del g.logprobs[k:]
         del g.tops[k:]
+        g.text = text
         g.finish_reason = "stop"
 
     def _completion(self, g: Generation, ids: list[int]) -> str:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -198,15 +199,23 @@ class NgramModel:
             best[add] += self.backoff[j - 1][ctx[add]]
         return best
 
-    def distribution(self, histories: Int64s) -> Floats:
-        """P(· | history) over the whole vocabulary: histories (B, order-1) -> (B, V) float64.
+    def distribution(
+        self, histories: Int64s, scale: float = 1.0, dtype: type = np.float64
+    ) -> np.ndarray[Any, Any]:
+        """scale · P(· | history) over the whole vocabulary: histories (B, order-1) -> (B, V).
 
-        Each row sums to 1 (ids never predicted have 0).
+        Each row sums to `scale` (ids never predicted have 0). Backing off from a
+        context multiplies a whole row by its backoff weight; here that factor is
+        kept per row and applied once at the end (a stored probability written
+        meanwhile is divided by the factor so far), so a step costs two passes
+        over the (B, V) array whatever the order.
         """
         n = self.order
         histories = np.asarray(histories, dtype=np.int64).reshape(-1, n - 1)
         B = histories.shape[0]
-        probs = np.tile(np.exp(self.logprob[0].astype(np.float64)), (B, 1))  # (B, V)
+        probs: np.ndarray[Any, Any] = np.empty((B, self.vocab_size), dtype=dtype)
+        probs[:] = self._unigram_probs
+        factor = np.ones(B)  # the product of the backoffs applied so far, per row
         ctx = histories[:, n - 2].copy() if n > 1 else np.zeros(0, np.int64)
         present = ctx >= 0
         for j in range(1, n):
@@ -221,17 +230,21 @@ class NgramModel:
             c = ctx[rows]
             # Unseen after this context: backoff × the shorter context's probability;
             # seen: the stored one.
-            probs[rows] *= np.exp(self.backoff[j - 1][c].astype(np.float64))[:, None]
+            factor[rows] *= np.exp(self.backoff[j - 1][c].astype(np.float64))
             offsets, children, last = self._children[j - 1]
             lo, hi = offsets[c], offsets[c + 1]
             sizes = hi - lo
             if sizes.sum():
                 row_of = np.repeat(rows, sizes)
                 flat = np.repeat(lo - np.cumsum(sizes) + sizes, sizes) + np.arange(sizes.sum())
-                probs[row_of, last[flat]] = np.exp(
-                    self.logprob[j][children[flat]].astype(np.float64)
-                )
+                stored = np.exp(self.logprob[j][children[flat]].astype(np.float64))
+                probs[row_of, last[flat]] = stored / factor[row_of]
+        probs *= (factor * scale).astype(dtype)[:, None]
         return probs
+
+    @cached_property
+    def _unigram_probs(self) -> Floats:
+        return np.exp(self.logprob[0].astype(np.float64))
 
     # ------------------------------------------------------------------ files
 

@@ -43,9 +43,51 @@ class Tokenizer(Protocol):
 
     def piece(self, token_id: int) -> str: ...
 
+    def decoder(self, context: Sequence[int] = ()) -> Decoder: ...
+
     def settings(self) -> dict[str, Any]: ...
 
     def save(self, directory: Path) -> None: ...
+
+
+class Decoder:
+    """Text of a growing id sequence, as `decode` would give it after `context`.
+
+    `text(ids)` is decode(context + ids) without the context's own text; called
+    again with a longer list (the same ids and more), it decodes only the new
+    ones where the tokenizer allows (characters and words: decoding is left to
+    right), so following a sampled sequence costs O(1) per token, not O(n).
+    This generic one decodes everything each time (subwords: byte-fallback
+    pieces may combine across tokens).
+    """
+
+    def __init__(self, tokenizer: Tokenizer, context: Sequence[int] = ()) -> None:
+        self.tokenizer = tokenizer
+        self.context = list(context)
+        self.prefix = tokenizer.decode(self.context)
+
+    def text(self, ids: Sequence[int]) -> str:
+        full = self.tokenizer.decode(self.context + list(ids))
+        if full.startswith(self.prefix):
+            return full[len(self.prefix) :]
+        return self.tokenizer.decode(ids)
+
+
+class _CharDecoder(Decoder):
+    def __init__(self, tokenizer: CharTokenizer, context: Sequence[int] = ()) -> None:
+        self.tok = tokenizer
+        self.parts: list[str] = []
+        self.fed = 0
+
+    def text(self, ids: Sequence[int]) -> str:
+        if len(ids) < self.fed:  # a shorter list: start again
+            self.parts, self.fed = [], 0
+        if len(ids) > self.fed:
+            self.parts.append(self.tok.decode(ids[self.fed :]))
+            self.fed = len(ids)
+            if len(self.parts) > 64:
+                self.parts = ["".join(self.parts)]
+        return "".join(self.parts) if len(self.parts) != 1 else self.parts[0]
 
 
 def _vocab_from_counts(counts: Counter[str], vocab_size: int | None, min_freq: int) -> list[str]:
@@ -85,6 +127,9 @@ class _VocabTokenizer:
     def decode(self, ids: Sequence[int]) -> str:
         raise NotImplementedError
 
+    def decoder(self, context: Sequence[int] = ()) -> Decoder:
+        return Decoder(self, context)
+
     def settings(self) -> dict[str, Any]:
         return {"kind": self.kind, "vocab_size": self.vocab_size}
 
@@ -111,6 +156,9 @@ class CharTokenizer(_VocabTokenizer):
     def tokenize(self, text: str) -> tuple[list[int], list[str]]:
         get = self.index.get
         return [get(ch, UNK) for ch in text], list(text)
+
+    def decoder(self, context: Sequence[int] = ()) -> Decoder:
+        return _CharDecoder(self, context)  # a character's text never depends on its neighbours
 
     def decode(self, ids: Sequence[int]) -> str:
         # <unk> decodes to U+FFFD, the replacement character; other specials vanish.
@@ -169,31 +217,10 @@ class WordTokenizer(_VocabTokenizer):
         return [get(w, UNK) for w in words], words
 
     def decode(self, ids: Sequence[int]) -> str:
-        words = [self.tokens[i] for i in ids if i == UNK or i >= len(SPECIALS)]
-        if self.pretokenized:
-            return " ".join(words)
-        out: list[str] = []
-        glue_next = True  # no space before the first word
-        quote_open = False
-        for w in words:
-            space = not glue_next
-            glue_next = False
-            if w in _NO_SPACE_BEFORE:
-                space = False
-            elif w in _NO_SPACE_AFTER:
-                glue_next = True
-            elif w in _JOINERS:
-                space, glue_next = False, True
-            elif w == '"':
-                if quote_open:
-                    space = False
-                else:
-                    glue_next = True
-                quote_open = not quote_open
-            if space:
-                out.append(" ")
-            out.append(w)
-        return "".join(out)
+        return _WordDecoder(self).text(ids)
+
+    def decoder(self, context: Sequence[int] = ()) -> Decoder:
+        return _WordDecoder(self, context)
 
     def settings(self) -> dict[str, Any]:
         return {
@@ -201,6 +228,62 @@ class WordTokenizer(_VocabTokenizer):
             "lowercase": self.lowercase,
             "pretokenized": self.pretokenized,
         }
+
+
+class _WordDecoder(Decoder):
+    """The detokenizer, left to right: where a space goes depends only on the words
+    before (the last word, whether a quote is open), so each new word is decoded once."""
+
+    def __init__(self, tokenizer: WordTokenizer, context: Sequence[int] = ()) -> None:
+        self.tok = tokenizer
+        self.glue_next = True  # no space before the first word
+        self.quote_open = False
+        self.parts: list[str] = []
+        self.fed = 0
+        self._feed(context)
+        self.parts, self.fed = [], 0
+        self.start = (self.glue_next, self.quote_open)
+
+    def _feed(self, ids: Sequence[int]) -> None:
+        tokens, pretokenized = self.tok.tokens, self.tok.pretokenized
+        for i in ids:
+            if i != UNK and i < len(SPECIALS):
+                continue
+            w = tokens[i]
+            if pretokenized:
+                if not self.glue_next:
+                    self.parts.append(" ")
+                self.glue_next = False
+                self.parts.append(w)
+                continue
+            space = not self.glue_next
+            self.glue_next = False
+            if w in _NO_SPACE_BEFORE:
+                space = False
+            elif w in _NO_SPACE_AFTER:
+                self.glue_next = True
+            elif w in _JOINERS:
+                space, self.glue_next = False, True
+            elif w == '"':
+                if self.quote_open:
+                    space = False
+                else:
+                    self.glue_next = True
+                self.quote_open = not self.quote_open
+            if space:
+                self.parts.append(" ")
+            self.parts.append(w)
+
+    def text(self, ids: Sequence[int]) -> str:
+        if len(ids) < self.fed:  # a shorter list: start again from the context
+            self.parts, self.fed = [], 0
+            self.glue_next, self.quote_open = self.start
+        if len(ids) > self.fed:
+            self._feed(ids[self.fed :])
+            self.fed = len(ids)
+            if len(self.parts) > 64:
+                self.parts = ["".join(self.parts)]
+        return "".join(self.parts)
 
 
 class SentencePieceTokenizer:
@@ -271,6 +354,9 @@ class SentencePieceTokenizer:
 
     def piece(self, token_id: int) -> str:
         return str(self.sp.id_to_piece(token_id)).replace("\u2581", " ")
+
+    def decoder(self, context: Sequence[int] = ()) -> Decoder:
+        return Decoder(self, context)
 
     def settings(self) -> dict[str, Any]:
         return {"kind": self.kind, "vocab_size": self.vocab_size, "model_type": self.model_type}

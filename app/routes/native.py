@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
 from app import service
 from app.deps import RegistryDep, SettingsDep
@@ -13,6 +13,7 @@ from app.schemas import (
     ScoreRequest,
     ScoreResponse,
     error_responses,
+    json_response,
 )
 
 router = APIRouter(tags=["native"])
@@ -25,7 +26,7 @@ _ERRORS = error_responses(400, 401, 404, 413, 422, 503)
 @router.post("/sample", response_model=SampleResponse, responses={**_SSE_DOC, **_ERRORS})  # type: ignore[dict-item]
 async def sample(
     body: SampleRequest, request: Request, settings: SettingsDep, registry: RegistryDep
-) -> SampleResponse | StreamingResponse:
+) -> Response:
     """Generate text until <eos>, a stop string or max_tokens; `stream` sends SSE."""
     body.check(settings)
     model = registry.get(body.model)
@@ -33,13 +34,13 @@ async def sample(
         job, gens = service.start_sample(model, body)
         events = service.stream_sample(model, job, gens, body.n)
         return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
-    return await service.sample(model, body, request)
+    return json_response(await service.sample(model, body, request))
 
 
 @router.post("/score", response_model=ScoreResponse, responses=_ERRORS)
 async def score(
     body: ScoreRequest, request: Request, settings: SettingsDep, registry: RegistryDep
-) -> ScoreResponse:
+) -> Response:
     """Log-probability of each text: natural log, log10, perplexity, per-token on request."""
     body.check(settings)
-    return await service.score(registry.get(body.model), body, request)
+    return json_response(await service.score(registry.get(body.model), body, request))

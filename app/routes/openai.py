@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
 from app import service
 from app.deps import RegistryDep, SettingsDep
 from app.routes.native import _SSE_DOC, SSE_HEADERS
-from app.schemas import Completion, CompletionRequest, ModelCard, ModelList, error_responses
+from app.schemas import (
+    Completion,
+    CompletionRequest,
+    ModelCard,
+    ModelList,
+    error_responses,
+    json_response,
+)
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
@@ -27,7 +34,7 @@ _ERRORS = error_responses(400, 401, 404, 413, 503)
 @router.post("/completions", response_model=Completion, responses={**_SSE_DOC, **_ERRORS})  # type: ignore[dict-item]
 async def completions(
     body: CompletionRequest, request: Request, settings: SettingsDep, registry: RegistryDep
-) -> Completion | StreamingResponse:
+) -> Response:
     """Text completion; `echo` with `logprobs` and `max_tokens: 0` scores the prompt."""
     body.check(settings)
     model = registry.get(body.model)
@@ -36,4 +43,4 @@ async def completions(
         return StreamingResponse(
             service.stream_completion(c), media_type="text/event-stream", headers=SSE_HEADERS
         )
-    return await service.complete(model, body, request)
+    return json_response(await service.complete(model, body, request))

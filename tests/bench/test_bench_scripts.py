@@ -211,3 +211,19 @@ def test_mixing_cost_serves_both_variants(tmp_path: Path) -> None:
     assert summary["bench"] == "mixing_cost" and 0 < summary["worst_ratio"] < 10
     assert set(summary) >= {"sample_1", "sample_8", "score_64"}
     assert "ngram" in (model / "config.json").read_text()  # the original keeps its n-gram
+
+
+def test_serving_measures_engine_service_and_bound(tmp_path: Path) -> None:
+    from tests.conftest import make_checkpoint
+
+    model = make_checkpoint(tmp_path / "m", "char")
+    rows = _script(str(BENCH / "serving.py"), str(model), "--seconds", "0.3",
+                   "--max-tokens", "20")  # fmt: skip
+    kinds = [r["bench"] for r in rows]
+    assert kinds[:4] == ["gemm", "gemm_bound", "engine", "engine"]
+    assert {r["rows"] for r in rows if r["bench"] == "engine"} == {1, 32}
+    assert sorted(r["concurrency"] for r in rows if r["bench"] == "sample") == [1, 32]
+    summary = rows[-1]
+    assert summary["bench"] == "serving_summary" and summary["gemm_bound_tokens_per_s"] > 0
+    assert summary["service_1_ms_per_token"] > 0 and summary["speedup_32"] > 0
+    assert summary["service_share_of_engine_1"] > 0 and summary["score_64_pct_of_gemm_bound"] > 0

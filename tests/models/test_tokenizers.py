@@ -124,3 +124,31 @@ def test_sentencepiece_saves_and_loads(sp: SentencePieceTokenizer, tmp_path: Pat
     (tmp_path / "spm.model").write_bytes(b"garbage")
     with pytest.raises(TokenizerError, match="spm.model"):
         load_tokenizer(tmp_path, sp.settings())
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    kind=st.sampled_from(["char", "word", "word-pretokenized"]),
+    ids=st.lists(st.integers(min_value=0, max_value=40), max_size=30),
+    context=st.lists(st.integers(min_value=0, max_value=40), max_size=6),
+    cuts=st.lists(st.integers(min_value=0, max_value=30), max_size=4),
+)
+def test_incremental_decoding_is_decoding(
+    kind: str, ids: list[int], context: list[int], cuts: list[int]
+) -> None:
+    """A decoder fed a growing sequence gives, at every length, what decoding the whole
+    (after the context) gives: the sampler follows text token by token this way."""
+    words = ["the", "cat", ",", ".", "(", ")", '"', "-", "'", "s", "$", "a", "b", "c", "sat"]
+    if kind == "char":
+        tok: CharTokenizer | WordTokenizer = CharTokenizer(SPECIALS + list('ab c.,"()-'))
+    else:
+        tok = WordTokenizer(SPECIALS + words, pretokenized=kind == "word-pretokenized")
+    ids = [i % tok.vocab_size for i in ids]
+    context = [i % tok.vocab_size for i in context]
+    dec = tok.decoder(context)
+    prefix = tok.decode(context)
+    for n in sorted({*(min(c, len(ids)) for c in cuts), len(ids)}):
+        whole = tok.decode(context + ids[:n])
+        assert whole.startswith(prefix)
+        assert dec.text(ids[:n]) == whole[len(prefix) :]
+    assert tok.decoder(context).text(ids) == tok.decode(context + ids)[len(prefix) :]
