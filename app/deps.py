@@ -12,19 +12,23 @@ from app.metrics import Metrics
 from app.registry import Registry
 
 
-def get_settings(request: Request) -> Settings:
+# `async def`: FastAPI runs a plain `def` dependency in its thread pool, a thread hop
+# per request for a dictionary lookup.
+
+
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_registry(request: Request) -> Registry:
+async def get_registry(request: Request) -> Registry:
     registry: Registry | None = getattr(request.app.state, "registry", None)
     if registry is None:
         raise NotReady("models are not loaded yet", headers={"Retry-After": "1"})
     return registry
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     metrics: Metrics = request.app.state.metrics
     return metrics
 

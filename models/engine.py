@@ -47,7 +47,13 @@ from models.tokenizers import BOS, EOS, PAD, UNK, Decoder
 _NEVER_SAMPLED = [PAD, UNK, BOS]
 SEED_SPACE = 2**63  # seeds are in [0, 2**63): a non-negative int64
 _OUTPUT_CHUNK = 4096  # positions per output-layer call: bounds the (N, V) buffer
-_TIME_WINDOW = 512  # time steps per recurrent call when scoring long texts
+# Scoring runs the recurrent layers a window of time steps at a time, over only the
+# rows still running (rows are sorted longest first, so those are a prefix): a window
+# ends where a row ends, but spans at least _MIN_WINDOW steps (a recurrent call has a
+# set-up cost) and at most _MAX_WINDOW (the (B, T, F) buffers of one call). Padding
+# is then mostly not computed: +23% tokens/s on 64 sentences of 40 to 80 characters.
+_MIN_WINDOW = 8
+_MAX_WINDOW = 512
 _PADDED_IDS = 1 << 20  # rows x time steps of one scoring batch, padding included
 
 
@@ -212,23 +218,25 @@ def choose_tokens(
     top_p: Tensor,
     min_p: Tensor,
     uniform: Tensor,
+    plan: SamplingPlan | None = None,
 ) -> Tensor:
     """Pick one token per row by inverse-CDF sampling with each row's parameters.
 
     logprobs (B, V); the rest (B,). Rows are computed independently, so a
-    row's choice never depends on its neighbours.
+    row's choice never depends on its neighbours: `plan` only skips work that
+    would leave every row as it is (dividing by a temperature of 1, truncating
+    rows that ask for no truncation, taking the argmax for rows that are not
+    greedy), never a different arithmetic for some rows.
     """
-    lp = logprobs.clone()
-    lp[:, _NEVER_SAMPLED] = float("-inf")
-    greedy = temperature == 0
-    scaled = lp / temperature.clamp(min=1e-6).unsqueeze(1)
+    plan = plan or SamplingPlan.of(temperature, top_k, top_p, min_p)
+    lp = logprobs + _never_sampled_mask(logprobs)  # -inf where sampling never goes
+    scaled = lp / temperature.clamp(min=1e-6).unsqueeze(1) if plan.scale else lp
     probs = torch.softmax(scaled, dim=-1)  # (B, V)
     # Rows without truncation draw from the CDF in vocabulary order, rows with it
     # from the sorted one; each row takes its own path, whatever its neighbours do.
     chosen = _inverse_cdf(probs.cumsum(-1), uniform)
-    truncated = ((top_k > 0) | (top_p < 1) | (min_p > 0)).nonzero().squeeze(1)
-    if truncated.numel():
-        t = truncated
+    if plan.truncated is not None and plan.truncated.numel():
+        t = plan.truncated
         sorted_p, order = probs[t].sort(dim=-1, descending=True)
         rank = torch.arange(probs.shape[1], device=probs.device).unsqueeze(0)
         keep = (top_k[t].unsqueeze(1) == 0) | (rank < top_k[t].unsqueeze(1))
@@ -236,7 +244,42 @@ def choose_tokens(
         keep &= sorted_p >= min_p[t].unsqueeze(1) * sorted_p[:, :1]
         pos = _inverse_cdf((sorted_p * keep).cumsum(-1), uniform[t])
         chosen = chosen.index_copy(0, t, order.gather(1, pos.unsqueeze(1)).squeeze(1))
-    return torch.where(greedy, lp.argmax(-1), chosen)
+    if plan.greedy is not None:
+        chosen = torch.where(plan.greedy, lp.argmax(-1), chosen)
+    return chosen
+
+
+@dataclass
+class SamplingPlan:
+    """What a batch's sampling parameters need, worked out once when its rows change."""
+
+    scale: bool  # some row's temperature is not 1 (0 included)
+    truncated: Tensor | None  # rows with top-k, top-p or min-p: their indices
+    greedy: Tensor | None  # (B,) True where temperature is 0; None if no row is greedy
+
+    @classmethod
+    def of(cls, temperature: Tensor, top_k: Tensor, top_p: Tensor, min_p: Tensor) -> SamplingPlan:
+        greedy = temperature == 0
+        truncated = ((top_k > 0) | (top_p < 1) | (min_p > 0)).nonzero().squeeze(1)
+        return cls(
+            scale=bool((temperature != 1).any()),
+            truncated=truncated if truncated.numel() else None,
+            greedy=greedy if bool(greedy.any()) else None,
+        )
+
+
+_MASKS: dict[tuple[int, torch.dtype, torch.device], Tensor] = {}
+
+
+def _never_sampled_mask(logprobs: Tensor) -> Tensor:
+    """(V,): -inf at the ids sampling never emits, 0 elsewhere (cached per shape)."""
+    key = (logprobs.shape[-1], logprobs.dtype, logprobs.device)
+    mask = _MASKS.get(key)
+    if mask is None:
+        mask = torch.zeros(key[0], dtype=key[1], device=key[2])
+        mask[_NEVER_SAMPLED] = float("-inf")
+        _MASKS[key] = mask
+    return mask
 
 
 def _inverse_cdf(cdf: Tensor, uniform: Tensor) -> Tensor:
@@ -246,6 +289,19 @@ def _inverse_cdf(cdf: Tensor, uniform: Tensor) -> Tensor:
     # which always carries positive probability.
     pos = torch.searchsorted(cdf, target, right=True).clamp(max=cdf.shape[1] - 1)
     return pos.squeeze(1)
+
+
+def _windows(lengths: list[int], T: int) -> list[tuple[int, int, int]]:
+    """(start, end, rows running) of each recurrent call over a chunk whose rows have
+    `lengths`, longest first (see _MIN_WINDOW)."""
+    out, t0 = [], 0
+    while t0 < T:
+        n = sum(1 for x in lengths if x > t0)
+        next_end = min(x for x in lengths[:n])
+        t1 = min(T, t0 + _MAX_WINDOW, max(t0 + _MIN_WINDOW, next_end))
+        out.append((t0, t1, n))
+        t0 = t1
+    return out
 
 
 @dataclass
@@ -274,6 +330,8 @@ class Engine:
         self.bidirectional = self.model.config.bidirectional
         self.ngram = checkpoint.ngram
         self.mix_weight = checkpoint.mix_weight
+        # Decoding reads the first layer's input projection from a table (small vocabularies).
+        self.input_gates = self.model.input_gate_table()
         if self.bidirectional and checkpoint.mode == "stream":
             raise CheckpointError(
                 f"{checkpoint.path}: a bidirectional model must be trained in sentence mode, "
@@ -333,14 +391,16 @@ class Engine:
             T = len(fulls[order[0]]) - 1
             chunk = order[: max(1, min(self.max_batch, _PADDED_IDS // T))]
             order = order[len(chunk) :]
-            inp = torch.full((len(chunk), T), PAD, dtype=torch.long)
-            tgt = torch.full((len(chunk), T), PAD, dtype=torch.long)
-            lengths = torch.zeros(len(chunk), dtype=torch.long)
-            for row, i in enumerate(chunk):
-                f = fulls[i]
-                inp[row, : len(f) - 1] = torch.tensor(f[:-1])
-                tgt[row, : len(f) - 1] = torch.tensor(f[1:])
-                lengths[row] = len(f) - 1
+            # Right-padded inputs and targets, filled in one numpy assignment each.
+            lens = np.array([len(fulls[i]) - 1 for i in chunk])
+            rows_of = np.repeat(np.arange(len(chunk)), lens)
+            cols_of = np.arange(len(rows_of)) - np.repeat(np.cumsum(lens) - lens, lens)
+            inp_np = np.full((len(chunk), T), PAD, dtype=np.int64)
+            tgt_np = np.full((len(chunk), T), PAD, dtype=np.int64)
+            inp_np[rows_of, cols_of] = [t for i in chunk for t in fulls[i][:-1]]
+            tgt_np[rows_of, cols_of] = [t for i in chunk for t in fulls[i][1:]]
+            inp, tgt = torch.from_numpy(inp_np), torch.from_numpy(tgt_np)
+            lengths = torch.from_numpy(lens)
             hist = self._histories(inp) if mixing else None  # (B, T, N-1)
             inp, tgt = inp.to(self.device), tgt.to(self.device)
             mask = torch.arange(T).unsqueeze(0) < lengths.unsqueeze(1)  # (B, T)
@@ -348,14 +408,16 @@ class Engine:
             lps = torch.zeros(3 if mixing else 1, len(chunk), T, dtype=torch.float64)
             tops: list[tuple[Tensor, Tensor]] = []
             state: State | None = None
-            for t0 in range(0, T, _TIME_WINDOW):
-                t1 = t0 + _TIME_WINDOW
-                feats, state = self.model.features(inp[:, t0:t1], state, backward=backward)
-                m = mask[:, t0:t1]
-                h = None if hist is None else hist[:, t0:t1][m.numpy()]
-                parts, top_win = self._gather(feats[m.to(self.device)], tgt[:, t0:t1][m], top, h)
+            spans = _windows(lengths.tolist(), T)
+            for t0, t1, n in spans:
+                if state is not None and n < state[0].shape[1]:  # rows that ended drop out
+                    state = tuple(z[:, :n].contiguous() for z in state)
+                feats, state = self.model.features(inp[:n, t0:t1], state, backward=backward)
+                m = mask[:n, t0:t1]
+                h = None if hist is None else hist[:n, t0:t1][m.numpy()]
+                parts, top_win = self._gather(feats[m.to(self.device)], tgt[:n, t0:t1][m], top, h)
                 for d, part in enumerate(parts):
-                    lps[d, :, t0:t1][m] = part
+                    lps[d, :n, t0:t1][m] = part
                 if top:
                     tops.append(top_win)
             per_row_top: dict[int, list[list[tuple[int, float]]]] = {
@@ -366,11 +428,12 @@ class Engine:
                 top_ids = torch.cat([i for _, i in tops]).tolist()
                 # The alternatives come window-major (each window's masked rows in
                 # order); hand them back to their rows.
+                row_len = lens.tolist()
                 rows = [
                     r
-                    for t0 in range(0, T, _TIME_WINDOW)
-                    for r, n in enumerate(lengths.tolist())
-                    for _ in range(t0, min(t0 + _TIME_WINDOW, n))
+                    for t0, t1, n in spans
+                    for r in range(n)
+                    for _ in range(t0, min(t1, row_len[r]))
                 ]
                 for r, ids_, vals in zip(rows, top_ids, top_vals, strict=True):
                     per_row_top[r].append(list(zip(ids_, vals, strict=True)))
@@ -561,6 +624,9 @@ class Batch:
         self._uniforms = np.zeros((0, _UNIFORM_BLOCK))
         self._upos = np.zeros(0, dtype=np.int64)
         self._want_top = 0  # the most top_logprobs any row asks for
+        self._plan: SamplingPlan | None = None
+        self._stop_rows: list[int] = []  # rows with stop strings
+        self._left = np.zeros(0, dtype=np.int64)  # tokens each row may still take
 
     def __len__(self) -> int:
         return len(self.gens)
@@ -577,28 +643,12 @@ class Batch:
         gens = [g for g in gens if g.params.max_tokens > 0]
         if not gens:
             return done
-        model, dev = self.engine.model, self.engine.device
+        model = self.engine.model
         inputs = [[self.engine.start_id] + g.prompt_ids for g in gens]
-        lengths = torch.tensor([len(x) for x in inputs])
-        ids = torch.full((len(gens), int(lengths.max())), PAD, dtype=torch.long)
-        for row, x in enumerate(inputs):
-            ids[row, : len(x)] = torch.tensor(x)
-        ids = ids.to(dev)
-        # Packing makes the returned state each row's state after its own last
-        # token, not after the padding.
-        emb = model.embed(ids)  # (B, T, E); dropout is off at inference
-        packed = pack_padded_sequence(emb, lengths, batch_first=True, enforce_sorted=False)
-        zero = model.init_state(len(gens), dev)
-        if len(zero) == 2:  # (h, c)
-            out_packed, (h, c) = model.rnn(packed, (zero[0], zero[1]))
-            state: State = (h, c)
+        if all(len(x) == 1 for x in inputs):  # no prompts: one decoding step from zero
+            state, last = self._prefill_start(len(gens))
         else:
-            out_packed, h = model.rnn(packed, zero[0])
-            state = (h,)
-        out, _ = torch.nn.utils.rnn.pad_packed_sequence(out_packed, batch_first=True)
-        last = out[torch.arange(len(gens)), lengths.to(dev) - 1]  # (B_new, H)
-        if model.proj is not None:
-            last = model.proj(last)
+            state, last = self._prefill(inputs)
         history = self._start_history(inputs)
         lp = self._next_logprobs(model.log_probs(last), history)  # (B_new, V)
         self.gens.extend(gens)
@@ -607,6 +657,9 @@ class Batch:
             [self._uniforms, np.stack([g.rng.random(_UNIFORM_BLOCK) for g in gens])]
         )
         self._upos = np.concatenate([self._upos, np.zeros(len(gens), dtype=np.int64)])
+        self._left = np.concatenate(
+            [self._left, np.array([g.params.max_tokens - len(g.ids) for g in gens])]
+        )
         if self.state is None or self.next_logprobs is None:
             self.state, self.next_logprobs, self.history = state, lp, history
         else:
@@ -617,6 +670,40 @@ class Batch:
             if history is not None and self.history is not None:
                 self.history = np.concatenate([self.history, history])
         return done
+
+    def _prefill_start(self, n: int) -> tuple[State, Tensor]:
+        """n sequences with no prompt: the start token from a zero state, as a decoding step
+        (a fused layer's set-up would cost more than the step itself)."""
+        model, dev = self.engine.model, self.engine.device
+        start = torch.full((n,), self.engine.start_id, dtype=torch.long, device=dev)
+        feats, state = model.step(start, model.init_state(n, dev), self.engine.input_gates)
+        return state, feats
+
+    def _prefill(self, inputs: list[list[int]]) -> tuple[State, Tensor]:
+        """The start token and prompt of each sequence through the recurrent layers at once:
+        each row's state after its own last token, and its features there (B, F)."""
+        model, dev = self.engine.model, self.engine.device
+        lengths = torch.tensor([len(x) for x in inputs])
+        ids = torch.full((len(inputs), int(lengths.max())), PAD, dtype=torch.long)
+        for row, x in enumerate(inputs):
+            ids[row, : len(x)] = torch.tensor(x)
+        ids = ids.to(dev)
+        # Packing makes the returned state each row's state after its own last
+        # token, not after the padding.
+        emb = model.embed(ids)  # (B, T, E); dropout is off at inference
+        packed = pack_padded_sequence(emb, lengths, batch_first=True, enforce_sorted=False)
+        zero = model.init_state(len(inputs), dev)
+        if len(zero) == 2:  # (h, c)
+            out_packed, (h, c) = model.rnn(packed, (zero[0], zero[1]))
+            state: State = (h, c)
+        else:
+            out_packed, h = model.rnn(packed, zero[0])
+            state = (h,)
+        out, _ = torch.nn.utils.rnn.pad_packed_sequence(out_packed, batch_first=True)
+        last = out[torch.arange(len(inputs)), lengths.to(dev) - 1]  # (B_new, H)
+        if model.proj is not None:
+            last = model.proj(last)
+        return state, last
 
     def _start_history(self, inputs: list[list[int]]) -> np.ndarray[Any, np.dtype[np.int64]] | None:
         """The n-gram's history after each prompt (start token included): (B, N-1)."""
@@ -647,6 +734,7 @@ class Batch:
         self.gens = [self.gens[i] for i in keep]
         self._knobs = None
         self._uniforms, self._upos = self._uniforms[keep], self._upos[keep]
+        self._left = self._left[keep]
         if not keep:
             self.state, self.next_logprobs, self.history = None, None, None
             return
@@ -691,47 +779,59 @@ class Batch:
                 torch.tensor([x.min_p for x in p], device=dev),
             )
             self._want_top = max(x.top_logprobs for x in p)
+            self._plan = SamplingPlan.of(*self._knobs)
+            self._stop_rows = [row for row, x in enumerate(p) if x.stop]
         uniform = torch.from_numpy(self._draw()).to(device=dev, dtype=lp.dtype)
-        tokens = choose_tokens(lp, *self._knobs, uniform)  # (B,)
+        tokens = choose_tokens(lp, *self._knobs, uniform, plan=self._plan)  # (B,)
         chosen_lp = lp.gather(1, tokens.unsqueeze(1)).squeeze(1).tolist()
         tok_list = tokens.tolist()
         top_v = top_i = None
         if self._want_top:
             top_v, top_i = lp.topk(min(self._want_top, lp.shape[1]), dim=-1)
-        keep, finished = [], []
-        for row, g in enumerate(gens):
-            t = tok_list[row]
+        for g, t, lp_t in zip(gens, tok_list, chosen_lp, strict=True):  # O(1) per row
             g.ids.append(t)
-            g.logprobs.append(chosen_lp[row])
-            if top_v is not None and top_i is not None and g.params.top_logprobs:
-                k = g.params.top_logprobs
-                piece = self.engine.tokenizer.piece
-                g.tops.append(
-                    [(piece(a), v) for a, v in zip(top_i[row, :k].tolist(),
-                                                   top_v[row, :k].tolist(), strict=True)]
-                )  # fmt: skip
-            if t == EOS:
-                g.finish_reason = "eos"  # <eos> counts in logprob and num_tokens; no text
-            elif g.params.stop and self._stopped(g):
-                pass
-            elif len(g.ids) >= g.params.max_tokens:
-                g.finish_reason = "length"
-            if g.finish_reason is None:
-                keep.append(row)
-            else:
+            g.logprobs.append(lp_t)
+        if top_v is not None and top_i is not None:
+            self._record_tops(top_v, top_i)
+        # Which rows end: <eos> (counted in logprob and num_tokens; no text), a stop
+        # string (only rows that have one decode their text), or the length limit.
+        self._left -= 1
+        at_eos = tokens.cpu().numpy() == EOS
+        ending = at_eos | (self._left <= 0)
+        for row in self._stop_rows:
+            if not at_eos[row] and self._stopped(gens[row]):
+                ending[row] = True
+        finished = []
+        if ending.any():
+            for r in np.flatnonzero(ending).tolist():
+                g = gens[r]
+                if g.finish_reason is None:  # a stop string already said "stop"
+                    g.finish_reason = "eos" if at_eos[r] else "length"
                 finished.append(g)
+        keep = np.flatnonzero(~ending).tolist()
         self.remove(keep)
         if keep:
             going = tokens if len(keep) == len(tok_list) else tokens[keep]
-            feats, self.state = self.engine.model.features(going.unsqueeze(1), self.state)
+            feats, self.state = self.engine.model.step(
+                going, self.state, self.engine.input_gates
+            )  # (B, F)
             if self.history is not None and self.history.shape[1]:
                 self.history = np.concatenate(
                     [self.history[:, 1:], going.cpu().numpy().astype(np.int64)[:, None]], axis=1
                 )
             self.next_logprobs = self._next_logprobs(
-                self.engine.model.log_probs(feats[:, -1]), self.history
+                self.engine.model.log_probs(feats), self.history
             )
         return finished
+
+    def _record_tops(self, top_v: Tensor, top_i: Tensor) -> None:
+        piece = self.engine.tokenizer.piece
+        for row, g in enumerate(self.gens):
+            if k := g.params.top_logprobs:
+                g.tops.append(
+                    [(piece(a), v) for a, v in zip(top_i[row, :k].tolist(),
+                                                   top_v[row, :k].tolist(), strict=True)]
+                )  # fmt: skip
 
     def _stopped(self, g: Generation) -> bool:
         """Whether the token just added completed a stop string; if so, cut there."""

@@ -66,3 +66,26 @@ def test_weight_drop_is_validated_and_defaults_for_old_configs() -> None:
     old = {"vocab_size": 30, "cell": "gru", "embedding": 8, "hidden": 16, "layers": 1,
            "dropout": 0.1, "tied": False, "adaptive_cutoffs": []}  # fmt: skip
     assert ModelConfig.from_dict(old).weight_drop == 0.0
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm", "gru-simple"])
+@pytest.mark.parametrize("layers", [1, 2])
+def test_one_step_is_the_layer_on_one_token(cell: str, layers: int) -> None:
+    """`step` (the decoding path: torch's cell kernels) computes what `features` does."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=30, cell=cell, embedding=8, hidden=12, layers=layers, tied=True)
+    m = RNNLM(cfg).eval()
+    ids = torch.randint(4, 30, (5, 7))
+    with torch.inference_mode():
+        feats, state = m.features(ids[:, :4])
+        for t in range(4, 7):
+            want, want_state = m.features(ids[:, t : t + 1], state)
+            for table in (None, m.input_gate_table()):  # cell kernels; the input table
+                got, got_state = m.step(ids[:, t], state, table)
+                torch.testing.assert_close(got, want[:, 0], atol=1e-5, rtol=1e-5)
+                for a, b in zip(got_state, want_state, strict=True):
+                    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+            state = want_state
+    if cell != "gru-simple":
+        assert m.input_gate_table() is not None  # small: used
+        assert m.input_gate_table(max_bytes=100) is None  # too big: not
