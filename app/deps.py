@@ -11,7 +11,6 @@ from app.errors import NotReady
 from app.metrics import Metrics
 from app.registry import Registry
 
-
 # `async def`: FastAPI runs a plain `def` dependency in its thread pool, a thread hop
 # per request for a dictionary lookup.
 
