@@ -447,7 +447,7 @@ class Bench:
         demo = Path("checkpoints") / "demo"
         models = [("untrained", untrained)]
         if not (demo / "config.json").is_file():
-            self.say("service: building the demo model (rnnlm demo, ~150 s of training, cached)")
+            self.say("service: building the demo model (rnnlm demo, 1,000 steps, cached)")
             t0 = time.monotonic()
             self.run(self.rnnlm("demo", "--out", "checkpoints"), "demo")
             self.emit({"bench": "demo_build", "seconds": round(time.monotonic() - t0, 1)})
@@ -466,6 +466,16 @@ class Bench:
                 cmd += ["--gemm-gflops", str(gemm1["gflops"])]
             self.say(f"service: {label} ({6 * self.args.service_seconds:.0f} s of load)")
             for line in self.run(cmd, f"service-{label}").splitlines():
+                if line.startswith("{"):
+                    self.emit(json.loads(line))
+            # The engine alone, the service and the GEMM bound in one run, the server on
+            # one core and the load on the other (bench/serving.py); a profile too.
+            cmd = [self.py, "bench/serving.py", str(path), "--label", label,
+                   "--seconds", str(self.args.service_seconds)]  # fmt: skip
+            if label == "untrained":
+                cmd += ["--profile", "6"]
+            self.say(f"service: {label}: engine against service, pinned")
+            for line in self.run(cmd, f"serving-{label}").splitlines():
                 if line.startswith("{"):
                     self.emit(json.loads(line))
 
@@ -658,7 +668,7 @@ def estimate_seconds(args: argparse.Namespace) -> dict[str, float]:
         "corpus": 45.0,
         "speed": 25.0 + args.speed_seconds,
         # per model: 6 loads, server start, warm-ups and draining the last requests
-        "service": 2 * (6 * args.service_seconds + 20) + (0 if demo else 160.0),
+        "service": 2 * (9 * args.service_seconds + 40) + (0 if demo else 160.0),
         # training, then the final test evaluation, `rnnlm eval` and process start-up
         "rnnlm-ngram": 60.0,
         "quality": 2 * args.budget + 2 * args.char_budget + 4 * 25.0,

@@ -141,7 +141,7 @@ def main() -> None:
         label = args.label or ("untrained" if args.untrained else ckpt.resolve().name)
         model = json.loads((ckpt / "config.json").read_text())["model"]
         pin(SERVER_CPU)
-        gemm = emit(model=label, **measure_gemm(1, 2.0))
+        gemm = emit(model=label, **{**measure_gemm(1, 2.0), "bench": "serving_gemm"})
         fwd = bench_service.scoring_flops(ckpt, bench_service.score_texts(64))["total"]
         bound = gemm["gflops"] * 1e9 / fwd
         emit(model=label, bench="gemm_bound", forward_flops_per_token=round(fwd),

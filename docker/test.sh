@@ -17,6 +17,7 @@ cd "$(dirname "$0")/.."
 project="rnnlmtest$$"
 export COMPOSE_PROJECT_NAME="$project"
 texts=$(mktemp -d)
+chmod 755 "$texts"  # the train service reads it as the image's unprivileged user
 say() { printf 'docker-test [%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 fail() { say "FAILED: $*"; exit 1; }
 sudo=""

@@ -213,6 +213,8 @@ class NgramModel:
         n = self.order
         histories = np.asarray(histories, dtype=np.int64).reshape(-1, n - 1)
         B = histories.shape[0]
+        if B == 1:
+            return self._distribution_one(histories[0], scale, dtype)
         probs: np.ndarray[Any, Any] = np.empty((B, self.vocab_size), dtype=dtype)
         probs[:] = self._unigram_probs
         factor = np.ones(B)  # the product of the backoffs applied so far, per row
@@ -240,6 +242,34 @@ class NgramModel:
                 stored = np.exp(self.logprob[j][children[flat]].astype(np.float64))
                 probs[row_of, last[flat]] = stored / factor[row_of]
         probs *= (factor * scale).astype(dtype)[:, None]
+        return probs
+
+    def _distribution_one(
+        self, history: Int64s, scale: float, dtype: type
+    ) -> np.ndarray[Any, Any]:
+        """`distribution` for a single history, with scalars instead of index arrays: what
+        sampling one stream asks for every token (a third of the numpy calls)."""
+        n, V = self.order, self.vocab_size
+        probs: np.ndarray[Any, Any] = self._unigram_probs.astype(dtype)[None, :]  # (1, V)
+        factor = 1.0
+        ctx = int(history[n - 2]) if n > 1 else -1
+        for j in range(1, n):
+            if ctx < 0:
+                break
+            if j > 1:
+                w = int(history[n - 1 - j])
+                table = self.keys[j - 1]
+                pos = int(table.searchsorted(ctx * V + w)) if w >= 0 else len(table)
+                if pos >= len(table) or table[pos] != ctx * V + w:
+                    break
+                ctx = pos
+            factor *= math.exp(float(self.backoff[j - 1][ctx]))
+            offsets, children, last = self._children[j - 1]
+            lo, hi = int(offsets[ctx]), int(offsets[ctx + 1])
+            if hi > lo:
+                stored = np.exp(self.logprob[j][children[lo:hi]].astype(np.float64))
+                probs[0, last[lo:hi]] = stored / factor
+        probs *= factor * scale
         return probs
 
     @cached_property

@@ -128,6 +128,8 @@ def test_distributions_sum_to_one_and_agree_with_single_queries() -> None:
     assert dist.shape == (len(h), len(vocab))
     np.testing.assert_allclose(dist.sum(axis=1), 1.0, atol=1e-6)
     assert (dist[:, [0, BOS]] == 0).all()
+    for i in range(0, len(h), 7):  # one history at a time: the single-stream path
+        np.testing.assert_allclose(model.distribution(h[i : i + 1])[0], dist[i], rtol=1e-12)
     targets = rng.integers(1, len(vocab), size=len(h))
     targets[targets == BOS] = EOS
     np.testing.assert_allclose(
