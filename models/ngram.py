@@ -252,9 +252,7 @@ class NgramModel:
         probs *= (factor * scale).astype(dtype)[:, None]
         return probs
 
-    def _distribution_one(
-        self, history: Int64s, scale: float, dtype: type
-    ) -> np.ndarray[Any, Any]:
+    def _distribution_one(self, history: Int64s, scale: float, dtype: type) -> np.ndarray[Any, Any]:
         """`distribution` for a single history, with scalars instead of index arrays: what
         sampling one stream asks for every token (a third of the numpy calls)."""
         n, V = self.order, self.vocab_size
