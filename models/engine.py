@@ -409,17 +409,27 @@ class Engine:
             tops: list[tuple[Tensor, Tensor]] = []
             state: State | None = None
             spans = _windows(lengths.tolist(), T)
+            # Without alternatives, the n-gram and the mixture are computed once for the
+            # whole chunk (one lookup over every position), the RNN's window by window.
+            whole = mixing and not top
             for t0, t1, n in spans:
                 if state is not None and n < state[0].shape[1]:  # rows that ended drop out
                     state = tuple(z[:, :n].contiguous() for z in state)
                 feats, state = self.model.features(inp[:n, t0:t1], state, backward=backward)
                 m = mask[:n, t0:t1]
-                h = None if hist is None else hist[:n, t0:t1][m.numpy()]
+                h = None if hist is None or whole else hist[:n, t0:t1][m.numpy()]
                 parts, top_win = self._gather(feats[m.to(self.device)], tgt[:n, t0:t1][m], top, h)
                 for d, part in enumerate(parts):
-                    lps[d, :n, t0:t1][m] = part
+                    lps[1 if whole else d, :n, t0:t1][m] = part
                 if top:
                     tops.append(top_win)
+            if whole:
+                assert self.ngram is not None and hist is not None
+                ngram = self.ngram.logprob_of(hist[mask.numpy()], tgt[mask].cpu().numpy())
+                lps[2][mask] = torch.from_numpy(ngram)
+                lps[0][mask] = torch.from_numpy(
+                    mix_logprobs(lps[1][mask].numpy(), ngram, self.mix_weight)
+                )
             per_row_top: dict[int, list[list[tuple[int, float]]]] = {
                 r: [] for r in range(len(chunk))
             }
