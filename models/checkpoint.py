@@ -187,6 +187,14 @@ def save_checkpoint(
         write_checkpoint_files(tmp, model, tokenizer, ngram, ngram_info, **extra)
 
 
+def _check_hash(path: Path, expected: Any) -> None:
+    """Refuse a file whose sha256 is not the one config.json recorded (if it recorded one)."""
+    if expected is not None and sha256_file(path) != expected:
+        raise CheckpointError(
+            f"{path}: sha256 does not match config.json (the file was changed or truncated)"
+        )
+
+
 def load_ngram(
     directory: Path, config: dict[str, Any], verify: bool = True
 ) -> tuple[NgramModel | None, float]:
@@ -204,11 +212,8 @@ def load_ngram(
     path = directory / NGRAM_FILE
     if not path.is_file():
         raise CheckpointError(f"{path}: missing (config.json says the model has an n-gram)")
-    expected = section.get("sha256")
-    if verify and expected is not None and sha256_file(path) != expected:
-        raise CheckpointError(
-            f"{path}: sha256 does not match config.json (the file was changed or truncated)"
-        )
+    if verify:
+        _check_hash(path, section.get("sha256"))
     ngram = NgramModel.load(path)
     model_vocab = config["model"].get("vocab_size")
     mode = str(config.get("training", {}).get("mode", "sentence"))
@@ -273,11 +278,8 @@ def load_checkpoint(
     weights = directory / WEIGHTS
     if not weights.is_file():
         raise CheckpointError(f"{weights}: missing")
-    expected = config.get("weights_sha256")
-    if verify and expected is not None and sha256_file(weights) != expected:
-        raise CheckpointError(
-            f"{weights}: sha256 does not match config.json (the file was changed or truncated)"
-        )
+    if verify:
+        _check_hash(weights, config.get("weights_sha256"))
     model = RNNLM(model_config)
     try:
         # safe_open parses only the JSON header: a pickle or a truncated file fails here.
