@@ -234,12 +234,16 @@ def describe(path: Path, engine: Engine) -> dict[str, Any]:
         "tokenizer": cfg.get("tokenizer", {}),
         "training": cfg.get("training", {}),
         "metrics": cfg.get("metrics", {}),
-        # The n-gram mixed with the RNN: order, λ (the RNN's weight), memory; null without.
+        # The n-gram mixed with the RNN: order, λ (the RNN's weight; and one per mixing
+        # bucket of histories, or null), memory; null without.
         "ngram": None
         if engine.ngram is None
         else {
             "order": engine.ngram.order,
             "lambda": engine.mix_weight,
+            "lambda_buckets": None
+            if engine.checkpoint.mix_buckets is None
+            else engine.checkpoint.mix_buckets.tolist(),
             "ngrams": sum(engine.ngram.counts()),
             "memory_bytes": engine.ngram.nbytes(),
             "source": cfg.get("ngram", {}).get("source"),

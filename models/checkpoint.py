@@ -6,7 +6,8 @@
     <dir>/vocab.json | spm.model   the tokenizer
     <dir>/ngram.safetensors   optional: the n-gram mixed with the RNN (models/ngram.py);
                               config.json's "ngram" holds its order, the mixing
-                              weight λ and the file's sha256
+                              weight λ (and optionally one per mixing bucket,
+                              "lambda_buckets") and the file's sha256
 
 Writes are atomic: the new directory is written and fsync'd beside the old one
 under a temporary name, then renamed into place. Between the two renames a
@@ -29,13 +30,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 
 from models.errors import CheckpointError, TokenizerError
 from models.model import RNNLM, ModelConfig
-from models.ngram import NGRAM_FILE, NgramModel, check_mixing_weight
+from models.ngram import (
+    NGRAM_FILE,
+    Floats,
+    NgramModel,
+    check_bucket_weights,
+    check_mixing_weight,
+)
 from models.tokenizers import BOS, EOS, Tokenizer, load_tokenizer, tokenizer_file
 
 FORMAT_VERSION = 1
@@ -49,9 +57,19 @@ class Checkpoint:
     model: RNNLM
     tokenizer: Tokenizer
     config: dict[str, Any]
-    # The n-gram mixed with the RNN, and λ, the RNN's weight in the mixture.
+    # The n-gram mixed with the RNN, and λ, the RNN's weight in the mixture: one for
+    # every history, or (mix_buckets) one per mixing bucket (models/ngram.py).
     ngram: NgramModel | None = None
     mix_weight: float = 1.0
+    mix_buckets: Floats | None = None
+
+    def mixing_table(self) -> Floats | None:
+        """λ of every mixing bucket (the single λ repeated where there is one), or None."""
+        if self.ngram is None:
+            return None
+        if self.mix_buckets is not None:
+            return self.mix_buckets
+        return np.full(self.ngram.buckets(), self.mix_weight)
 
     @property
     def mode(self) -> str:
@@ -160,6 +178,8 @@ def write_checkpoint_files(
     if ngram is not None:
         info = dict(ngram_info or {})
         check_mixing_weight(info.get("lambda"), "the n-gram's settings")
+        if info.get("lambda_buckets") is not None:
+            check_bucket_weights(info["lambda_buckets"], ngram.order, "the n-gram's settings")
         ngram.save(directory / NGRAM_FILE)
         config["ngram"] = {
             **info,
@@ -197,12 +217,13 @@ def _check_hash(path: Path, expected: Any) -> None:
 
 def load_ngram(
     directory: Path, config: dict[str, Any], verify: bool = True
-) -> tuple[NgramModel | None, float]:
-    """The checkpoint's n-gram and λ from config.json's "ngram" section; (None, 1.0) without."""
+) -> tuple[NgramModel | None, float, Floats | None]:
+    """The checkpoint's n-gram, λ and the λ of each mixing bucket (if it has them) from
+    config.json's "ngram" section; (None, 1.0, None) without."""
     section = config.get("ngram")
     where = directory / CONFIG
     if section is None:
-        return None, 1.0
+        return None, 1.0, None
     if not isinstance(section, dict):
         raise CheckpointError(f"{where}: 'ngram' must be an object")
     weight = check_mixing_weight(section.get("lambda"), f"{where}: ngram.lambda")
@@ -230,7 +251,10 @@ def load_ngram(
             f"{path}: starts texts after token {ngram.start_id}, but a {mode}-mode model "
             f"reads them after {start_token(mode)}"
         )
-    return ngram, weight
+    buckets = section.get("lambda_buckets")
+    if buckets is not None:
+        buckets = check_bucket_weights(buckets, ngram.order, f"{where}: ngram.lambda_buckets")
+    return ngram, weight, buckets
 
 
 def read_config(directory: Path) -> dict[str, Any]:
@@ -296,5 +320,5 @@ def load_checkpoint(
             f"unexpected: {sorted(unexpected)})"
         )
     model.to(device).eval()
-    ngram, weight = load_ngram(directory, config, verify)
-    return Checkpoint(directory, model, tokenizer, config, ngram, weight)
+    ngram, weight, buckets = load_ngram(directory, config, verify)
+    return Checkpoint(directory, model, tokenizer, config, ngram, weight, buckets)

@@ -11,7 +11,9 @@ padding), the same way; sampling uses the forward direction only.
 
 A checkpoint with an n-gram (models/ngram.py) is scored and sampled under the
 mixture λ·P_rnn + (1−λ)·P_ngram, token by token, the n-gram reading the same
-history as the RNN (the tokens since the start token, the newest N-1 of them).
+history as the RNN (the tokens since the start token, the newest N-1 of them),
+λ the weight of the history's mixing bucket (the same for all of them in a
+checkpoint that has a single λ).
 The backward direction of a bidirectional model is the RNN's alone.
 
 Sampling keeps a `Batch`: each running `Generation` owns a slice of the
@@ -313,6 +315,7 @@ class _Scored:
     tops: list[list[tuple[int, float]]] = field(default_factory=list)
     rnn: list[float] | None = None
     ngram: list[float] | None = None
+    bucket: list[int] | None = None  # each position's mixing bucket (models/ngram.py)
 
 
 class Engine:
@@ -330,6 +333,9 @@ class Engine:
         self.bidirectional = self.model.config.bidirectional
         self.ngram = checkpoint.ngram
         self.mix_weight = checkpoint.mix_weight
+        self.mix_table = checkpoint.mixing_table()  # λ per mixing bucket (N·KID_BINS,)
+        # λ = 1 everywhere: the n-gram takes no part in sampling.
+        self.rnn_only = self.mix_table is None or bool((self.mix_table == 1.0).all())
         # Decoding reads the first layer's input projection from a table (small vocabularies).
         self.input_gates = self.model.input_gate_table()
         if self.bidirectional and checkpoint.mode == "stream":
@@ -370,13 +376,16 @@ class Engine:
     @torch.inference_mode()
     def score_components(
         self, seqs: Sequence[Sequence[int]], bos: bool = True, eos: bool = True
-    ) -> list[tuple[list[float], list[float]]]:
-        """A model with an n-gram: each sequence's per-token ln P_rnn and ln P_ngram
-        (the tokens `score_token_ids` scores), from which any mixture follows."""
+    ) -> list[tuple[list[float], list[float], list[int]]]:
+        """A model with an n-gram: each sequence's per-token ln P_rnn, ln P_ngram and
+        mixing bucket (the tokens `score_token_ids` scores), from which any mixture follows."""
         if self.ngram is None:
             raise ValueError("this model has no n-gram")
         fulls = [([self.start_id] if bos else []) + list(s) + ([EOS] if eos else []) for s in seqs]
-        return [(r.rnn or [], r.ngram or []) for r in self._score(fulls, 0, backward=False)]
+        return [
+            (r.rnn or [], r.ngram or [], r.bucket or [])
+            for r in self._score(fulls, 0, backward=False)
+        ]
 
     def _score(self, fulls: list[list[int]], top: int, backward: bool) -> list[_Scored]:
         """Each full sequence's ids after the first, their log-probs and top alternatives
@@ -405,7 +414,8 @@ class Engine:
             inp, tgt = inp.to(self.device), tgt.to(self.device)
             mask = torch.arange(T).unsqueeze(0) < lengths.unsqueeze(1)  # (B, T)
             # float64: a mixture's log-probs are computed in it, and summed later.
-            lps = torch.zeros(3 if mixing else 1, len(chunk), T, dtype=torch.float64)
+            # [mixture, RNN, n-gram, mixing bucket (exact in float64)] with an n-gram.
+            lps = torch.zeros(4 if mixing else 1, len(chunk), T, dtype=torch.float64)
             tops: list[tuple[Tensor, Tensor]] = []
             state: State | None = None
             spans = _windows(lengths.tolist(), T)
@@ -425,10 +435,13 @@ class Engine:
                     tops.append(top_win)
             if whole:
                 assert self.ngram is not None and hist is not None
-                ngram = self.ngram.logprob_of(hist[mask.numpy()], tgt[mask].cpu().numpy())
+                ngram, bucket = self.ngram.logprob_and_bucket(
+                    hist[mask.numpy()], tgt[mask].cpu().numpy()
+                )
                 lps[2][mask] = torch.from_numpy(ngram)
+                lps[3][mask] = torch.from_numpy(bucket).double()
                 lps[0][mask] = torch.from_numpy(
-                    mix_logprobs(lps[1][mask].numpy(), ngram, self.mix_weight)
+                    mix_logprobs(lps[1][mask].numpy(), ngram, self._weights(bucket))
                 )
             per_row_top: dict[int, list[list[tuple[int, float]]]] = {
                 r: [] for r in range(len(chunk))
@@ -454,6 +467,7 @@ class Engine:
                 res.logprobs, res.tops = lp_rows[0][row][:n], per_row_top[row]
                 if mixing:
                     res.rnn, res.ngram = lp_rows[1][row][:n], lp_rows[2][row][:n]
+                    res.bucket = [int(b) for b in lp_rows[3][row][:n]]
         return out
 
     def _histories(self, inp: Tensor) -> np.ndarray[Any, np.dtype[np.int64]]:
@@ -475,8 +489,9 @@ class Engine:
         hist: np.ndarray[Any, np.dtype[np.int64]] | None = None,
     ) -> tuple[list[Tensor], tuple[Tensor, Tensor]]:
         """feats (N, F), targets (N,) -> [log P(target)] (N,) (with `hist` (N, order-1):
-        [mixture, RNN, n-gram]), top-k (values, ids) (N, k) of the model's distribution."""
-        parts: list[list[Tensor]] = [[], [], []] if hist is not None else [[]]
+        [mixture, RNN, n-gram, mixing bucket]), top-k (values, ids) (N, k) of the model's
+        distribution."""
+        parts: list[list[Tensor]] = [[], [], [], []] if hist is not None else [[]]
         vals, ids = [], []
         for s in range(0, feats.shape[0], _OUTPUT_CHUNK):
             f, t = feats[s : s + _OUTPUT_CHUNK], targets[s : s + _OUTPUT_CHUNK]
@@ -485,10 +500,14 @@ class Engine:
                 full = self.model.log_probs(f).double()
                 rnn = full.gather(1, t.unsqueeze(1)).squeeze(1)
                 if h is not None:
-                    ngram = torch.from_numpy(self._ngram_distribution(h)).log()
-                    full = self._mix(full, ngram)
+                    assert self.ngram is not None and self.mix_table is not None
+                    part, bucket = self.ngram.mixture_part(h, self.mix_table)  # (1-λ)·P_ngram
+                    lam = torch.from_numpy(self._weights(bucket)).to(full.device)
+                    mixed = torch.from_numpy(part).to(full.device) + lam[:, None] * full.exp()
+                    full = mixed.log()
                     parts[1].append(rnn.cpu())
-                    parts[2].append(ngram.gather(1, t.cpu().unsqueeze(1)).squeeze(1))
+                    parts[2].append(torch.from_numpy(self.ngram.logprob_of(h, t.cpu().numpy())))
+                    parts[3].append(torch.from_numpy(bucket).double())
                 parts[0].append(full.gather(1, t.unsqueeze(1)).squeeze(1).cpu())
                 v, i = full.topk(min(top, full.shape[1]), dim=-1)
                 vals.append(v)
@@ -499,30 +518,25 @@ class Engine:
                     parts[0].append(rnn)
                     continue
                 assert self.ngram is not None
-                ngram = torch.from_numpy(self.ngram.logprob_of(h, t.cpu().numpy()))
+                ngram_np, bucket = self.ngram.logprob_and_bucket(h, t.cpu().numpy())
+                ngram = torch.from_numpy(ngram_np)
                 parts[0].append(
-                    torch.from_numpy(mix_logprobs(rnn.numpy(), ngram.numpy(), self.mix_weight))
+                    torch.from_numpy(mix_logprobs(rnn.numpy(), ngram_np, self._weights(bucket)))
                 )
                 parts[1].append(rnn)
                 parts[2].append(ngram)
+                parts[3].append(torch.from_numpy(bucket).double())
         empty = torch.zeros(0, dtype=torch.float64)
         joined = [torch.cat(p) if p else empty for p in parts]
         if not vals:
             return joined, (torch.zeros(0, top), torch.zeros(0, top, dtype=torch.long))
         return joined, (torch.cat(vals).float().cpu(), torch.cat(ids).cpu())
 
-    def _ngram_distribution(
-        self, hist: np.ndarray[Any, np.dtype[np.int64]]
-    ) -> np.ndarray[Any, Any]:
-        assert self.ngram is not None
-        return self.ngram.distribution(hist)
-
-    def _mix(self, rnn: Tensor, ngram: Tensor) -> Tensor:
-        """ln(λ·P_rnn + (1-λ)·P_ngram) from the two log-probabilities, elementwise."""
-        lam = self.mix_weight
-        a = rnn + (math.log(lam) if lam > 0 else -math.inf)
-        b = ngram.to(rnn.device, rnn.dtype) + (math.log1p(-lam) if lam < 1 else -math.inf)
-        return torch.logaddexp(a, b)
+    def _weights(self, bucket: np.ndarray[Any, np.dtype[np.int64]]) -> np.ndarray[Any, Any]:
+        """λ of each position, from its history's mixing bucket."""
+        assert self.mix_table is not None
+        weights: np.ndarray[Any, Any] = self.mix_table[bucket]
+        return weights
 
     def score_batch(
         self,
@@ -728,14 +742,16 @@ class Batch:
         self, rnn: Tensor, history: np.ndarray[Any, np.dtype[np.int64]] | None
     ) -> Tensor:
         """The model's next-token log-probs (B, V): the RNN's, or the mixture with the n-gram."""
-        ngram, lam = self.engine.ngram, self.engine.mix_weight
-        if ngram is None or history is None or lam == 1.0:
+        ngram, table = self.engine.ngram, self.engine.mix_table
+        if ngram is None or history is None or table is None or self.engine.rnn_only:
             return rnn
         # (1-λ)·P_ngram + λ·P_rnn, then the log: three passes over (B, V), in the
         # RNN's own precision (a sample's logprob agrees with its score to ~1e-6).
         dtype = np.float32 if rnn.dtype == torch.float32 else np.float64
-        mixed = torch.from_numpy(ngram.distribution(history, 1.0 - lam, dtype)).to(rnn.device)
-        return mixed.add_(rnn.exp().mul_(lam)).log_()
+        part, bucket = ngram.mixture_part(history, table, dtype)  # (B, V), (B,)
+        mixed = torch.from_numpy(part).to(rnn.device)
+        weight = torch.from_numpy(table[bucket].astype(dtype)).to(rnn.device).unsqueeze(1)
+        return mixed.add_(rnn.exp().mul_(weight)).log_()
 
     def remove(self, keep: list[int]) -> None:
         """Keep only the rows in `keep` (indices into the batch)."""

@@ -19,6 +19,17 @@ every suffix of a history is found on the way. Beside the keys: `logprob`
 orders below the highest. Order 1 covers the whole vocabulary; ids the model
 never predicts (`<pad>` and the sentence-start token) have logprob -inf.
 
+Mixing buckets. How far the RNN should be trusted against the n-gram depends on
+how much the n-gram knows about a history: after a context it has seen followed
+by many different tokens it is sharp and reliable, after one it has seen once,
+or where it must back off to single tokens, it is not (Jelinek and Mercer tied
+their interpolation weights by such buckets of histories, 1980). A history's
+bucket is `j · KID_BINS + b`: j (0 … order-1) is the length of its longest
+suffix that the model stores as a context with continuations, and b the number
+of distinct tokens seen after that context in powers of two (1, 2–3, 4–7, …,
+2048 and more). It depends on the history only, never on the token predicted,
+so a mixture with one λ per bucket is still a normalised distribution.
+
 A history is the tokens before a position, the newest last, from the sentence
 start on (`start_id`: `<bos>`, or `<eos>` for a model trained on one stream of
 text): `histories` arrays are (M, order-1), left-padded with -1 where the text
@@ -42,6 +53,7 @@ from models.errors import CheckpointError
 NGRAM_FILE = "ngram.safetensors"
 NGRAM_FORMAT = "rnnlm-ngram-1"
 NO_TOKEN = -1  # history padding: before the start of the text
+KID_BINS = 12  # mixing buckets per context length (see the module's docstring)
 
 Int64s = np.ndarray[Any, np.dtype[np.int64]]
 Floats = np.ndarray[Any, np.dtype[np.floating[Any]]]
@@ -174,8 +186,16 @@ class NgramModel:
         ctx[children] = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
         return ctx
 
+    def buckets(self) -> int:
+        """How many mixing buckets a history can fall in (see the module's docstring)."""
+        return self.order * KID_BINS
+
     def logprob_of(self, histories: Int64s, targets: Int64s) -> Floats:
         """ln P(target | history) for M positions at once: histories (M, order-1), targets (M,)."""
+        return self.logprob_and_bucket(histories, targets)[0]
+
+    def logprob_and_bucket(self, histories: Int64s, targets: Int64s) -> tuple[Floats, Int64s]:
+        """`logprob_of`, and each history's mixing bucket (M,), found on the same walk."""
         n, V = self.order, self.vocab_size
         histories = np.asarray(histories, dtype=np.int64).reshape(len(targets), n - 1)
         targets = np.asarray(targets, dtype=np.int64)
@@ -193,6 +213,7 @@ class NgramModel:
             best[alive] = self.logprob[k - 1][pos[alive]]
             matched[alive] = k
         # Back off from every stored context longer than that n-gram's.
+        bucket = np.zeros(len(targets), np.int64)
         ctx = histories[:, n - 2].copy() if n > 1 else np.zeros(0, np.int64)
         present = ctx >= 0
         for j in range(1, n):  # contexts of j tokens
@@ -205,27 +226,53 @@ class NgramModel:
                 break
             add = present & (matched <= j)
             best[add] += self.backoff[j - 1][ctx[add]]
-        return best
+            rows = present.nonzero()[0]
+            offsets = self._children[j - 1][0]
+            kids = offsets[ctx[rows] + 1] - offsets[ctx[rows]]
+            seen = kids > 0
+            bucket[rows[seen]] = j * KID_BINS + _kid_bin(kids[seen])
+        return best, bucket
 
     def distribution(
         self, histories: Int64s, scale: float = 1.0, dtype: type = np.float64
     ) -> np.ndarray[Any, Any]:
         """scale · P(· | history) over the whole vocabulary: histories (B, order-1) -> (B, V).
 
-        Each row sums to `scale` (ids never predicted have 0). Backing off from a
-        context multiplies a whole row by its backoff weight; here that factor is
-        kept per row and applied once at the end (a stored probability written
-        meanwhile is divided by the factor so far), so a step costs two passes
-        over the (B, V) array whatever the order.
+        Each row sums to `scale` (ids never predicted have 0)."""
+        probs, factor, _ = self._distribution(histories, dtype)
+        probs *= (factor * scale).astype(dtype)[:, None]
+        return probs
+
+    def mixture_part(
+        self, histories: Int64s, weights: Floats, dtype: type = np.float64
+    ) -> tuple[np.ndarray[Any, Any], Int64s]:
+        """The n-gram's share of a mixture whose λ (the RNN's share) is `weights[bucket]`:
+        ((1 − λ) · P(· | history) (B, V), each row's bucket (B,)), for histories (B, order-1)."""
+        probs, factor, bucket = self._distribution(histories, dtype)
+        lam = np.asarray(weights, np.float64)[bucket]
+        probs *= (factor * (1.0 - lam)).astype(dtype)[:, None]
+        return probs, bucket
+
+    def _distribution(
+        self, histories: Int64s, dtype: type
+    ) -> tuple[np.ndarray[Any, Any], Floats, Int64s]:
+        """P(· | history) but for a factor per row, the factor (B,), and each row's bucket.
+
+        Backing off from a context multiplies a whole row by its backoff weight;
+        here that factor is kept per row and applied once by the caller (a stored
+        probability written meanwhile is divided by the factor so far), so a step
+        costs two passes over the (B, V) array whatever the order.
         """
         n = self.order
         histories = np.asarray(histories, dtype=np.int64).reshape(-1, n - 1)
         B = histories.shape[0]
         if B == 1:
-            return self._distribution_one(histories[0], scale, dtype)
+            probs1, factor1, bucket1 = self._distribution_one(histories[0], dtype)
+            return probs1, np.array([factor1]), np.array([bucket1], np.int64)
         probs: np.ndarray[Any, Any] = np.empty((B, self.vocab_size), dtype=dtype)
         probs[:] = self._unigram_probs
         factor = np.ones(B)  # the product of the backoffs applied so far, per row
+        bucket = np.zeros(B, np.int64)
         ctx = histories[:, n - 2].copy() if n > 1 else np.zeros(0, np.int64)
         present = ctx >= 0
         for j in range(1, n):
@@ -244,20 +291,23 @@ class NgramModel:
             offsets, children, last = self._children[j - 1]
             lo, hi = offsets[c], offsets[c + 1]
             sizes = hi - lo
+            seen = sizes > 0
+            bucket[rows[seen]] = j * KID_BINS + _kid_bin(sizes[seen])
             if sizes.sum():
                 row_of = np.repeat(rows, sizes)
                 flat = np.repeat(lo - np.cumsum(sizes) + sizes, sizes) + np.arange(sizes.sum())
                 stored = np.exp(self.logprob[j][children[flat]].astype(np.float64))
                 probs[row_of, last[flat]] = stored / factor[row_of]
-        probs *= (factor * scale).astype(dtype)[:, None]
-        return probs
+        return probs, factor, bucket
 
-    def _distribution_one(self, history: Int64s, scale: float, dtype: type) -> np.ndarray[Any, Any]:
-        """`distribution` for a single history, with scalars instead of index arrays: what
+    def _distribution_one(
+        self, history: Int64s, dtype: type
+    ) -> tuple[np.ndarray[Any, Any], float, int]:
+        """`_distribution` for a single history, with scalars instead of index arrays: what
         sampling one stream asks for every token (a third of the numpy calls)."""
         n, V = self.order, self.vocab_size
         probs: np.ndarray[Any, Any] = self._unigram_probs.astype(dtype)[None, :]  # (1, V)
-        factor = 1.0
+        factor, bucket = 1.0, 0
         ctx = int(history[n - 2]) if n > 1 else -1
         for j in range(1, n):
             if ctx < 0:
@@ -273,10 +323,10 @@ class NgramModel:
             offsets, children, last = self._children[j - 1]
             lo, hi = int(offsets[ctx]), int(offsets[ctx + 1])
             if hi > lo:
+                bucket = j * KID_BINS + min((hi - lo).bit_length() - 1, KID_BINS - 1)
                 stored = np.exp(self.logprob[j][children[lo:hi]].astype(np.float64))
                 probs[0, last[lo:hi]] = stored / factor
-        probs *= factor * scale
-        return probs
+        return probs, factor, bucket
 
     @cached_property
     def _unigram_probs(self) -> Floats:
@@ -353,10 +403,26 @@ def check_mixing_weight(value: Any, where: str) -> float:
     return float(value)
 
 
-def mix_logprobs(rnn: Floats, ngram: Floats, weight: float) -> Floats:
-    """ln(λ·P_rnn + (1-λ)·P_ngram), from the two log-probabilities (natural log)."""
+def check_bucket_weights(value: Any, order: int, where: str) -> Floats:
+    """One λ per mixing bucket: `order · KID_BINS` numbers in [0, 1]."""
+    want = order * KID_BINS
+    if not isinstance(value, list) or len(value) != want:
+        raise CheckpointError(f"{where}: must be a list of {want} mixing weights (one per bucket)")
+    return np.array([check_mixing_weight(v, where) for v in value], np.float64)
+
+
+def mix_logprobs(rnn: Floats, ngram: Floats, weight: float | Floats) -> Floats:
+    """ln(λ·P_rnn + (1-λ)·P_ngram), from the two log-probabilities (natural log);
+    `weight` λ one number, or one per position."""
+    lam = np.asarray(weight, np.float64)
     with np.errstate(divide="ignore"):
-        a = rnn + (math.log(weight) if weight > 0 else -np.inf)
-        b = ngram + (math.log1p(-weight) if weight < 1 else -np.inf)
+        a = rnn + np.log(lam)
+        b = ngram + np.log1p(-lam)
     out: Floats = np.logaddexp(a, b)
     return out
+
+
+def _kid_bin(kids: Int64s) -> Int64s:
+    """floor(log2(kids)), capped at KID_BINS - 1: 1 -> 0, 2-3 -> 1, 4-7 -> 2, ... (kids >= 1)."""
+    bins: Int64s = np.minimum(np.frexp(kids.astype(np.float64))[1] - 1, KID_BINS - 1)
+    return bins.astype(np.int64)

@@ -32,9 +32,11 @@ def make_checkpoint(
     bidirectional: bool = False,
     ngram_order: int = 0,
     mix_weight: float = 0.6,
+    bucket_weights: bool = False,
 ) -> Path:
     """A small random-weight model: enough to test scoring, sampling and serving.
-    `ngram_order` > 0: with an n-gram of TEXT mixed in at λ = `mix_weight`."""
+    `ngram_order` > 0: with an n-gram of TEXT mixed in at λ = `mix_weight`, or with
+    `bucket_weights` at a different λ in every mixing bucket (0.05 to 0.95)."""
     torch.manual_seed(seed)
     if kind == "char":
         tok: CharTokenizer | WordTokenizer = CharTokenizer.fit(Counter("".join(TEXT)))
@@ -51,9 +53,12 @@ def make_checkpoint(
         offsets = np.cumsum([0] + [len(x) for x in ids])
         start = EOS if mode == "stream" else BOS
         ngram, _ = estimate(np.concatenate(ids), offsets, ngram_order, tok.vocab_size, start)
+    info: dict[str, object] = {"lambda": mix_weight, "source": "estimated"}
+    if ngram is not None and bucket_weights:
+        table = np.random.default_rng(seed).permutation(np.linspace(0.05, 0.95, ngram.buckets()))
+        info["lambda_buckets"] = table.tolist()
     save_checkpoint(
-        directory, RNNLM(cfg), tok, ngram, {"lambda": mix_weight, "source": "estimated"},
-        training={"mode": mode, "step": 0},
+        directory, RNNLM(cfg), tok, ngram, info, training={"mode": mode, "step": 0}
     )  # fmt: skip
     return directory
 

@@ -82,7 +82,11 @@ def evaluate_file(
         out["perplexity_backward"] = math.exp(nll_backward / tokens)
     if engine.ngram is not None:
         # The model is the mixture; each of its parts alone, on the same tokens.
-        out["ngram"] = {"order": engine.ngram.order, "lambda": engine.mix_weight}
+        out["ngram"] = {
+            "order": engine.ngram.order,
+            "lambda": engine.mix_weight,
+            "bucket_weights": engine.checkpoint.mix_buckets is not None,
+        }
         for part, part_nll in (("rnn", nll_rnn), ("ngram", nll_ngram)):
             out[f"perplexity_{part}"] = math.exp(part_nll / tokens)
             out[f"bits_per_character_{part}"] = part_nll / chars / math.log(2)

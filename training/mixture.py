@@ -3,7 +3,16 @@
 λ is the RNN's share, fit on the validation split by maximum likelihood, as
 SRILM's compute-best-mix and Mikolov's rnnlm toolkit fit interpolation weights
 (they iterate EM; the log-likelihood of a two-part mixture is concave in λ, so
-its one maximum is found directly here, see `fit_mixing_weight`).
+its one maximum is found directly here, see `fit_mixing_weight`). Then one λ
+per mixing bucket (how much the n-gram has seen of the history, models/ngram.py),
+each fit the same way on the validation tokens whose history falls in it, as
+Jelinek and Mercer tied interpolation weights by buckets of history counts: a
+bucket with fewer than `MIN_BUCKET_TOKENS` of them takes the λ of all the
+buckets of its context length, or failing that the single λ. The buckets are
+kept only where they predict held-out text better than one λ does: fit on one
+half of the validation tokens, scored on the other, and the other way round
+(`choose_weights`); a small validation split keeps one λ. On `fortunes` they
+cut the word model's test perplexity by about 1% against one λ (docs/ngram.md).
 """
 
 from __future__ import annotations
@@ -25,7 +34,7 @@ from models.checkpoint import (
 )
 from models.engine import Engine
 from models.errors import RnnlmError
-from models.ngram import NgramModel, mix_logprobs
+from models.ngram import KID_BINS, NgramModel, mix_logprobs
 from models.tokenizers import Tokenizer
 from training.arpa import import_arpa, token_words
 from training.corpus import TokenSplit, load_corpus_tokenizer
@@ -34,6 +43,7 @@ from training.ngram import estimate
 Floats = np.ndarray[Any, np.dtype[np.float64]]
 _CHUNK = 1024  # sequences scored at a time
 DEFAULT_WEIGHT = 0.5  # λ where there is no validation text to fit it on
+MIN_BUCKET_TOKENS = 50  # validation tokens a mixing bucket needs for a λ of its own
 
 
 def fit_mixing_weight(rnn: Floats, ngram: Floats) -> float:
@@ -62,6 +72,47 @@ def fit_mixing_weight(rnn: Floats, ngram: Floats) -> float:
     return (lo + hi) / 2
 
 
+def fit_bucket_weights(
+    rnn: Floats, ngram: Floats, bucket: np.ndarray[Any, Any], order: int, overall: float
+) -> Floats:
+    """λ of every mixing bucket (order · KID_BINS,) from the tokens in each (see the
+    module's docstring); `overall` where a context length has too few tokens."""
+    weights = np.full(order * KID_BINS, overall)
+    length = bucket // KID_BINS
+    for j in range(order):  # a context length's λ first: its buckets' fallback
+        m = length == j
+        if m.sum() >= MIN_BUCKET_TOKENS:
+            weights[j * KID_BINS : (j + 1) * KID_BINS] = fit_mixing_weight(rnn[m], ngram[m])
+    for b in np.unique(bucket):
+        m = bucket == b
+        if m.sum() >= MIN_BUCKET_TOKENS:
+            weights[b] = fit_mixing_weight(rnn[m], ngram[m])
+    return weights
+
+
+def choose_weights(rnn: Floats, ngram: Floats, bucket: np.ndarray[Any, Any], order: int
+                   ) -> tuple[float, Floats | None]:  # fmt: skip
+    """λ, and λ per mixing bucket if those beat the single λ out of sample (two-fold
+    cross-validation over the two halves of the tokens, which come sequence by sequence)."""
+    weight = fit_mixing_weight(rnn, ngram)
+    half = len(rnn) // 2
+    folds = [(slice(0, half), slice(half, None)), (slice(half, None), slice(0, half))]
+    single = buckets = 0.0  # held-out log-likelihoods
+    for fit_on, score_on in folds:
+        r, n, b = rnn[fit_on], ngram[fit_on], bucket[fit_on]
+        if not len(r) or not len(rnn[score_on]):
+            return weight, None
+        w = fit_mixing_weight(r, n)
+        table = fit_bucket_weights(r, n, b, order, w)
+        single += float(mix_logprobs(rnn[score_on], ngram[score_on], w).sum())
+        buckets += float(
+            mix_logprobs(rnn[score_on], ngram[score_on], table[bucket[score_on]]).sum()
+        )
+    if buckets <= single:
+        return weight, None
+    return weight, fit_bucket_weights(rnn, ngram, bucket, order, weight)
+
+
 def split_sequences(split: TokenSplit, max_tokens: int | None = None) -> Iterator[list[list[int]]]:
     """The split's sequences without their closing <eos> (the engine adds it), in chunks."""
     seqs: list[list[int]] = []
@@ -79,32 +130,46 @@ def split_sequences(split: TokenSplit, max_tokens: int | None = None) -> Iterato
         yield seqs
 
 
+Components = tuple[Floats, Floats, np.ndarray[Any, np.dtype[np.int64]]]
+
+
 def component_logprobs(
     checkpoint: Checkpoint, ngram: NgramModel, split: TokenSplit, max_tokens: int | None = None
-) -> tuple[Floats, Floats]:
-    """Every token's ln P_rnn and ln P_ngram over a split, as the engine scores it."""
+) -> Components:
+    """Every token's ln P_rnn, ln P_ngram and mixing bucket over a split, as the engine
+    scores it."""
     mixed = Checkpoint(checkpoint.path, checkpoint.model, checkpoint.tokenizer,
                        checkpoint.config, ngram, DEFAULT_WEIGHT)  # fmt: skip
     engine = Engine(mixed)
     rnn: list[float] = []
     ng: list[float] = []
+    buckets: list[int] = []
     for seqs in split_sequences(split, max_tokens):
-        for r, n in engine.score_components(seqs):
+        for r, n, b in engine.score_components(seqs):
             rnn.extend(r)
             ng.extend(n)
-    return np.array(rnn), np.array(ng)
+            buckets.extend(b)
+    return np.array(rnn), np.array(ng), np.array(buckets, dtype=np.int64)
 
 
-def perplexities(rnn: Floats, ngram: Floats, weight: float) -> dict[str, float | None]:
-    """Perplexity of the RNN alone, the n-gram alone and the mixture at `weight`."""
+def perplexities(
+    parts: Components, weight: float, bucket_weights: Floats | None = None
+) -> dict[str, float | None]:
+    """Perplexity of the RNN alone, the n-gram alone and the mixture at `weight` (and,
+    with `bucket_weights`, `mixture` at those, `mixture_one_weight` at `weight`)."""
+    rnn, ngram, bucket = parts
     if not len(rnn):
         return {"rnn": None, "ngram": None, "mixture": None}
-    mixed = mix_logprobs(rnn, ngram, weight)
-    return {
+    single = math.exp(-float(np.mean(mix_logprobs(rnn, ngram, weight))))
+    out: dict[str, float | None] = {
         "rnn": math.exp(-float(np.mean(rnn))),
         "ngram": math.exp(-float(np.mean(ngram))),
-        "mixture": math.exp(-float(np.mean(mixed))),
+        "mixture": single,
     }
+    if bucket_weights is not None:
+        out["mixture"] = math.exp(-float(np.mean(mix_logprobs(rnn, ngram, bucket_weights[bucket]))))
+        out["mixture_one_weight"] = single
+    return out
 
 
 def same_vocabulary(a: Tokenizer, b: Tokenizer) -> bool:
@@ -157,17 +222,19 @@ def attach_ngram(
         for name, split in splits.items()
         if len(split)
     }
-    fitted = "given"
+    fitted, buckets = "given", None
     if weight is None:
         if "valid" in scores:
-            weight, fitted = fit_mixing_weight(*scores["valid"]), "validation"
+            weight, buckets = choose_weights(*scores["valid"], ngram.order)
+            fitted = "validation"
         else:
             weight, fitted = DEFAULT_WEIGHT, "default (no validation text)"
     report = {
         **info,
         "lambda": weight,
         "lambda_from": fitted,
-        "perplexity": {name: perplexities(*s, weight) for name, s in scores.items()},
+        "lambda_buckets": None if buckets is None else [float(b) for b in buckets],
+        "perplexity": {name: perplexities(s, weight, buckets) for name, s in scores.items()},
         "memory_bytes": ngram.nbytes(),
     }
     extra = _extra_config(directory)

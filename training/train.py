@@ -524,7 +524,16 @@ def _add_ngram(out: Path, corpus: Path, tok: Tokenizer, cfg: TrainConfig) -> dic
     )
     report = attach_ngram(out / "best", ngram, info, corpus, max_tokens=cfg.max_eval_tokens)
     ppl = report["perplexity"]
-    log(f"n-gram: λ (the RNN's weight) {report['lambda']:.3f}, from {report['lambda_from']}")
+    buckets = report["lambda_buckets"]
+    log(
+        f"n-gram: λ (the RNN's weight) {report['lambda']:.3f}, from {report['lambda_from']}"
+        + (
+            f"; one per mixing bucket ({min(buckets):.2f} to {max(buckets):.2f}): better than "
+            "one λ on held-out validation text"
+            if buckets
+            else ""
+        )
+    )
     summary: dict[str, Any] = {
         "ngram": {
             "order": ngram.order,
@@ -533,6 +542,7 @@ def _add_ngram(out: Path, corpus: Path, tok: Tokenizer, cfg: TrainConfig) -> dic
             "seconds": info["seconds"],
             "megabytes": round(ngram.nbytes() / 1e6, 1),
             "valid_ppl_mixture": ppl.get("valid", {}).get("mixture"),
+            "bucket_weights": buckets is not None,
         }
     }
     if "test" in ppl:
@@ -541,6 +551,8 @@ def _add_ngram(out: Path, corpus: Path, tok: Tokenizer, cfg: TrainConfig) -> dic
             "test_ppl_rnn": ppl["test"]["rnn"],
             "test_ppl_ngram": ppl["test"]["ngram"],
         }
+        if "mixture_one_weight" in ppl["test"]:
+            summary["test_ppl_one_weight"] = ppl["test"]["mixture_one_weight"]
     return summary
 
 

@@ -1,12 +1,14 @@
 """The real `rnnlm` command, as a user runs it: corpus -> train -> eval/score/sample."""
 
 import json
+import math
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -65,7 +67,10 @@ def trained(tmp_path_factory: pytest.TempPathFactory, text_file: Path) -> Path:
     lam = summary["ngram"]["lambda"]
     assert summary["ngram"]["order"] == 5 and 0 <= lam <= 1  # 30 steps: the RNN may add nothing
     bound = summary["test_ppl_rnn"] ** lam * summary["test_ppl_ngram"] ** (1 - lam)
-    assert summary["test_ppl"] <= bound * (1 + 1e-9)
+    # (With one λ per mixing bucket, that holds of the mixture at the single λ.)
+    single = summary.get("test_ppl_one_weight", summary["test_ppl"])
+    assert summary["ngram"]["bucket_weights"] == ("test_ppl_one_weight" in summary)
+    assert single <= bound * (1 + 1e-9)
     assert "n-gram: order 5" in out.stderr and "λ (the RNN's weight)" in out.stderr
     config = json.loads((root / "run" / "best" / "config.json").read_text())
     assert config["model"]["weight_drop"] == 0.3
@@ -79,10 +84,19 @@ def test_eval_prints_perplexity_and_bits(trained: Path, text_file: Path):
     assert r["unk_count"] > 0 and r["tokens"] > r["sequences"]
     # The mixture's figures, and each part's alone on the same tokens.
     lam = r["ngram"]["lambda"]
-    assert r["perplexity"] <= r["perplexity_rnn"] ** lam * r["perplexity_ngram"] ** (1 - lam) * (
-        1 + 1e-9
-    )
+    if not r["ngram"]["bucket_weights"]:  # one λ: at most the weighted geometric mean
+        bound = r["perplexity_rnn"] ** lam * r["perplexity_ngram"] ** (1 - lam)
+        assert r["perplexity"] <= bound * (1 + 1e-9)
     assert r["bits_per_character_ngram"] > 0 and r["bits_per_character_rnn"] > 0
+    # The same numbers `rnnlm score` gives line by line.
+    lines = [x.strip() for x in text_file.read_text().splitlines() if x.strip()][:200]
+    short = text_file.parent / "eval-short.txt"
+    short.write_text("\n".join(lines) + "\n")
+    r = json.loads(run("eval", "--model", str(trained), "--input", str(short)).stdout)
+    scored = [json.loads(x) for x in run("score", "--model", str(trained), "--input",
+                                         str(short)).stdout.splitlines()]  # fmt: skip
+    nll = -sum(x["logprob"] for x in scored)
+    assert r["perplexity"] == pytest.approx(math.exp(nll / sum(x["num_tokens"] for x in scored)))
 
 
 def test_score_texts_and_file(trained: Path, tmp_path: Path):
@@ -300,15 +314,28 @@ def test_ngram_commands_export_remove_import_estimate(trained: Path, tmp_path: P
     alone = json.loads(run("score", "--model", str(model), text).stdout)
     assert "rnn_logprob" not in alone
     assert alone["logprob"] == pytest.approx(mixed["rnn_logprob"], abs=1e-4)
-    # Back in, with the λ it had: the same scores as before.
-    lam = json.loads((trained / "config.json").read_text())["ngram"]["lambda"]
+    # Back in, λ fit on the validation split as training fit it: the same scores as before.
+    corpus = trained.parent.parent / "corpus"
     imported = run("ngram", "import", "--model", str(model), "--arpa", str(tmp_path / "m.arpa"),
-                   "--lambda", str(lam))  # fmt: skip
+                   "--corpus", str(corpus))  # fmt: skip
     assert "0 word(s) the model lacks" in imported.stderr
     again = json.loads(run("score", "--model", str(model), text).stdout)
     assert again["logprob"] == pytest.approx(mixed["logprob"], abs=1e-4)
+    # With a λ given: that one for every history, and the score is the mixture at it.
+    run("ngram", "import", "--model", str(model), "--arpa", str(tmp_path / "m.arpa"),
+        "--lambda", "0.3")  # fmt: skip
+    section = json.loads((model / "config.json").read_text())["ngram"]
+    assert section["lambda"] == 0.3 and section["lambda_buckets"] is None
+    given = json.loads(run("score", "--model", str(model), text, "--per-token").stdout)
+    from models.checkpoint import load_checkpoint
+    from models.engine import Engine
+    from models.ngram import mix_logprobs
+
+    engine = Engine(load_checkpoint(model))
+    ((rnn, ngram, _),) = engine.score_components([engine.tokenizer.encode(text)])
+    want = mix_logprobs(np.array(rnn), np.array(ngram), 0.3)
+    assert [t["logprob"] for t in given["tokens"]] == pytest.approx(want.tolist(), abs=1e-5)
     # Estimated afresh from the corpus, at another order, λ fit on its validation split.
-    corpus = trained.parent.parent / "corpus"
     report = json.loads(run("ngram", "estimate", "--corpus", str(corpus), "--model", str(model),
                             "--order", "3").stdout)  # fmt: skip
     assert report["order"] == 3 and report["lambda_from"] == "validation"

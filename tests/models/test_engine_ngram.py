@@ -17,11 +17,14 @@ from tests.conftest import TEXT, make_checkpoint
 TEXTS = ["the cat sat on the mat.", "a dog", "", "zzq!", "the bird sang in the tree."]
 
 
-@pytest.fixture(scope="module", params=["char", "word"])
+@pytest.fixture(scope="module", params=["char", "word", "char-buckets", "word-buckets"])
 def engine(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Engine:
+    """A model mixed with its n-gram at one λ, or at a different λ in every mixing bucket."""
     root = tmp_path_factory.mktemp("mixed")
-    order = 5 if request.param == "char" else 3
-    return Engine(load_checkpoint(make_checkpoint(root / "m", request.param, ngram_order=order)))
+    kind, _, buckets = request.param.partition("-")
+    order = 5 if kind == "char" else 3
+    path = make_checkpoint(root / "m", kind, ngram_order=order, bucket_weights=bool(buckets))
+    return Engine(load_checkpoint(path))
 
 
 def _alone(engine: Engine) -> Engine:
@@ -31,15 +34,19 @@ def _alone(engine: Engine) -> Engine:
 
 
 def test_a_score_is_the_mixture_of_its_components(engine: Engine) -> None:
-    lam = engine.mix_weight
     plain = _alone(engine).score_batch(TEXTS, per_token=True)
-    for r, p in zip(engine.score_batch(TEXTS, per_token=True), plain, strict=True):
+    parts = engine.score_components([engine.tokenizer.encode(t) for t in TEXTS])
+    assert engine.mix_table is not None
+    for r, p, (_, _, bucket) in zip(engine.score_batch(TEXTS, per_token=True), plain, parts,
+                                    strict=True):  # fmt: skip
         assert r.tokens is not None and p.tokens is not None
         assert r.rnn_logprob == pytest.approx(p.logprob, abs=1e-4)  # the RNN alone, unchanged
         assert sum(t.logprob for t in r.tokens) == pytest.approx(r.logprob, abs=1e-6)
         if not r.num_tokens:
             continue
-        # Per token: ln(λ·P_rnn + (1-λ)·P_ngram); the n-gram's part is what remains.
+        # Per token: ln(λ·P_rnn + (1-λ)·P_ngram), λ that of the history's mixing bucket
+        # (one λ for all in a model without buckets); the n-gram's part is what remains.
+        lam = engine.mix_table[bucket]
         p_rnn = np.exp([t.logprob for t in p.tokens])
         p_mix = np.exp([t.logprob for t in r.tokens])
         p_ngram = (p_mix - lam * p_rnn) / (1 - lam)

@@ -54,6 +54,9 @@ def _edit_config(ckpt: Path, **changes: object) -> None:
         ({"order": 3}, "order 4, but config.json says 3"),
         ({"file": "../elsewhere.safetensors"}, "ngram.file must be"),
         ({"sha256": "0" * 64}, "sha256 does not match"),
+        ({"lambda_buckets": [0.5] * 3}, "lambda_buckets: must be a list of 48 mixing weights"),
+        ({"lambda_buckets": [0.5] * 47 + [2]}, "lambda_buckets: the mixing weight must be"),
+        ({"lambda_buckets": "0.5"}, "must be a list of 48"),
     ],
 )
 def test_inconsistent_settings_are_refused_by_name(

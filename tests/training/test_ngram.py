@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from models.errors import RnnlmError
-from models.ngram import NgramModel
+from models.ngram import KID_BINS, NgramModel
 from models.tokenizers import BOS, EOS, SPECIALS
 from training.ngram import FALLBACK, discounts, estimate
 
@@ -137,6 +137,45 @@ def test_distributions_sum_to_one_and_agree_with_single_queries() -> None:
     )
 
 
+def test_mixing_buckets_by_hand() -> None:
+    # The trigram of LINES. After "<s> a" the model has seen b (twice): a stored context
+    # of 2 tokens with 1 continuation: bucket 2·KID_BINS + 0. After "b": a and </s>
+    # (and "<s> b" once, followed by a): 2 tokens, 1 continuation; after "a b" only </s>.
+    model, _ = estimate(*_corpus(LINES, VOCAB), 3, len(VOCAB))
+    hists = np.array([[BOS, A], [-1, B], [BOS, B], [A, B], [-1, BOS], [B, B], [-1, -1]])
+    _, bucket = model.logprob_and_bucket(hists, np.full(len(hists), EOS))
+    K = KID_BINS
+    # "<s>": a, b (2 continuations, log2 bin 1); "b" alone: a, </s>; "b b": never seen,
+    # so its one-token suffix "b"; no history at all: bucket 0.
+    assert bucket.tolist() == [2 * K, 1 * K + 1, 2 * K, 2 * K, 1 * K + 1, 1 * K + 1, 0]
+    assert model.buckets() == 3 * K
+
+
+def test_scoring_and_sampling_put_a_history_in_the_same_bucket() -> None:
+    # Sampling reads λ from the distribution's walk, scoring from the lookup's: they
+    # must agree, or a sample's logprob would not score back to itself.
+    lines = [line.split() for line in (DATA / "zipf.txt").read_text().splitlines()]
+    vocab = SPECIALS + sorted({w for line in lines for w in line})
+    model, _ = estimate(*_corpus(lines, vocab), 4, len(vocab))
+    ids, offsets = _corpus(lines, vocab)
+    rng = np.random.default_rng(1)
+    seen = [np.r_[BOS, ids[offsets[i] : offsets[i + 1]]] for i in range(60)]
+    hists = [s[max(0, p - 3) : p] for s in seen for p in range(1, len(s))]
+    hists += [rng.integers(1, len(vocab), size=rng.integers(0, 4)) for _ in range(200)]
+    h = np.array([[-1] * (3 - len(x)) + list(x) for x in hists], dtype=np.int64)
+    _, by_lookup = model.logprob_and_bucket(h, rng.integers(3, len(vocab), size=len(h)))
+    weights = rng.uniform(0.05, 0.95, model.buckets())
+    part, by_walk = model.mixture_part(h, weights)
+    assert by_walk.tolist() == by_lookup.tolist()
+    assert len(set(by_walk.tolist())) > 5  # the histories span many buckets
+    # Each row is (1 - λ of its bucket) of a distribution, on the batched and one-row paths.
+    np.testing.assert_allclose(part.sum(axis=1), 1 - weights[by_walk], atol=1e-9)
+    for i in range(0, len(h), 11):
+        one, b = model.mixture_part(h[i : i + 1], weights)
+        assert b[0] == by_walk[i]
+        np.testing.assert_allclose(one[0], part[i], rtol=1e-12)
+
+
 def test_stream_mode_starts_after_eos_and_short_corpora_leave_orders_empty() -> None:
     model, info = estimate(*_corpus([["a"], ["b", "a"]], VOCAB), 5, len(VOCAB), start_id=EOS)
     assert model.start_id == EOS and info.counts[3:] == [1, 0]  # the longest: </s> b a </s>
@@ -173,3 +212,24 @@ def test_the_mixing_weight_is_the_maximum_likelihood_one() -> None:
     # One part always better: the weight goes all the way to it.
     assert fit_mixing_weight(rnn, rnn - 1) == 1.0 and fit_mixing_weight(rnn - 1, rnn) == 0.0
     assert fit_mixing_weight(np.zeros(0), np.zeros(0)) == 0.5  # nothing to fit on
+
+
+def test_bucket_weights_fit_each_bucket_and_fall_back_where_it_has_too_few_tokens() -> None:
+    from training.mixture import MIN_BUCKET_TOKENS, fit_bucket_weights, fit_mixing_weight
+
+    rng = np.random.default_rng(4)
+    K, n = KID_BINS, 400
+    rnn, ngram = np.log(rng.uniform(0.01, 1, n)), np.log(rng.uniform(0.01, 1, n))
+    bucket = np.full(n, 1 * K + 3)
+    bucket[:100] = 2 * K + 1  # the RNN is better here: its weight should rise
+    rnn[:100] = ngram[:100] + 1.0
+    bucket[100:110] = 2 * K + 5  # too few for its own λ: takes context length 2's
+    w = fit_bucket_weights(rnn, ngram, bucket, 3, overall=0.5)
+    assert len(w) == 3 * K
+    assert w[2 * K + 1] == 1.0  # P_rnn > P_ngram at every one of its tokens
+    assert w[1 * K + 3] == pytest.approx(fit_mixing_weight(rnn[110:], ngram[110:]))
+    length2 = bucket // K == 2
+    assert MIN_BUCKET_TOKENS > 10  # the 10 tokens of bucket 2·K + 5
+    assert w[2 * K + 5] == pytest.approx(fit_mixing_weight(rnn[length2], ngram[length2]))
+    assert w[2 * K] == w[2 * K + 5]  # no tokens at all: the same fallback
+    assert (w[:K] == 0.5).all()  # context length 0: no tokens, the overall λ

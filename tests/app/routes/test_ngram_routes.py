@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 from fastapi.testclient import TestClient
 
+from models.ngram import KID_BINS
 from tests.app.conftest import make_client
 from tests.conftest import make_checkpoint
 
@@ -16,6 +17,7 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     root = tmp_path_factory.mktemp("mixed_models")
     make_checkpoint(root / "char", "char", ngram_order=5, mix_weight=0.25)
     make_checkpoint(root / "plain", "char")
+    make_checkpoint(root / "buckets", "char", ngram_order=5, bucket_weights=True)
     with make_client(root) as c:
         yield c
 
@@ -30,11 +32,14 @@ def test_score_gives_the_mixture_and_each_part(client: TestClient) -> None:
     assert plain["results"][0]["rnn_logprob"] is None  # no n-gram, no parts
 
 
-def test_a_sample_scores_back_under_the_mixture(client: TestClient) -> None:
-    s = client.post("/sample", json={"max_tokens": 30, "seed": 4}).json()["samples"][0]
-    body = {"texts": [s["text"]], "eos": s["finish_reason"] == "eos"}
-    scored = client.post("/score", json=body).json()["results"][0]
-    assert scored["logprob"] == pytest.approx(s["logprob"], abs=1e-3)
+@pytest.mark.parametrize("model", ["char", "buckets"])
+def test_a_sample_scores_back_under_the_mixture(client: TestClient, model: str) -> None:
+    for seed in (4, 5, 6):
+        body = {"model": model, "max_tokens": 30, "seed": seed, "n": 2}
+        for s in client.post("/sample", json=body).json()["samples"]:
+            score = {"model": model, "texts": [s["text"]], "eos": s["finish_reason"] == "eos"}
+            scored = client.post("/score", json=score).json()["results"][0]
+            assert scored["logprob"] == pytest.approx(s["logprob"], abs=1e-3)
 
 
 def test_openai_echo_scoring_uses_the_mixture(client: TestClient) -> None:
@@ -48,6 +53,8 @@ def test_models_describes_the_ngram(client: TestClient) -> None:
     by_name = {m["name"]: m for m in client.get("/models").json()["models"]}
     ngram = by_name["char"]["ngram"]
     assert ngram["order"] == 5 and ngram["lambda"] == 0.25 and ngram["ngrams"] > 100
+    assert ngram["lambda_buckets"] is None  # one λ for every history
     assert ngram["memory_bytes"] > 0 and ngram["source"] == "estimated"
     assert by_name["plain"]["ngram"] is None
+    assert len(by_name["buckets"]["ngram"]["lambda_buckets"]) == 5 * KID_BINS
     assert by_name["char"]["size_bytes"] > by_name["plain"]["size_bytes"]
