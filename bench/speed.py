@@ -65,19 +65,19 @@ def train_speed(
     from models.model import RNNLM
     from training.corpus import TokenSplit, load_corpus_tokenizer, read_corpus_meta
     from training.data import sentence_batches, sentence_windows
-    from training.train import LossModule, TrainConfig
+    from training.train import LossModule, TrainConfig, _optimizer
 
     torch.set_num_threads(threads)
     meta = read_corpus_meta(corpus)
     tok = load_corpus_tokenizer(corpus)
     cfg = TrainConfig().resolve(meta["tokenizer"]["kind"], tok.vocab_size)
-    assert cfg.bptt is not None and cfg.lr is not None and cfg.weight_decay is not None
-    bptt = cfg.bptt
+    assert cfg.bptt is not None and cfg.batch_size is not None and cfg.clip is not None
+    bptt, batch_size, clip = cfg.bptt, cfg.batch_size, cfg.clip
     torch.manual_seed(cfg.seed)
     model_cfg = cfg.model_config(tok.vocab_size)
     model = RNNLM(model_cfg)
     net = LossModule(model).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = _optimizer(cfg, model)  # the default's (SGD for words)
     split = TokenSplit(corpus, "train")
     model_dict = model_cfg.to_dict()
     tails = flops.tail_fractions(model_dict, np.asarray(split.tokens).tolist())
@@ -88,7 +88,7 @@ def train_speed(
         """(inputs, targets, fresh): a batch's later windows carry its state, as in training."""
         epoch = 0
         while True:
-            for idx in sentence_batches(split, cfg.batch_size, epoch, cfg.seed):
+            for idx in sentence_batches(split, batch_size, epoch, cfg.seed):
                 for k, (inp, tgt) in enumerate(sentence_windows(split, idx, bptt)[1]):
                     yield inp, tgt, k == 0
             epoch += 1
@@ -103,7 +103,7 @@ def train_speed(
         nll, n_t, new_state = net(inp, tgt, None if fresh else state)
         opt.zero_grad(set_to_none=True)
         (nll.mean() / n_t).backward()  # nll: (directions,)
-        nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+        nn.utils.clip_grad_norm_(model.parameters(), clip)
         opt.step()
         state = tuple(s.detach() for s in new_state)
         if i >= warmup:

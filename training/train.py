@@ -119,7 +119,7 @@ def _units(
 ) -> Iterator[tuple[int, Windows, bool]]:
     """This epoch's units from unit `start` (its windows from `first_window`):
     (windows in the unit, the windows, fresh_state) per batch or stream window."""
-    assert cfg.bptt is not None
+    assert cfg.bptt is not None and cfg.batch_size is not None
     if cfg.mode == "sentence":
         batches = sentence_batches(split, cfg.batch_size, epoch, cfg.seed, rank, world)
         for k, idx in enumerate(batches[start:]):
@@ -152,7 +152,7 @@ def _limit(cfg: TrainConfig, st: TrainState, epoch_end: bool) -> str:
 
 
 def _units_per_epoch(cfg: TrainConfig, split: TokenSplit, world: int) -> int:
-    assert cfg.bptt is not None
+    assert cfg.bptt is not None and cfg.batch_size is not None
     if cfg.mode == "sentence":
         n = math.ceil(len(split) / cfg.batch_size)
         return n // world if world > 1 else n
@@ -171,8 +171,29 @@ def train(
 ) -> dict[str, Any]:
     """Train; returns the run summary (also printed by the CLI).
 
-    `on_step(step, model)` runs after every optimizer step, on every rank.
+    `on_step(step, model)` runs after every optimizer step, on every rank. Under
+    torchrun the process group this starts is destroyed before it returns: a
+    process that exits with one still up can abort in gloo's threads
+    ("terminate called without an active exception"), as rank 1 did on one core.
     """
+    owns_group = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized()
+    try:
+        return _train(cfg, corpus, out, resume, given, device, progress, on_step)
+    finally:
+        if owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(
+    cfg: TrainConfig,
+    corpus: Path,
+    out: Path,
+    resume: bool,
+    given: set[str] | None,
+    device: str,
+    progress: bool,
+    on_step: Callable[[int, RNNLM], None] | None,
+) -> dict[str, Any]:
     meta = read_corpus_meta(corpus)
     tok = load_corpus_tokenizer(corpus)
     if resume:
@@ -202,6 +223,7 @@ def train(
         if dev.type == "cuda":
             dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
             torch.cuda.set_device(dev)
+    assert cfg.batch_size is not None and cfg.clip is not None  # resolved
     if cfg.mode == "stream" and stream_lanes(train_split, cfg.batch_size, 0, world) < 2:
         raise RnnlmError(
             f"{corpus}: {len(train_split.tokens)} training tokens are too few for "
@@ -297,7 +319,7 @@ def train(
                 loss = nll.mean() * world / total
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
-                if cfg.clip > 0:
+                if cfg.clip:
                     nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
                 opt.step()
                 state = tuple(s.detach() for s in new_state)
@@ -576,7 +598,7 @@ def train_command(args: argparse.Namespace) -> None:
         device=args.device,
         progress=not args.no_progress,
     )
-    if is_main():
+    if int(os.environ.get("RANK", "0")) == 0:  # the process group is gone: rank 0 by name
         print(json.dumps(summary, indent=2))
     if summary["stopped"] == "interrupted":
         sys.exit(130)

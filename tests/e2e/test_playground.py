@@ -25,6 +25,7 @@ ARTIFACTS = Path(
     os.environ.get("RNNLM_TEST_ARTIFACTS", Path(__file__).resolve().parents[2] / "test-artifacts")
 )
 KEY = "playground-key"
+ENDLESS_TOKENS = 100_000_000  # hours of sampling at any speed
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
@@ -54,7 +55,10 @@ def browser() -> Iterator[Browser]:
 
 @pytest.fixture(scope="module")
 def server(served_models: Path) -> Iterator[str]:
-    env = {"RNNLM_API_KEY": KEY, "RNNLM_MAX_TOKENS": "100000"}
+    # Long enough that no machine finishes the endless sample below before Stop: on one
+    # busy core the page fell so far behind the stream that the server had sent all of
+    # 100,000 tokens by the time Escape was pressed.
+    env = {"RNNLM_API_KEY": KEY, "RNNLM_MAX_TOKENS": str(ENDLESS_TOKENS)}
     with live_server(served_models, env) as live:
         yield live.base
 
@@ -109,10 +113,10 @@ def test_sample_streams_as_it_generates(page: Page, server: str) -> None:
 
     use_key(page)
     text, stop = page.locator("#sample-text"), page.get_by_role("button", name="Stop")
-    # A model that never ends its text, asked for 100,000 tokens: the text must grow on the
+    # A model that never ends its text, asked for 100M tokens: the text must grow on the
     # page while the request is still running, and Stop (here: Escape) ends it.
     page.get_by_label("Model", exact=True).select_option("endless")
-    page.get_by_label("Max tokens").fill("100000")
+    page.get_by_label("Max tokens").fill(str(ENDLESS_TOKENS))
     page.get_by_role("button", name="Sample").click()
     expect(stop).to_be_enabled()
     # (Polled from here: the page's Content-Security-Policy forbids Playwright's in-page eval.)

@@ -297,20 +297,25 @@ def test_stream_mode_refuses_bidirectional(tmp_path: Path, corpus: Path):
 
 
 @pytest.mark.parametrize(
-    ("kind", "optimizer", "lr", "layers", "dropout"),
+    ("kind", "optimizer", "want"),
     [
-        ("word", "adamw", 3e-3, 1, 0.4),
-        ("sentencepiece", "adamw", 3e-3, 1, 0.4),
-        ("char", "adamw", 1e-2, 2, 0.1),
-        ("char", "sgd", 20.0, 2, 0.1),
+        # The default optimizer depends on the tokenizer, and what follows from it too.
+        ("word", None, ("sgd", 20.0, 2, 256, 0.2, True, 20, 0.25, 35, "plateau")),
+        ("sentencepiece", None, ("sgd", 20.0, 2, 256, 0.2, True, 20, 0.25, 35, "plateau")),
+        ("char", None, ("adamw", 1e-2, 2, 64, 0.1, False, 64, 1.0, 200, "cosine")),
+        ("word", "adamw", ("adamw", 3e-3, 2, 256, 0.2, True, 20, 1.0, 35, "cosine")),
+        ("char", "sgd", ("sgd", 20.0, 2, 64, 0.1, False, 64, 0.25, 200, "plateau")),
     ],
 )
-def test_defaults_depend_on_the_tokenizer(
-    kind: str, optimizer: str, lr: float, layers: int, dropout: float
-) -> None:
+def test_defaults_depend_on_the_tokenizer(kind: str, optimizer: str | None, want: tuple) -> None:  # type: ignore[type-arg]
     cfg = TrainConfig(optimizer=optimizer).resolve(kind, vocab_size=100)
-    assert (cfg.lr, cfg.layers, cfg.dropout) == (lr, layers, dropout)
+    got = (cfg.optimizer, cfg.lr, cfg.layers, cfg.embedding, cfg.dropout, cfg.tied,
+           cfg.batch_size, cfg.clip, cfg.bptt, cfg.schedule)  # fmt: skip
+    assert got == want
     assert TrainConfig(lr=0.5).resolve(kind, 100).lr == 0.5  # a given value always wins
+    # A vocabulary too large for a full softmax: an adaptive one, which cannot be tied.
+    big = TrainConfig().resolve(kind, vocab_size=30_000)
+    assert big.tied is False and big.model_config(30_000).adaptive_cutoffs == [2000, 10000]
 
 
 def test_a_run_ends_with_its_ngram_mixed_in(tmp_path: Path, corpus: Path):
