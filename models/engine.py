@@ -338,6 +338,7 @@ class Engine:
         self.rnn_only = self.mix_table is None or bool((self.mix_table == 1.0).all())
         # Decoding reads the first layer's input projection from a table (small vocabularies).
         self.input_gates = self.model.input_gate_table()
+        self.decode_weights = self.model.decode_weights()  # transposed, contiguous
         if self.bidirectional and checkpoint.mode == "stream":
             raise CheckpointError(
                 f"{checkpoint.path}: a bidirectional model must be trained in sentence mode, "
@@ -700,7 +701,9 @@ class Batch:
         (a fused layer's set-up would cost more than the step itself)."""
         model, dev = self.engine.model, self.engine.device
         start = torch.full((n,), self.engine.start_id, dtype=torch.long, device=dev)
-        feats, state = model.step(start, model.init_state(n, dev), self.engine.input_gates)
+        feats, state = model.step(
+            start, model.init_state(n, dev), self.engine.input_gates, self.engine.decode_weights
+        )
         return state, feats
 
     def _prefill(self, inputs: list[list[int]]) -> tuple[State, Tensor]:
@@ -839,7 +842,7 @@ class Batch:
         if keep:
             going = tokens if len(keep) == len(tok_list) else tokens[keep]
             feats, self.state = self.engine.model.step(
-                going, self.state, self.engine.input_gates
+                going, self.state, self.engine.input_gates, self.engine.decode_weights
             )  # (B, F)
             if self.history is not None and self.history.shape[1]:
                 self.history = np.concatenate(

@@ -71,7 +71,8 @@ def test_weight_drop_is_validated_and_defaults_for_old_configs() -> None:
 @pytest.mark.parametrize("cell", ["rnn", "gru", "lstm", "gru-simple"])
 @pytest.mark.parametrize("layers", [1, 2])
 def test_one_step_is_the_layer_on_one_token(cell: str, layers: int) -> None:
-    """`step` (the decoding path: torch's cell kernels) computes what `features` does."""
+    """`step` (the decoding path: each layer's products and gates) computes what
+    `features` does."""
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=30, cell=cell, embedding=8, hidden=12, layers=layers, tied=True)
     m = RNNLM(cfg).eval()
@@ -80,8 +81,11 @@ def test_one_step_is_the_layer_on_one_token(cell: str, layers: int) -> None:
         feats, state = m.features(ids[:, :4])
         for t in range(4, 7):
             want, want_state = m.features(ids[:, t : t + 1], state)
-            for table in (None, m.input_gate_table()):  # cell kernels; the input table
-                got, got_state = m.step(ids[:, t], state, table)
+            # The weights as stored, or transposed copies; the input table or not.
+            for table, weights in [(None, None), (m.input_gate_table(), None),
+                                   (None, m.decode_weights()),
+                                   (m.input_gate_table(), m.decode_weights())]:  # fmt: skip
+                got, got_state = m.step(ids[:, t], state, table, weights)
                 torch.testing.assert_close(got, want[:, 0], atol=1e-5, rtol=1e-5)
                 for a, b in zip(got_state, want_state, strict=True):
                     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
