@@ -27,7 +27,9 @@ from typing import Any, cast
 
 from app.errors import Overloaded
 from app.metrics import Metrics
-from models.engine import Engine, Generation, SampleResult, ScoreResult
+from models.engine import Engine
+from models.results import SampleResult, ScoreResult
+from models.sampling import Generation
 
 log = logging.getLogger("rnnlm.app")
 

@@ -14,7 +14,8 @@ from starlette.responses import Response
 
 from app.config import Settings
 from app.errors import InvalidField, TooLarge
-from models.engine import SEED_SPACE, SampleParams, SampleResult, ScoreResult, TokenLogprob
+from models.results import SampleResult, ScoreResult, TokenLogprob
+from models.sampling import SEED_SPACE, SampleParams
 
 SEED_MAX = SEED_SPACE - 1  # the largest seed the engine takes
 SAMPLE_MAX_TOKENS = 100  # defaults, lowered to the server's RNNLM_MAX_TOKENS when over it

@@ -32,7 +32,8 @@ from app.schemas import (
     Usage,
     dump,
 )
-from models.engine import Generation, SampleParams, SampleResult, TokenLogprob
+from models.results import SampleResult, TokenLogprob
+from models.sampling import Generation, SampleParams
 
 T = TypeVar("T")
 

@@ -63,7 +63,8 @@ def engine_rate(checkpoint: Path, rows: int, seconds: float, max_tokens: int) ->
     import torch
 
     from models.checkpoint import load_checkpoint
-    from models.engine import Engine, SampleParams
+    from models.engine import Engine
+    from models.sampling import SampleParams
 
     torch.set_num_threads(1)
     engine = Engine(load_checkpoint(checkpoint))

@@ -9,8 +9,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from models.checkpoint import load_checkpoint
-from models.engine import Engine, SampleParams
+from models.engine import Engine
 from models.errors import RnnlmError
+from models.sampling import SampleParams
 
 
 def _texts(args: argparse.Namespace) -> Iterator[str]:

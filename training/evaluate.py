@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from models.checkpoint import load_checkpoint
-from models.engine import Engine, SampleParams
+from models.engine import Engine
 from models.errors import RnnlmError
+from models.sampling import SampleParams
 from models.tokenizers import EOS
 
 

@@ -12,7 +12,9 @@ from app.errors import Overloaded
 from app.metrics import Metrics
 from app.scheduler import Delta, Finished, ModelWorker, SampleJob
 from models.checkpoint import load_checkpoint
-from models.engine import Engine, SampleParams, SampleResult
+from models.engine import Engine
+from models.results import SampleResult
+from models.sampling import SampleParams
 
 
 @pytest.fixture(scope="module")
@@ -238,7 +240,7 @@ def test_an_engine_failure_fails_the_running_jobs_and_the_worker_survives(
         raise boom
 
     async def main() -> None:
-        from models.engine import Batch
+        from models.batch import Batch
 
         with monkeypatch.context() as m:
             m.setattr(Batch, "add", broken)

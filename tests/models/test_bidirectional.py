@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from models.engine import Engine, SampleParams
+from models.engine import Engine
 from models.errors import CheckpointError
 from models.model import RNNLM, ModelConfig
+from models.sampling import SampleParams
 from models.tokenizers import BOS, EOS, PAD, CharTokenizer
 from tests.conftest import TEXT, make_checkpoint
 from training.data import windows, with_backward_rows

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from models.checkpoint import Checkpoint, load_checkpoint
-from models.engine import Engine, SampleParams
+from models.engine import Engine
+from models.sampling import SampleParams
 from models.tokenizers import EOS
 from tests.conftest import TEXT, make_checkpoint
 

@@ -1,0 +1,297 @@
+"""A batch of running generations and their recurrent state, stepped together.
+
+Each running `Generation` owns a slice of the recurrent state along dimension 1,
+its own parameters and its own random generator (one uniform number per step,
+drawn whether or not it is needed), so a sequence gives the same tokens alone or
+beside any others. `add()` prefills new prompts into the batch, `step()` picks
+one token for every sequence and advances the model once for all that continue,
+and finished sequences leave at once. With an n-gram, each step's distribution
+is the mixture, each row's λ that of its history's mixing bucket.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.nn.utils.rnn import pack_padded_sequence
+
+from models.model import State
+from models.ngram import NO_TOKEN
+from models.sampling import Generation, SamplingPlan, choose_tokens
+from models.tokenizers import EOS, PAD
+
+if TYPE_CHECKING:
+    from models.engine import Engine
+
+_UNIFORM_BLOCK = 64  # uniforms each sequence draws from its generator at a time
+
+
+class Batch:
+    """Running generations and their recurrent state, along the batch dimension.
+
+    Per step the work that grows with the batch is tensor work; the Python loop
+    over rows only appends each row's token and log-probability and checks its
+    end (and decodes text only for rows with stop strings).
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.gens: list[Generation] = []
+        self.state: State | None = None  # each (layers, B, hidden)
+        self.next_logprobs: Tensor | None = None  # (B, V): each sequence's next-token distribution
+        # With an n-gram: each row's last N-1 tokens (-1 before the start), (B, N-1).
+        self.history: np.ndarray[Any, np.dtype[np.int64]] | None = None
+        # Per-row temperature, top_k, top_p, min_p: (B,) each.
+        self._knobs: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
+        # Each row's next uniforms, drawn from its own generator a block at a time (the
+        # same numbers, in the same order, as one draw per step): (B, block), (B,).
+        self._uniforms = np.zeros((0, _UNIFORM_BLOCK))
+        self._upos = np.zeros(0, dtype=np.int64)
+        self._want_top = 0  # the most top_logprobs any row asks for
+        self._plan: SamplingPlan | None = None
+        self._stop_rows: list[int] = []  # rows with stop strings
+        self._left = np.zeros(0, dtype=np.int64)  # tokens each row may still take
+
+    def __len__(self) -> int:
+        return len(self.gens)
+
+    @torch.inference_mode()
+    def add(self, gens: list[Generation]) -> list[Generation]:
+        """Prefill the prompts of `gens` together and join them to the batch.
+
+        Returns those already finished (max_tokens 0), which do not join.
+        """
+        done = [g for g in gens if g.params.max_tokens == 0]
+        for g in done:
+            g.finish_reason = "length"
+        gens = [g for g in gens if g.params.max_tokens > 0]
+        if not gens:
+            return done
+        model = self.engine.model
+        inputs = [[self.engine.start_id] + g.prompt_ids for g in gens]
+        if all(len(x) == 1 for x in inputs):  # no prompts: one decoding step from zero
+            state, last = self._prefill_start(len(gens))
+        else:
+            state, last = self._prefill(inputs)
+        history = self._start_history(inputs)
+        lp = self._next_logprobs(model.log_probs(last), history)  # (B_new, V)
+        self.gens.extend(gens)
+        self._knobs = None
+        self._uniforms = np.concatenate(
+            [self._uniforms, np.stack([g.rng.random(_UNIFORM_BLOCK) for g in gens])]
+        )
+        self._upos = np.concatenate([self._upos, np.zeros(len(gens), dtype=np.int64)])
+        self._left = np.concatenate(
+            [self._left, np.array([g.params.max_tokens - len(g.ids) for g in gens])]
+        )
+        if self.state is None or self.next_logprobs is None:
+            self.state, self.next_logprobs, self.history = state, lp, history
+        else:
+            self.state = tuple(
+                torch.cat([a, b], dim=1) for a, b in zip(self.state, state, strict=True)
+            )
+            self.next_logprobs = torch.cat([self.next_logprobs, lp])
+            if history is not None and self.history is not None:
+                self.history = np.concatenate([self.history, history])
+        return done
+
+    def _prefill_start(self, n: int) -> tuple[State, Tensor]:
+        """n sequences with no prompt: the start token from a zero state, as a decoding step
+        (a fused layer's set-up would cost more than the step itself)."""
+        model, dev = self.engine.model, self.engine.device
+        start = torch.full((n,), self.engine.start_id, dtype=torch.long, device=dev)
+        feats, state = model.step(
+            start, model.init_state(n, dev), self.engine.input_gates, self.engine.decode_weights
+        )
+        return state, feats
+
+    def _prefill(self, inputs: list[list[int]]) -> tuple[State, Tensor]:
+        """The start token and prompt of each sequence through the recurrent layers at once:
+        each row's state after its own last token, and its features there (B, F)."""
+        model, dev = self.engine.model, self.engine.device
+        lengths = torch.tensor([len(x) for x in inputs])
+        ids = torch.full((len(inputs), int(lengths.max())), PAD, dtype=torch.long)
+        for row, x in enumerate(inputs):
+            ids[row, : len(x)] = torch.tensor(x)
+        ids = ids.to(dev)
+        # Packing makes the returned state each row's state after its own last
+        # token, not after the padding.
+        emb = model.embed(ids)  # (B, T, E); dropout is off at inference
+        packed = pack_padded_sequence(emb, lengths, batch_first=True, enforce_sorted=False)
+        zero = model.init_state(len(inputs), dev)
+        if len(zero) == 2:  # (h, c)
+            out_packed, (h, c) = model.rnn(packed, (zero[0], zero[1]))
+            state: State = (h, c)
+        else:
+            out_packed, h = model.rnn(packed, zero[0])
+            state = (h,)
+        out, _ = torch.nn.utils.rnn.pad_packed_sequence(out_packed, batch_first=True)
+        last = out[torch.arange(len(inputs)), lengths.to(dev) - 1]  # (B_new, H)
+        if model.proj is not None:
+            last = model.proj(last)
+        return state, last
+
+    def _start_history(self, inputs: list[list[int]]) -> np.ndarray[Any, np.dtype[np.int64]] | None:
+        """The n-gram's history after each prompt (start token included): (B, N-1)."""
+        ngram = self.engine.ngram
+        if ngram is None:
+            return None
+        width = ngram.order - 1
+        rows = [([NO_TOKEN] * width + x)[len(x) :] if width else [] for x in inputs]
+        return np.array(rows, dtype=np.int64).reshape(len(inputs), width)
+
+    def _next_logprobs(
+        self, rnn: Tensor, history: np.ndarray[Any, np.dtype[np.int64]] | None
+    ) -> Tensor:
+        """The model's next-token log-probs (B, V): the RNN's, or the mixture with the n-gram."""
+        ngram, table = self.engine.ngram, self.engine.mix_table
+        if ngram is None or history is None or table is None or self.engine.rnn_only:
+            return rnn
+        # (1-λ)·P_ngram + λ·P_rnn, then the log: three passes over (B, V), in the
+        # RNN's own precision (a sample's logprob agrees with its score to ~1e-6).
+        dtype = np.float32 if rnn.dtype == torch.float32 else np.float64
+        part, bucket = ngram.mixture_part(history, table, dtype)  # (B, V), (B,)
+        mixed = torch.from_numpy(part).to(rnn.device)
+        weight = torch.from_numpy(table[bucket].astype(dtype)).to(rnn.device).unsqueeze(1)
+        return mixed.add_(rnn.exp().mul_(weight)).log_()
+
+    def remove(self, keep: list[int]) -> None:
+        """Keep only the rows in `keep` (indices into the batch)."""
+        if len(keep) == len(self.gens):
+            return
+        self.gens = [self.gens[i] for i in keep]
+        self._knobs = None
+        self._uniforms, self._upos = self._uniforms[keep], self._upos[keep]
+        self._left = self._left[keep]
+        if not keep:
+            self.state, self.next_logprobs, self.history = None, None, None
+            return
+        assert self.state is not None and self.next_logprobs is not None
+        idx = torch.tensor(keep, device=self.engine.device)
+        self.state = tuple(s.index_select(1, idx) for s in self.state)
+        self.next_logprobs = self.next_logprobs.index_select(0, idx)
+        if self.history is not None:
+            self.history = self.history[keep]
+
+    def cancel(self, gen: Generation) -> None:
+        """Drop a generation whose client went away."""
+        self.remove([i for i, g in enumerate(self.gens) if g is not gen])
+
+    def _draw(self) -> np.ndarray[Any, np.dtype[np.float64]]:
+        """This step's uniform of every row (B,), refilling the blocks that run out."""
+        rows = np.arange(len(self.gens))
+        u = self._uniforms[rows, self._upos]
+        self._upos += 1
+        for r in np.flatnonzero(self._upos == _UNIFORM_BLOCK):
+            self._uniforms[r] = self.gens[r].rng.random(_UNIFORM_BLOCK)
+            self._upos[r] = 0
+        return u
+
+    @torch.inference_mode()
+    def step(self) -> list[Generation]:
+        """Pick the next token of every sequence; advance those that go on.
+
+        Returns the generations that finished in this step (already removed).
+        """
+        if not self.gens:
+            return []
+        assert self.state is not None and self.next_logprobs is not None
+        gens, lp = self.gens, self.next_logprobs
+        dev = lp.device
+        if self._knobs is None:  # rebuilt only when the batch's members change
+            p = [g.params for g in gens]
+            self._knobs = (
+                torch.tensor([x.temperature for x in p], device=dev),
+                torch.tensor([x.top_k for x in p], device=dev),
+                torch.tensor([x.top_p for x in p], device=dev),
+                torch.tensor([x.min_p for x in p], device=dev),
+            )
+            self._want_top = max(x.top_logprobs for x in p)
+            self._plan = SamplingPlan.of(*self._knobs)
+            self._stop_rows = [row for row, x in enumerate(p) if x.stop]
+        uniform = torch.from_numpy(self._draw()).to(device=dev, dtype=lp.dtype)
+        tokens = choose_tokens(lp, *self._knobs, uniform, plan=self._plan)  # (B,)
+        chosen_lp = lp.gather(1, tokens.unsqueeze(1)).squeeze(1).tolist()
+        tok_list = tokens.tolist()
+        top_v = top_i = None
+        if self._want_top:
+            top_v, top_i = lp.topk(min(self._want_top, lp.shape[1]), dim=-1)
+        for g, t, lp_t in zip(gens, tok_list, chosen_lp, strict=True):  # O(1) per row
+            g.ids.append(t)
+            g.logprobs.append(lp_t)
+        if top_v is not None and top_i is not None:
+            self._record_tops(top_v, top_i)
+        # Which rows end: <eos> (counted in logprob and num_tokens; no text), a stop
+        # string (only rows that have one decode their text), or the length limit.
+        self._left -= 1
+        at_eos = tokens.cpu().numpy() == EOS
+        ending = at_eos | (self._left <= 0)
+        for row in self._stop_rows:
+            if not at_eos[row] and self._stopped(gens[row]):
+                ending[row] = True
+        finished = []
+        if ending.any():
+            for r in np.flatnonzero(ending).tolist():
+                g = gens[r]
+                if g.finish_reason is None:  # a stop string already said "stop"
+                    g.finish_reason = "eos" if at_eos[r] else "length"
+                finished.append(g)
+        keep = np.flatnonzero(~ending).tolist()
+        self.remove(keep)
+        if keep:
+            going = tokens if len(keep) == len(tok_list) else tokens[keep]
+            feats, self.state = self.engine.model.step(
+                going, self.state, self.engine.input_gates, self.engine.decode_weights
+            )  # (B, F)
+            if self.history is not None and self.history.shape[1]:
+                self.history = np.concatenate(
+                    [self.history[:, 1:], going.cpu().numpy().astype(np.int64)[:, None]], axis=1
+                )
+            self.next_logprobs = self._next_logprobs(
+                self.engine.model.log_probs(feats), self.history
+            )
+        return finished
+
+    def _record_tops(self, top_v: Tensor, top_i: Tensor) -> None:
+        piece = self.engine.tokenizer.piece
+        for row, g in enumerate(self.gens):
+            if k := g.params.top_logprobs:
+                g.tops.append(
+                    [(piece(a), v) for a, v in zip(top_i[row, :k].tolist(),
+                                                   top_v[row, :k].tolist(), strict=True)]
+                )  # fmt: skip
+
+    def _stopped(self, g: Generation) -> bool:
+        """Whether the token just added completed a stop string; if so, cut there."""
+        text = g.text
+        longest = max(len(s) for s in g.params.stop)
+        lo = max(0, g._stop_scanned - longest + 1)  # a stop may start in the text before
+        g._stop_scanned = len(text)
+        hits = [i for s in g.params.stop if (i := text.find(s, lo)) >= 0]
+        if hits:
+            self._cut_at(g, min(hits))
+            return True
+        return False
+
+    def _cut_at(self, g: Generation, pos: int) -> None:
+        """End `g` at a stop string found at `pos`: keep the tokens wholly before it."""
+        text = g.text[:pos]
+        k = len(g.ids)
+        while k > 0 and not text.startswith(self._completion(g, g.ids[:k])):
+            k -= 1
+        del g.ids[k:]
+        del g.logprobs[k:]
+        del g.tops[k:]
+        g.text = text
+        g.finish_reason = "stop"
+
+    def _completion(self, g: Generation, ids: list[int]) -> str:
+        """The text of `ids` as it continues the prompt (spacing decided in context)."""
+        tok = self.engine.tokenizer
+        full = tok.decode(g.prompt_ids + ids)
+        if full.startswith(g.prompt_text):
+            return full[len(g.prompt_text) :]
+        return tok.decode(ids)

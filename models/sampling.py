@@ -1,0 +1,203 @@
+"""Sampling one token per sequence: the parameters, a running sequence, the choice.
+
+`choose_tokens` draws every row of a batch at once by inverse-CDF sampling with
+that row's temperature, top-k, top-p and min-p; a row's choice depends only on
+its own distribution and uniform number, never on its neighbours. A `Generation`
+is one sequence being sampled, with its own random generator, so the same seed
+gives the same tokens alone or in any batch (models/batch.py keeps them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from models.results import SampleResult
+from models.tokenizers import BOS, PAD, UNK, Decoder
+
+# Sampling never emits these: they have no text, and a sample's text must score
+# back to the same tokens. (Their probability still counts in every logprob.)
+_NEVER_SAMPLED = [PAD, UNK, BOS]
+SEED_SPACE = 2**63  # seeds are in [0, 2**63): a non-negative int64
+
+
+@dataclass
+class SampleParams:
+    max_tokens: int = 100
+    temperature: float = 1.0  # 0 is greedy
+    top_k: int = 0  # 0: no limit
+    top_p: float = 1.0
+    min_p: float = 0.0
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    logprobs: bool = False  # keep each token's log-probability
+    top_logprobs: int = 0  # and this many alternatives per position
+
+    def __post_init__(self) -> None:
+        checks = [
+            ("max_tokens", self.max_tokens >= 0, "must be >= 0"),
+            ("temperature", 0.0 <= self.temperature <= 100.0, "must be in [0, 100]"),
+            ("top_k", self.top_k >= 0, "must be >= 0"),
+            ("top_p", 0.0 < self.top_p <= 1.0, "must be in (0, 1]"),
+            ("min_p", 0.0 <= self.min_p < 1.0, "must be in [0, 1)"),
+            ("stop", all(isinstance(s, str) and s for s in self.stop), "must be non-empty"),
+            ("top_logprobs", self.top_logprobs >= 0, "must be >= 0"),
+        ]
+        for name, ok, message in checks:
+            if not ok:
+                raise ValueError(f"{name} {message}, not {getattr(self, name)!r}")
+        if self.seed is not None and not 0 <= self.seed < SEED_SPACE:
+            raise ValueError(f"seed must be in [0, 2**63), not {self.seed}")
+
+
+@dataclass(eq=False)
+class Generation:
+    """One sequence being sampled; `key` is whatever the caller uses to find it.
+
+    Its text is decoded only when something reads it (a stop string, a stream,
+    the result), and then only the tokens added since the last read.
+    """
+
+    params: SampleParams
+    seed: int
+    prompt_ids: list[int]
+    prompt_text: str
+    key: object = None
+    ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    tops: list[list[tuple[str, float]]] = field(default_factory=list)
+    sent: int = 0  # characters of `text` already handed out by `delta()`
+    finish_reason: str | None = None
+    decoder: Decoder | None = None  # the completion's text after the prompt
+    rng: np.random.Generator = field(init=False)
+    _text: str = field(init=False, default="")
+    _decoded: int = field(init=False, default=0)  # ids behind `_text`
+    _fixed: bool = field(init=False, default=False)  # text set by hand (cut at a stop)
+    _stop_scanned: int = field(init=False, default=0)  # text length searched for stops
+
+    def __post_init__(self) -> None:
+        self.rng = np.random.Generator(np.random.PCG64(self.seed))
+
+    @property
+    def text(self) -> str:
+        if not self._fixed and self._decoded != len(self.ids) and self.decoder is not None:
+            self._text = self.decoder.text(self.ids)
+            self._decoded = len(self.ids)
+        return self._text
+
+    @text.setter
+    def text(self, value: str) -> None:
+        self._text, self._fixed = value, True
+
+    def delta(self) -> str:
+        """Text not yet handed out that can no longer change.
+
+        While running, hold back the end of the text that could still grow into
+        a stop string (it would be cut) and an unfinished UTF-8 character.
+        """
+        text = self.text
+        end = len(text)
+        if self.finish_reason is None:
+            while end > self.sent and text[end - 1] == "\ufffd":
+                end -= 1
+            for stop in self.params.stop:
+                for k in range(min(len(stop) - 1, end - self.sent), 0, -1):
+                    if text[end - k : end] == stop[:k]:
+                        end -= k
+                        break
+        out = text[self.sent : end]
+        self.sent = max(self.sent, end)
+        return out
+
+    def result(self) -> SampleResult:
+        assert self.finish_reason is not None
+        return SampleResult(
+            text=self.text,
+            finish_reason=self.finish_reason,
+            num_tokens=len(self.ids),
+            logprob=float(sum(self.logprobs)),
+            seed=self.seed,
+        )
+
+
+def choose_tokens(
+    logprobs: Tensor,
+    temperature: Tensor,
+    top_k: Tensor,
+    top_p: Tensor,
+    min_p: Tensor,
+    uniform: Tensor,
+    plan: SamplingPlan | None = None,
+) -> Tensor:
+    """Pick one token per row by inverse-CDF sampling with each row's parameters.
+
+    logprobs (B, V); the rest (B,). Rows are computed independently, so a
+    row's choice never depends on its neighbours: `plan` only skips work that
+    would leave every row as it is (dividing by a temperature of 1, truncating
+    rows that ask for no truncation, taking the argmax for rows that are not
+    greedy), never a different arithmetic for some rows.
+    """
+    plan = plan or SamplingPlan.of(temperature, top_k, top_p, min_p)
+    lp = logprobs + _never_sampled_mask(logprobs)  # -inf where sampling never goes
+    scaled = lp / temperature.clamp(min=1e-6).unsqueeze(1) if plan.scale else lp
+    probs = torch.softmax(scaled, dim=-1)  # (B, V)
+    # Rows without truncation draw from the CDF in vocabulary order, rows with it
+    # from the sorted one; each row takes its own path, whatever its neighbours do.
+    chosen = _inverse_cdf(probs.cumsum(-1), uniform)
+    if plan.truncated is not None and plan.truncated.numel():
+        t = plan.truncated
+        sorted_p, order = probs[t].sort(dim=-1, descending=True)
+        rank = torch.arange(probs.shape[1], device=probs.device).unsqueeze(0)
+        keep = (top_k[t].unsqueeze(1) == 0) | (rank < top_k[t].unsqueeze(1))
+        keep &= (sorted_p.cumsum(-1) - sorted_p) < top_p[t].unsqueeze(1)  # the top one always
+        keep &= sorted_p >= min_p[t].unsqueeze(1) * sorted_p[:, :1]
+        pos = _inverse_cdf((sorted_p * keep).cumsum(-1), uniform[t])
+        chosen = chosen.index_copy(0, t, order.gather(1, pos.unsqueeze(1)).squeeze(1))
+    if plan.greedy is not None:
+        chosen = torch.where(plan.greedy, lp.argmax(-1), chosen)
+    return chosen
+
+
+@dataclass
+class SamplingPlan:
+    """What a batch's sampling parameters need, worked out once when its rows change."""
+
+    scale: bool  # some row's temperature is not 1 (0 included)
+    truncated: Tensor | None  # rows with top-k, top-p or min-p: their indices
+    greedy: Tensor | None  # (B,) True where temperature is 0; None if no row is greedy
+
+    @classmethod
+    def of(cls, temperature: Tensor, top_k: Tensor, top_p: Tensor, min_p: Tensor) -> SamplingPlan:
+        greedy = temperature == 0
+        truncated = ((top_k > 0) | (top_p < 1) | (min_p > 0)).nonzero().squeeze(1)
+        return cls(
+            scale=bool((temperature != 1).any()),
+            truncated=truncated if truncated.numel() else None,
+            greedy=greedy if bool(greedy.any()) else None,
+        )
+
+
+_MASKS: dict[tuple[int, torch.dtype, torch.device], Tensor] = {}
+
+
+def _never_sampled_mask(logprobs: Tensor) -> Tensor:
+    """(V,): -inf at the ids sampling never emits, 0 elsewhere (cached per shape)."""
+    key = (logprobs.shape[-1], logprobs.dtype, logprobs.device)
+    mask = _MASKS.get(key)
+    if mask is None:
+        mask = torch.zeros(key[0], dtype=key[1], device=key[2])
+        mask[_NEVER_SAMPLED] = float("-inf")
+        _MASKS[key] = mask
+    return mask
+
+
+def _inverse_cdf(cdf: Tensor, uniform: Tensor) -> Tensor:
+    """cdf (B, V), uniform (B,) -> the position (B,) where each row's mass passes u × total."""
+    target = (uniform * cdf[:, -1]).unsqueeze(1)
+    # right=True: the first position whose cumulative mass exceeds the target,
+    # which always carries positive probability.
+    pos = torch.searchsorted(cdf, target, right=True).clamp(max=cdf.shape[1] - 1)
+    return pos.squeeze(1)
