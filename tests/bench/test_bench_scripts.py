@@ -235,3 +235,56 @@ def test_serving_measures_engine_service_and_bound(tmp_path: Path) -> None:
     assert summary["bench"] == "serving_summary" and summary["gemm_bound_tokens_per_s"] > 0
     assert summary["service_1_ms_per_token"] > 0 and summary["speedup_32"] > 0
     assert summary["service_share_of_engine_1"] > 0 and summary["score_64_pct_of_gemm_bound"] > 0
+
+
+maxent = _load("maxent")
+
+
+def test_maxent_contexts_are_the_tokens_before_each_position() -> None:
+    prev = torch.tensor([[7, 8]])  # the window before ended ... 7 8
+    inp = torch.tensor([[9, 10, 11]])
+    ctx = maxent.contexts(prev, inp, 3)  # (1, 3, 3), newest first
+    assert ctx[0].tolist() == [[9, 8, 7], [10, 9, 8], [11, 10, 9]]
+    start = maxent.contexts(torch.full((1, 2), -1), inp, 3)  # a sequence's first window
+    assert start[0, 0].tolist() == [9, -1, -1]
+
+
+def test_maxent_direct_weights_are_per_context_and_target() -> None:
+    direct = maxent.Direct(order=3, log2_size=12, targets=5)
+    ctx = torch.tensor([[4, 6], [4, 7], [4, -1]])  # the last two share their newest token
+    assert direct(ctx).abs().sum() == 0  # zero at the start: the RNN alone
+    direct(ctx)[0, 2].backward()  # one logit: one weight per context length
+    assert int((direct.table.grad != 0).sum()) == 2
+    with torch.no_grad():
+        direct.table.copy_(torch.randn_like(direct.table))
+    out = direct(ctx)
+    assert out.shape == (3, 5)
+    assert not torch.equal(out[0], out[1])  # different 2-token contexts
+    # No 2-token context before the start: only the 1-token weights, as in row 1's.
+    one = maxent.Direct(order=2, log2_size=12, targets=5)
+    one.table = direct.table
+    assert torch.equal(out[2], one(ctx[:, :1])[1])
+
+
+def test_maxent_trains_both_arms_and_mixes_them(tmp_path: Path, text_file: Path) -> None:
+    from rnnlm.cli import main
+
+    lines = text_file.read_text().splitlines()
+    for name, part in (("valid", lines[:40]), ("test", lines[40:80])):
+        (tmp_path / f"{name}.txt").write_text("\n".join(part) + "\n")
+    assert main(["corpus", str(text_file), "--valid", str(tmp_path / "valid.txt"), "--test",
+                 str(tmp_path / "test.txt"), "--out", str(tmp_path / "c"), "--tokenizer",
+                 "word"]) == 0  # fmt: skip
+    assert main(["train", "--corpus", str(tmp_path / "c"), "--out", str(tmp_path / "r"),
+                 "--max-steps", "2", "--hidden", "16", "--embedding", "16", "--ngram-order",
+                 "3", "--no-progress"]) == 0  # fmt: skip
+    rows = {}
+    for order in ("0", "3"):
+        (rows[order],) = _script(str(BENCH / "maxent.py"), "--corpus", str(tmp_path / "c"),
+                                 "--ngram-from", str(tmp_path / "r" / "best"), "--budget", "1",
+                                 "--direct-order", order, "--log2-size", "16")  # fmt: skip
+    assert rows["0"]["direct_weights"] == 0 and rows["3"]["direct_weights"] == 1 << 16
+    for r in rows.values():
+        assert r["steps"] > 0 and r["test_ppl_rnn"] > 1 and 0 <= r["lambda"] <= 1
+        assert r["test_ppl_mixture"] <= max(r["test_ppl_rnn"], r["test_ppl_ngram"]) * 1.01
+    assert rows["0"]["test_ppl_ngram"] == rows["3"]["test_ppl_ngram"]  # the same n-gram
