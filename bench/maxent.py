@@ -45,10 +45,11 @@ from models.checkpoint import load_checkpoint  # noqa: E402
 from models.model import RNNLM  # noqa: E402
 from models.ngram import mix_logprobs  # noqa: E402
 from models.tokenizers import BOS, PAD  # noqa: E402
-from training.config import TrainConfig  # noqa: E402
+from training.config import TrainConfig, TrainState  # noqa: E402
 from training.corpus import TokenSplit, load_corpus_tokenizer  # noqa: E402
 from training.data import sentence_batches, sentence_windows  # noqa: E402
 from training.mixture import choose_weights, component_logprobs  # noqa: E402
+from training.train import _lr  # noqa: E402  (the trainer's schedule, warm-up included)
 
 _P = 2_147_483_647  # 2**31 - 1: hashes stay below 2**31, so products fit in int64
 _MIX = 2_654_435_761  # Knuth's multiplicative constant
@@ -134,8 +135,9 @@ def main() -> None:
     torch.manual_seed(a.seed)
     tok = load_corpus_tokenizer(a.corpus)
     V = tok.vocab_size
-    cfg = TrainConfig().resolve(tok.kind, V)
-    assert cfg.lr and cfg.batch_size and cfg.bptt and cfg.clip and cfg.warmup is not None
+    # The limits make `_lr`'s cosine follow the clock, or the steps when those end first.
+    cfg = TrainConfig(time_budget=a.budget, max_steps=a.max_steps or None).resolve(tok.kind, V)
+    assert cfg.lr and cfg.batch_size and cfg.bptt and cfg.clip
     model = RNNLM(cfg.model_config(V))
     K = max(a.direct_order - 1, 0)
     direct = Direct(a.direct_order, a.log2_size, a.direct_targets or V) if K else None
@@ -153,11 +155,8 @@ def main() -> None:
             _, wins = sentence_windows(train, idx, cfg.bptt)
             state, prev = None, torch.full((len(idx), max(K - 1, 0)), -1)
             for inp, tgt in wins:
-                progress = min(1.0, (time.monotonic() - t0) / a.budget)
-                if a.max_steps:
-                    progress = max(progress, step / a.max_steps)
-                warm = min(1.0, (step + 1) / cfg.warmup) if cfg.warmup else 1.0
-                lr = cfg.lr * warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+                st = TrainState(step=step, elapsed=time.monotonic() - t0)
+                lr = _lr(cfg, st, units_per_epoch=1)  # no epoch limit: the unit count is unused
                 for g in opt.param_groups:
                     g["lr"] = lr
                 feats, state = model.features(inp, state)
