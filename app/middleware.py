@@ -9,6 +9,7 @@ from __future__ import annotations
 import hmac
 import time
 
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import error_response
@@ -67,6 +68,13 @@ class GuardMiddleware:
                     return hmac.compare_digest(token.strip(), self.api_key)
         return False
 
+    def _too_large(self) -> Response:
+        # Made when needed: building it for every request cost more than the guard's checks.
+        limit = self.max_body_bytes
+        return error_response(
+            413, f"request body is over the limit of {limit} bytes", code="body_too_large"
+        )
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
@@ -83,15 +91,12 @@ class GuardMiddleware:
             return
         headers = dict(scope["headers"])
         limit = self.max_body_bytes
-        too_large = error_response(
-            413, f"request body is over the limit of {limit} bytes", code="body_too_large"
-        )
         try:
             declared = int(headers.get(b"content-length", b"0"))
         except ValueError:
             declared = 0
         if declared > limit:
-            await too_large(scope, receive, send)
+            await self._too_large()(scope, receive, send)
             return
         chunks, size, more = [], 0, True
         disconnected: Message | None = None
@@ -103,7 +108,7 @@ class GuardMiddleware:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
-                await too_large(scope, receive, send)
+                await self._too_large()(scope, receive, send)
                 return
             chunks.append(chunk)
             more = message.get("more_body", False)
