@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import logging
 import threading
 import time
@@ -351,6 +352,12 @@ class ModelWorker:
             by_loop.setdefault(job.loop, []).append((job, ev))
         for loop, part in by_loop.items():
             _call_soon(loop, _deliver, part)
+        if by_loop and hasattr(os, "sched_yield"):
+            # Let the event loop answer now if it shares this core: otherwise it waits for
+            # the scheduler's next turn, and a finished request's slot stays empty until
+            # its client's next request arrives (server pinned to one core, 32 streams:
+            # 3-5% more tokens/s in three A/B pairs). Elsewhere it costs one system call.
+            os.sched_yield()
 
     def _fail_all(
         self, scores: list[ScoreJob], jobs: list[SampleJob], error: BaseException
