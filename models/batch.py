@@ -52,6 +52,8 @@ class Batch:
         # same numbers, in the same order, as one draw per step): (B, block), (B,).
         self._uniforms = np.zeros((0, _UNIFORM_BLOCK))
         self._upos = np.zeros(0, dtype=np.int64)
+        self._rows = np.zeros(0, dtype=np.int64)  # 0..B-1
+        self._refill_in = 0  # steps until some row's block of uniforms is used up
         self._want_top = 0  # the most top_logprobs any row asks for
         self._plan: SamplingPlan | None = None
         self._stop_rows: list[int] = []  # rows with stop strings
@@ -202,12 +204,14 @@ class Batch:
 
     def _draw(self) -> np.ndarray[Any, np.dtype[np.float64]]:
         """This step's uniform of every row (B,), refilling the blocks that run out."""
-        rows = np.arange(len(self.gens))
-        u = self._uniforms[rows, self._upos]
+        u = self._uniforms[self._rows, self._upos]
         self._upos += 1
-        for r in np.flatnonzero(self._upos == _UNIFORM_BLOCK):
-            self._uniforms[r] = self.gens[r].rng.random(_UNIFORM_BLOCK)
-            self._upos[r] = 0
+        self._refill_in -= 1
+        if self._refill_in == 0:  # some row's block is used up
+            for r in np.flatnonzero(self._upos == _UNIFORM_BLOCK):
+                self._uniforms[r] = self.gens[r].rng.random(_UNIFORM_BLOCK)
+                self._upos[r] = 0
+            self._refill_in = _UNIFORM_BLOCK - int(self._upos.max())
         return u
 
     @torch.inference_mode()
@@ -228,10 +232,15 @@ class Batch:
             self._want_top = max(x.top_logprobs for x in p)
             self._plan = SamplingPlan.of(*self._knobs)
             self._stop_rows = [row for row, x in enumerate(p) if x.stop]
-        uniform = torch.from_numpy(self._draw()).to(device=dev, dtype=lp.dtype)
+            self._rows = np.arange(len(gens))
+            self._refill_in = _UNIFORM_BLOCK - int(self._upos.max())
+        u = self._draw()  # float64: rounded to float32 on the host (cheaper than a torch op)
+        uniform = torch.from_numpy(u.astype(np.float32) if lp.dtype == torch.float32 else u)
+        uniform = uniform.to(device=dev, dtype=lp.dtype)  # a no-op on the CPU in float32
         tokens = choose_tokens(lp, *self._knobs, uniform, plan=self._plan)  # (B,)
         chosen_lp = lp.gather(1, tokens.unsqueeze(1)).squeeze(1).tolist()
-        tok_list = tokens.tolist()
+        tok_np = tokens.cpu().numpy()
+        tok_list = tok_np.tolist()
         top_v = top_i = None
         if self._want_top:
             top_v, top_i = lp.topk(min(self._want_top, lp.shape[1]), dim=-1)
@@ -243,28 +252,29 @@ class Batch:
         # Which rows end: <eos> (counted in logprob and num_tokens; no text), a stop
         # string (only rows that have one decode their text), or the length limit.
         self._left -= 1
-        at_eos = tokens.cpu().numpy() == EOS
+        at_eos = tok_np == EOS
         ending = at_eos | (self._left <= 0)
         for row in self._stop_rows:
             if not at_eos[row] and self._stopped(gens[row]):
                 ending[row] = True
         finished = []
+        going, going_np = tokens, tok_np
         if ending.any():
             for r in np.flatnonzero(ending).tolist():
                 g = gens[r]
                 if g.finish_reason is None:  # a stop string already said "stop"
                     g.finish_reason = "eos" if at_eos[r] else "length"
                 finished.append(g)
-        keep = np.flatnonzero(~ending).tolist()
-        self.remove(keep)
-        if keep:
-            going = tokens if len(keep) == len(tok_list) else tokens[keep]
+            keep = np.flatnonzero(~ending).tolist()
+            self.remove(keep)
+            going, going_np = tokens[keep], tok_np[keep]
+        if self.gens:
             feats, self.state = self.engine.model.step(
                 going, self.state, self.engine.input_gates, self.engine.decode_weights
             )  # (B, F)
             if self.history is not None and self.history.shape[1]:
                 self.history = np.concatenate(
-                    [self.history[:, 1:], going.cpu().numpy().astype(np.int64)[:, None]], axis=1
+                    [self.history[:, 1:], going_np.astype(np.int64)[:, None]], axis=1
                 )
             self.next_logprobs = self._next_logprobs(
                 self.engine.model.log_probs(feats), self.history
