@@ -174,9 +174,17 @@ class Batch:
         # RNN's own precision (a sample's logprob agrees with its score to ~1e-6).
         dtype = np.float32 if rnn.dtype == torch.float32 else np.float64
         part, bucket = ngram.mixture_part(history, table, dtype)  # (B, V), (B,)
-        mixed = torch.from_numpy(part).to(rnn.device)
-        weight = torch.from_numpy(table[bucket].astype(dtype)).to(rnn.device).unsqueeze(1)
-        return mixed.add_(rnn.exp().mul_(weight)).log_()
+        weight = table[bucket].astype(dtype)[:, None]  # (B, 1)
+        if rnn.device.type == "cpu":
+            # On the host in numpy, where `part` already is: torch's CPU exp and log took
+            # 266 and 326 µs on a (32, 10000) block, numpy's 142 and 119 (one thread).
+            mixed = np.exp(rnn.numpy())
+            mixed *= weight
+            mixed += part
+            with np.errstate(divide="ignore"):  # ln 0 = -inf where neither model goes
+                return torch.from_numpy(np.log(mixed, out=mixed))
+        w = torch.from_numpy(weight).to(rnn.device)
+        return torch.from_numpy(part).to(rnn.device).add_(rnn.exp().mul_(w)).log_()
 
     def remove(self, keep: list[int]) -> None:
         """Keep only the rows in `keep` (indices into the batch)."""
