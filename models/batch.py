@@ -80,7 +80,7 @@ class Batch:
         else:
             state, last = self._prefill(inputs)
             history = self._start_history(inputs)
-            lp = self._next_logprobs(self.engine.model.log_probs(last), history)  # (B_new, V)
+            lp = self._next_logprobs(self._log_probs(last), history)  # (B_new, V)
         self.gens.extend(gens)
         self._knobs = None
         knobs = [(x.temperature, x.top_k, x.top_p, x.min_p) for x in (g.params for g in gens)]
@@ -118,7 +118,7 @@ class Batch:
                 start, model.init_state(1, dev), engine.input_gates, engine.decode_weights
             )
             history = self._start_history([[engine.start_id]])
-            engine.start = (state, self._next_logprobs(model.log_probs(feats), history), history)
+            engine.start = (state, self._next_logprobs(self._log_probs(feats), history), history)
         state, lp, history = engine.start
         # Copies (clone; `repeat` costs four times as much), so the start point stays as it is.
         fmt = torch.contiguous_format
@@ -162,6 +162,10 @@ class Batch:
         width = ngram.order - 1
         rows = [([NO_TOKEN] * width + x)[len(x) :] if width else [] for x in inputs]
         return np.array(rows, dtype=np.int64).reshape(len(inputs), width)
+
+    def _log_probs(self, feats: Tensor) -> Tensor:
+        """The RNN's next-token log-probs (B, V) from features (B, F)."""
+        return self.engine.model.log_probs(feats, self.engine.decode_output)
 
     def _next_logprobs(
         self, rnn: Tensor, history: np.ndarray[Any, np.dtype[np.int64]] | None
@@ -284,9 +288,7 @@ class Batch:
                 self.history = np.concatenate(
                     [self.history[:, 1:], going_np.astype(np.int64)[:, None]], axis=1
                 )
-            self.next_logprobs = self._next_logprobs(
-                self.engine.model.log_probs(feats), self.history
-            )
+            self.next_logprobs = self._next_logprobs(self._log_probs(feats), self.history)
         return finished
 
     def _record_tops(self, top_v: Tensor, top_i: Tensor) -> None:

@@ -97,6 +97,7 @@ class Engine:
         # Decoding reads the first layer's input projection from a table (small vocabularies).
         self.input_gates = self.model.input_gate_table()
         self.decode_weights = self.model.decode_weights()  # transposed, contiguous
+        self.decode_output = self.model.decode_output()  # the output layer's, likewise
         # What every sequence without a prompt starts from, the same for all of them: the
         # state after the start token, its next-token log-probs (1, V) and the n-gram
         # history. Worked out once, by the first `Batch.add` that needs it (models/batch.py).

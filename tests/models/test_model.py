@@ -105,3 +105,18 @@ def test_the_decoding_tanh_is_torchs_on_small_and_large_blocks(shape: tuple[int,
         assert got.dtype == block.dtype and got.data_ptr() != block.data_ptr()
     w = torch.randn(64, 64, requires_grad=True)  # outside inference: torch's own, with grad
     assert _tanh(w).requires_grad
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_decoding_with_the_transposed_output_layer_gives_the_same_log_probs(tied: bool) -> None:
+    torch.manual_seed(0)
+    m = RNNLM(ModelConfig(vocab_size=50, embedding=12, hidden=12, tied=tied)).eval()
+    out_t = m.decode_output()
+    assert out_t is not None and out_t.shape == (12, 50) and out_t.is_contiguous()
+    assert m.decode_output(max_bytes=100) is None  # too big to copy: not made
+    feats = torch.randn(7, 12)
+    with torch.inference_mode():
+        torch.testing.assert_close(m.log_probs(feats, out_t), m.log_probs(feats))
+    adaptive = RNNLM(ModelConfig(vocab_size=50, embedding=12, hidden=12, tied=False,
+                                 adaptive_cutoffs=[10]))  # fmt: skip
+    assert adaptive.decode_output() is None
