@@ -226,6 +226,18 @@ class Batch:
             self._refill_in = _UNIFORM_BLOCK - int(self._upos.max())
         return u
 
+    def _members_changed(self) -> None:
+        """What depends on which rows the batch holds: their knobs as tensors, the sampling
+        plan, the rows with stop strings or top_logprobs, and where the uniforms run out."""
+        p = [g.params for g in self.gens]
+        t, k, tp, mp = torch.from_numpy(self._knob_rows).to(self.engine.device).unbind(1)
+        self._knobs = (t, k, tp, mp)
+        self._want_top = max(x.top_logprobs for x in p)
+        self._plan = SamplingPlan.of(*self._knobs)
+        self._stop_rows = [row for row, x in enumerate(p) if x.stop]
+        self._rows = np.arange(len(self.gens))
+        self._refill_in = _UNIFORM_BLOCK - int(self._upos.max())
+
     @torch.inference_mode()
     def step(self) -> list[Generation]:
         """Pick the next token of every sequence; advance those that go on.
@@ -238,14 +250,8 @@ class Batch:
         gens, lp = self.gens, self.next_logprobs
         dev = lp.device
         if self._knobs is None:  # rebuilt only when the batch's members change
-            p = [g.params for g in gens]
-            t, k, tp, mp = torch.from_numpy(self._knob_rows).to(dev).unbind(1)
-            self._knobs = (t, k, tp, mp)
-            self._want_top = max(x.top_logprobs for x in p)
-            self._plan = SamplingPlan.of(*self._knobs)
-            self._stop_rows = [row for row, x in enumerate(p) if x.stop]
-            self._rows = np.arange(len(gens))
-            self._refill_in = _UNIFORM_BLOCK - int(self._upos.max())
+            self._members_changed()
+        assert self._knobs is not None
         u = self._draw()  # float64: rounded to float32 on the host (cheaper than a torch op)
         uniform = torch.from_numpy(u.astype(np.float32) if lp.dtype == torch.float32 else u)
         uniform = uniform.to(device=dev, dtype=lp.dtype)  # a no-op on the CPU in float32

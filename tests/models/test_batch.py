@@ -82,9 +82,7 @@ def test_each_row_draws_its_own_generators_numbers_in_order(engine: Engine) -> N
         if step == 40:
             batch.remove([1, 2, 3])  # the first row leaves
         if batch._knobs is None:  # what step() does when the members change
-            batch._rows = np.arange(len(batch))
-            batch._refill_in = _UNIFORM_BLOCK - int(batch._upos.max())
-            batch._knobs = tuple(torch.zeros(len(batch)) for _ in range(4))  # type: ignore[assignment]
+            batch._members_changed()
         for g, u in zip(batch.gens, batch._draw(), strict=True):
             taken[g.seed].append(float(u))
     for g in gens:
