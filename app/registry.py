@@ -245,7 +245,7 @@ def describe(path: Path, engine: Engine) -> dict[str, Any]:
             if engine.checkpoint.mix_buckets is None
             else engine.checkpoint.mix_buckets.tolist(),
             "ngrams": sum(engine.ngram.counts()),
-            "memory_bytes": engine.ngram.nbytes(),
+            "memory_bytes": engine.ngram.memory_bytes(),
             "source": cfg.get("ngram", {}).get("source"),
         },
     }

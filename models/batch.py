@@ -6,7 +6,9 @@ drawn whether or not it is needed), so a sequence gives the same tokens alone or
 beside any others. `add()` prefills new prompts into the batch, `step()` picks
 one token for every sequence and advances the model once for all that continue,
 and finished sequences leave at once. With an n-gram, each step's distribution
-is the mixture, each row's λ that of its history's mixing bucket.
+is the mixture, each row's λ that of its history's mixing bucket; each row
+carries where its history stands in the n-gram (its stored contexts), advanced
+by one search per step instead of a walk down the n-gram's orders.
 """
 
 from __future__ import annotations
@@ -42,8 +44,9 @@ class Batch:
         self.gens: list[Generation] = []
         self.state: State | None = None  # each (layers, B, hidden)
         self.next_logprobs: Tensor | None = None  # (B, V): each sequence's next-token distribution
-        # With an n-gram: each row's last N-1 tokens (-1 before the start), (B, N-1).
-        self.history: np.ndarray[Any, np.dtype[np.int64]] | None = None
+        # With an n-gram: each row's stored contexts of its last 1 … N-1 tokens, (B, N-1)
+        # (models/ngram_next.py; -1 past the longest stored).
+        self.contexts: np.ndarray[Any, np.dtype[np.int64]] | None = None
         # Per-row temperature, top_k, top_p, min_p: (B, 4), kept up to date as rows come
         # and go, and as tensors, (B,) each, made from it when the members change.
         self._knob_rows = np.zeros((0, 4), dtype=np.float32)
@@ -76,11 +79,11 @@ class Batch:
             return done
         inputs = [[self.engine.start_id] + g.prompt_ids for g in gens]
         if all(len(x) == 1 for x in inputs):  # no prompts: all start from the same point
-            state, lp, history = self._from_start(len(gens))
+            state, lp, contexts = self._from_start(len(gens))
         else:
             state, last = self._prefill(inputs)
-            history = self._start_history(inputs)
-            lp = self._next_logprobs(self._log_probs(last), history)  # (B_new, V)
+            contexts = self._start_contexts(inputs)
+            lp = self._next_logprobs(self._log_probs(last), contexts)  # (B_new, V)
         self.gens.extend(gens)
         self._knobs = None
         knobs = [(x.temperature, x.top_k, x.top_p, x.min_p) for x in (g.params for g in gens)]
@@ -93,14 +96,14 @@ class Batch:
             [self._left, np.array([g.params.max_tokens - len(g.ids) for g in gens])]
         )
         if self.state is None or self.next_logprobs is None:
-            self.state, self.next_logprobs, self.history = state, lp, history
+            self.state, self.next_logprobs, self.contexts = state, lp, contexts
         else:
             self.state = tuple(
                 torch.cat([a, b], dim=1) for a, b in zip(self.state, state, strict=True)
             )
             self.next_logprobs = torch.cat([self.next_logprobs, lp])
-            if history is not None and self.history is not None:
-                self.history = np.concatenate([self.history, history])
+            if contexts is not None and self.contexts is not None:
+                self.contexts = np.concatenate([self.contexts, contexts])
         return done
 
     def _from_start(
@@ -108,7 +111,7 @@ class Batch:
     ) -> tuple[State, Tensor, np.ndarray[Any, np.dtype[np.int64]] | None]:
         """n sequences with no prompt: copies of the engine's start point (the state after
         the start token from a zero state, the next-token log-probs there, the n-gram's
-        history), worked out once as a decoding step of one row. Admitting a request then
+        contexts), worked out once as a decoding step of one row. Admitting a request then
         costs no model work: about a third of what a step of one row did per arrival."""
         engine = self.engine
         if engine.start is None:
@@ -117,15 +120,15 @@ class Batch:
             feats, state = model.step(
                 start, model.init_state(1, dev), engine.input_gates, engine.decode_weights
             )
-            history = self._start_history([[engine.start_id]])
-            engine.start = (state, self._next_logprobs(self._log_probs(feats), history), history)
-        state, lp, history = engine.start
+            ctx = self._start_contexts([[engine.start_id]])
+            engine.start = (state, self._next_logprobs(self._log_probs(feats), ctx), ctx)
+        state, lp, contexts = engine.start
         # Copies (clone; `repeat` costs four times as much), so the start point stays as it is.
         fmt = torch.contiguous_format
         return (
             tuple(s.expand(-1, n, -1).clone(memory_format=fmt) for s in state),
             lp.expand(n, -1).clone(memory_format=fmt),
-            None if history is None else history.repeat(n, axis=0),
+            None if contexts is None else contexts.repeat(n, axis=0),
         )
 
     def _prefill(self, inputs: list[list[int]]) -> tuple[State, Tensor]:
@@ -154,30 +157,33 @@ class Batch:
             last = model.proj(last)
         return state, last
 
-    def _start_history(self, inputs: list[list[int]]) -> np.ndarray[Any, np.dtype[np.int64]] | None:
-        """The n-gram's history after each prompt (start token included): (B, N-1)."""
+    def _start_contexts(
+        self, inputs: list[list[int]]
+    ) -> np.ndarray[Any, np.dtype[np.int64]] | None:
+        """The n-gram's contexts after each prompt (start token included): (B, N-1)."""
         ngram = self.engine.ngram
-        if ngram is None:
+        if ngram is None or self.engine.rnn_only:  # λ = 1 everywhere: the RNN's alone
             return None
         width = ngram.order - 1
         rows = [([NO_TOKEN] * width + x)[len(x) :] if width else [] for x in inputs]
-        return np.array(rows, dtype=np.int64).reshape(len(inputs), width)
+        history = np.array(rows, dtype=np.int64).reshape(len(inputs), width)
+        return ngram.next_tokens.contexts(history)
 
     def _log_probs(self, feats: Tensor) -> Tensor:
         """The RNN's next-token log-probs (B, V) from features (B, F)."""
         return self.engine.model.log_probs(feats, self.engine.decode_output)
 
     def _next_logprobs(
-        self, rnn: Tensor, history: np.ndarray[Any, np.dtype[np.int64]] | None
+        self, rnn: Tensor, contexts: np.ndarray[Any, np.dtype[np.int64]] | None
     ) -> Tensor:
         """The model's next-token log-probs (B, V): the RNN's, or the mixture with the n-gram."""
         ngram, table = self.engine.ngram, self.engine.mix_table
-        if ngram is None or history is None or table is None or self.engine.rnn_only:
+        if ngram is None or contexts is None or table is None or self.engine.rnn_only:
             return rnn
         # (1-λ)·P_ngram + λ·P_rnn, then the log: three passes over (B, V), in the
         # RNN's own precision (a sample's logprob agrees with its score to ~1e-6).
         dtype = np.float32 if rnn.dtype == torch.float32 else np.float64
-        part, bucket = ngram.mixture_part(history, table, dtype)  # (B, V), (B,)
+        part, bucket = ngram.mixture_part_at(contexts, table, dtype)  # (B, V), (B,)
         weight = table[bucket].astype(dtype)[:, None]  # (B, 1)
         if rnn.device.type == "cpu":
             # On the host in numpy, where `part` already is: torch's CPU exp and log took
@@ -201,14 +207,14 @@ class Batch:
         self._uniforms, self._upos = self._uniforms[rows], self._upos[rows]
         self._left = self._left[rows]
         if not keep:
-            self.state, self.next_logprobs, self.history = None, None, None
+            self.state, self.next_logprobs, self.contexts = None, None, None
             return
         assert self.state is not None and self.next_logprobs is not None
         idx = torch.from_numpy(rows).to(self.engine.device)
         self.state = tuple(s.index_select(1, idx) for s in self.state)
         self.next_logprobs = self.next_logprobs.index_select(0, idx)
-        if self.history is not None:
-            self.history = self.history[rows]
+        if self.contexts is not None:
+            self.contexts = self.contexts[rows]
 
     def cancel(self, gen: Generation) -> None:
         """Drop a generation whose client went away."""
@@ -290,11 +296,9 @@ class Batch:
             feats, self.state = self.engine.model.step(
                 going, self.state, self.engine.input_gates, self.engine.decode_weights
             )  # (B, F)
-            if self.history is not None and self.history.shape[1]:
-                self.history = np.concatenate(
-                    [self.history[:, 1:], going_np.astype(np.int64)[:, None]], axis=1
-                )
-            self.next_logprobs = self._next_logprobs(self._log_probs(feats), self.history)
+            if self.contexts is not None and self.engine.ngram is not None:
+                self.contexts = self.engine.ngram.next_tokens.advance(self.contexts, going_np)
+            self.next_logprobs = self._next_logprobs(self._log_probs(feats), self.contexts)
         return finished
 
     def _record_tops(self, top_v: Tensor, top_i: Tensor) -> None:

@@ -94,13 +94,17 @@ class Engine:
         self.mix_table = checkpoint.mixing_table()  # λ per mixing bucket (N·KID_BINS,)
         # λ = 1 everywhere: the n-gram takes no part in sampling.
         self.rnn_only = self.mix_table is None or bool((self.mix_table == 1.0).all())
+        if self.ngram is not None and not self.rnn_only:
+            # Its layout for sampling, built now as the tables below are, so that the first
+            # request does not wait for it (0.6 s for a character 10-gram of 2.6M n-grams).
+            _ = self.ngram.next_tokens
         # Decoding reads the first layer's input projection from a table (small vocabularies).
         self.input_gates = self.model.input_gate_table()
         self.decode_weights = self.model.decode_weights()  # transposed, contiguous
         self.decode_output = self.model.decode_output()  # the output layer's, likewise
         # What every sequence without a prompt starts from, the same for all of them: the
-        # state after the start token, its next-token log-probs (1, V) and the n-gram
-        # history. Worked out once, by the first `Batch.add` that needs it (models/batch.py).
+        # state after the start token, its next-token log-probs (1, V) and the n-gram's
+        # contexts. Worked out once, by the first `Batch.add` that needs it (models/batch.py).
         self.start: tuple[State, Tensor, np.ndarray[Any, np.dtype[np.int64]] | None] | None = None
         if self.bidirectional and checkpoint.mode == "stream":
             raise CheckpointError(

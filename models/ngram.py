@@ -38,17 +38,19 @@ has no more tokens (the start, or a text scored without `<bos>`).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from models.errors import CheckpointError
+
+if TYPE_CHECKING:
+    from models.ngram_next import NextTokens
 
 NGRAM_FILE = "ngram.safetensors"
 NGRAM_FORMAT = "rnnlm-ngram-1"
@@ -69,7 +71,7 @@ class NgramModel:
     keys: list[Int64s]
     logprob: list[Floats]
     backoff: list[Floats]
-    _children: list[tuple[Int64s, Int64s, Int64s]] = field(default_factory=list, repr=False)
+    _children: list[tuple[Int64s, Int64s]] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
         self.check()
@@ -122,12 +124,20 @@ class NgramModel:
         return [self.size(k) for k in range(1, self.order + 1)]
 
     def nbytes(self) -> int:
+        """The model's own arrays, as in its file."""
         arrays = [*self.keys[1:], *self.logprob, *self.backoff]
         return int(sum(a.nbytes for a in arrays))
 
+    def memory_bytes(self) -> int:
+        """What it holds in memory now: its arrays, the index of n-grams by context, and the
+        layout for sampling once something has sampled from it (`next_tokens`)."""
+        index = sum(a.nbytes + b.nbytes for a, b in self._children)
+        built = self.__dict__.get("next_tokens")
+        return self.nbytes() + int(index) + (built.nbytes() if built is not None else 0)
+
     # ---------------------------------------------------------------- lookups
 
-    def _find(self, k: int, keys: Int64s) -> tuple[Int64s, np.ndarray[Any, np.dtype[np.bool_]]]:
+    def find(self, k: int, keys: Int64s) -> tuple[Int64s, np.ndarray[Any, np.dtype[np.bool_]]]:
         """Positions of `keys` among order k's, and whether each is there."""
         table = self.keys[k - 1]
         if not len(table):
@@ -143,22 +153,21 @@ class NgramModel:
         pos = pos.clip(max=len(table) - 1)
         return pos.astype(np.int64), table[pos] == keys
 
-    def _index_children(self) -> list[tuple[Int64s, Int64s, Int64s]]:
-        """Per order k >= 2: (offsets, children, last tokens), grouping the k-grams
-        by their context (w1 … wk-1), for the next-token distribution."""
+    def _index_children(self) -> list[tuple[Int64s, Int64s]]:
+        """Per order k >= 2: (offsets, children), grouping the k-grams by their context
+        (w1 … wk-1): those after the context c of order k-1 are
+        children[offsets[c]:offsets[c + 1]]."""
         V = self.vocab_size
-        out: list[tuple[Int64s, Int64s, Int64s]] = []
-        last = np.arange(V, dtype=np.int64)  # order 1: an n-gram's last token is itself
+        out: list[tuple[Int64s, Int64s]] = []
         ctx_prev = np.zeros(0, np.int64)
         for k in range(2, self.order + 1):
             keys = self.keys[k - 1]
             parent, oldest = keys // V, keys % V  # (w2 … wk) and w1
-            last = last[parent]
             if k == 2:
                 ctx = oldest
             else:
                 # (w1 … wk-1) = w1 + the context of (w2 … wk), looked up at order k-1.
-                ctx, found = self._find(k - 1, ctx_prev[parent] * V + oldest)
+                ctx, found = self.find(k - 1, ctx_prev[parent] * V + oldest)
                 if not found.all():
                     raise CheckpointError(
                         f"n-gram: order {k}: {int((~found).sum())} n-grams whose context "
@@ -166,7 +175,8 @@ class NgramModel:
                     )
             order = np.argsort(ctx, kind="stable")
             offsets = np.searchsorted(ctx[order], np.arange(self.size(k - 1) + 1))
-            out.append((offsets.astype(np.int64), order.astype(np.int64), last[order]))
+            small = np.int32 if len(keys) < 2**31 else np.int64  # half the memory where it fits
+            out.append((offsets.astype(small), order.astype(small)))
             ctx_prev = ctx
         return out
 
@@ -179,9 +189,13 @@ class NgramModel:
             rows = np.concatenate([(keys % V)[:, None], rows[keys // V]], axis=1)
         return rows
 
+    def children(self, k: int) -> tuple[Int64s, Int64s]:
+        """The n-grams of order k >= 2 grouped by their context (see `_index_children`)."""
+        return self._children[k - 2]
+
     def context_index(self, k: int) -> Int64s:
         """For every n-gram of order k >= 2, the index of its context (w1 … wk-1) at order k-1."""
-        offsets, children, _ = self._children[k - 2]
+        offsets, children = self.children(k)
         ctx = np.empty(len(children), np.int64)
         ctx[children] = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
         return ctx
@@ -205,7 +219,7 @@ class NgramModel:
         idx, alive = targets.copy(), np.ones(len(targets), bool)
         for k in range(2, n + 1):
             w = histories[:, n - k]  # the (k-1)-th newest token of the history
-            pos, found = self._find(k, idx * V + w.clip(min=0))
+            pos, found = self.find(k, idx * V + w.clip(min=0))
             alive &= found & (w >= 0)
             if not alive.any():
                 break
@@ -219,7 +233,7 @@ class NgramModel:
         for j in range(1, n):  # contexts of j tokens
             if j > 1:
                 w = histories[:, n - 1 - j]
-                pos, found = self._find(j, ctx * V + w.clip(min=0))
+                pos, found = self.find(j, ctx * V + w.clip(min=0))
                 present &= found & (w >= 0)
                 ctx = np.where(present, pos, ctx)
             if not present.any():
@@ -230,7 +244,7 @@ class NgramModel:
             offsets = self._children[j - 1][0]
             kids = offsets[ctx[rows] + 1] - offsets[ctx[rows]]
             seen = kids > 0
-            bucket[rows[seen]] = j * KID_BINS + _kid_bin(kids[seen])
+            bucket[rows[seen]] = j * KID_BINS + kid_bin(kids[seen])
         return best, bucket
 
     def distribution(
@@ -239,7 +253,8 @@ class NgramModel:
         """scale · P(· | history) over the whole vocabulary: histories (B, order-1) -> (B, V).
 
         Each row sums to `scale` (ids never predicted have 0)."""
-        probs, factor, _ = self._distribution(histories, dtype)
+        nt = self.next_tokens
+        probs, factor, _ = nt.distribution(nt.contexts(histories), dtype)
         probs *= (factor * scale).astype(dtype)[:, None]
         return probs
 
@@ -248,89 +263,26 @@ class NgramModel:
     ) -> tuple[np.ndarray[Any, Any], Int64s]:
         """The n-gram's share of a mixture whose λ (the RNN's share) is `weights[bucket]`:
         ((1 − λ) · P(· | history) (B, V), each row's bucket (B,)), for histories (B, order-1)."""
-        probs, factor, bucket = self._distribution(histories, dtype)
+        nt = self.next_tokens
+        return self.mixture_part_at(nt.contexts(histories), weights, dtype)
+
+    def mixture_part_at(
+        self, contexts: Int64s, weights: Floats, dtype: type = np.float64
+    ) -> tuple[np.ndarray[Any, Any], Int64s]:
+        """`mixture_part` from the rows' contexts (`next_tokens.contexts` of the histories,
+        or `next_tokens.advance`d from the last ones): what sampling asks after each token."""
+        probs, factor, bucket = self.next_tokens.distribution(contexts, dtype)
         lam = np.asarray(weights, np.float64)[bucket]
         probs *= (factor * (1.0 - lam)).astype(dtype)[:, None]
         return probs, bucket
 
-    def _distribution(
-        self, histories: Int64s, dtype: type
-    ) -> tuple[np.ndarray[Any, Any], Floats, Int64s]:
-        """P(· | history) but for a factor per row, the factor (B,), and each row's bucket.
-
-        Backing off from a context multiplies a whole row by its backoff weight;
-        here that factor is kept per row and applied once by the caller (a stored
-        probability written meanwhile is divided by the factor so far), so a step
-        costs two passes over the (B, V) array whatever the order.
-        """
-        n = self.order
-        histories = np.asarray(histories, dtype=np.int64).reshape(-1, n - 1)
-        B = histories.shape[0]
-        if B == 1:
-            probs1, factor1, bucket1 = self._distribution_one(histories[0], dtype)
-            return probs1, np.array([factor1]), np.array([bucket1], np.int64)
-        probs: np.ndarray[Any, Any] = np.empty((B, self.vocab_size), dtype=dtype)
-        probs[:] = self._unigram_probs
-        factor = np.ones(B)  # the product of the backoffs applied so far, per row
-        bucket = np.zeros(B, np.int64)
-        ctx = histories[:, n - 2].copy() if n > 1 else np.zeros(0, np.int64)
-        present = ctx >= 0
-        for j in range(1, n):
-            if j > 1:
-                w = histories[:, n - 1 - j]
-                pos, found = self._find(j, ctx * self.vocab_size + w.clip(min=0))
-                present &= found & (w >= 0)
-                ctx = np.where(present, pos, ctx)
-            rows = present.nonzero()[0]
-            if not len(rows):
-                break
-            c = ctx[rows]
-            # Unseen after this context: backoff × the shorter context's probability;
-            # seen: the stored one.
-            factor[rows] *= np.exp(self.backoff[j - 1][c].astype(np.float64))
-            offsets, children, last = self._children[j - 1]
-            lo, hi = offsets[c], offsets[c + 1]
-            sizes = hi - lo
-            seen = sizes > 0
-            bucket[rows[seen]] = j * KID_BINS + _kid_bin(sizes[seen])
-            if sizes.sum():
-                row_of = np.repeat(rows, sizes)
-                flat = np.repeat(lo - np.cumsum(sizes) + sizes, sizes) + np.arange(sizes.sum())
-                stored = np.exp(self.logprob[j][children[flat]].astype(np.float64))
-                probs[row_of, last[flat]] = stored / factor[row_of]
-        return probs, factor, bucket
-
-    def _distribution_one(
-        self, history: Int64s, dtype: type
-    ) -> tuple[np.ndarray[Any, Any], float, int]:
-        """`_distribution` for a single history, with scalars instead of index arrays: what
-        sampling one stream asks for every token (a third of the numpy calls)."""
-        n, V = self.order, self.vocab_size
-        probs: np.ndarray[Any, Any] = self._unigram_probs.astype(dtype)[None, :]  # (1, V)
-        factor, bucket = 1.0, 0
-        ctx = int(history[n - 2]) if n > 1 else -1
-        for j in range(1, n):
-            if ctx < 0:
-                break
-            if j > 1:
-                w = int(history[n - 1 - j])
-                table = self.keys[j - 1]
-                pos = int(table.searchsorted(ctx * V + w)) if w >= 0 else len(table)
-                if pos >= len(table) or table[pos] != ctx * V + w:
-                    break
-                ctx = pos
-            factor *= math.exp(float(self.backoff[j - 1][ctx]))
-            offsets, children, last = self._children[j - 1]
-            lo, hi = int(offsets[ctx]), int(offsets[ctx + 1])
-            if hi > lo:
-                bucket = j * KID_BINS + min((hi - lo).bit_length() - 1, KID_BINS - 1)
-                stored = np.exp(self.logprob[j][children[lo:hi]].astype(np.float64))
-                probs[0, last[lo:hi]] = stored / factor
-        return probs, factor, bucket
-
     @cached_property
-    def _unigram_probs(self) -> Floats:
-        return np.exp(self.logprob[0].astype(np.float64))
+    def next_tokens(self) -> NextTokens:
+        """The layout for next-token distributions (models/ngram_next.py), built on first use:
+        scoring never needs it."""
+        from models.ngram_next import NextTokens  # it builds on this module
+
+        return NextTokens(self)
 
     # ------------------------------------------------------------------ files
 
@@ -422,7 +374,7 @@ def mix_logprobs(rnn: Floats, ngram: Floats, weight: float | Floats) -> Floats:
     return out
 
 
-def _kid_bin(kids: Int64s) -> Int64s:
+def kid_bin(kids: Int64s) -> Int64s:
     """floor(log2(kids)), capped at KID_BINS - 1: 1 -> 0, 2-3 -> 1, 4-7 -> 2, ... (kids >= 1)."""
     bins: Int64s = np.minimum(np.frexp(kids.astype(np.float64))[1] - 1, KID_BINS - 1)
     return bins.astype(np.int64)

@@ -397,7 +397,7 @@ def _index_of(model: NgramModel, rows: Int64s) -> Int64s:
     """The index of each row's n-gram at order rows.shape[1] (all must be stored)."""
     idx = rows[:, -1].copy()
     for j in range(2, rows.shape[1] + 1):
-        pos, found = model._find(j, idx * model.vocab_size + rows[:, -j])
+        pos, found = model.find(j, idx * model.vocab_size + rows[:, -j])
         if not found.all():  # the closure above makes this impossible
             raise RnnlmError(f"order {j}: a stored n-gram's context or suffix is missing")
         idx = pos

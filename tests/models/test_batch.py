@@ -61,11 +61,12 @@ def test_a_model_with_an_ngram_starts_from_the_mixture(tmp_path: Path) -> None:
     engine = Engine(load_checkpoint(tmp_path / "m"))
     batch = engine.new_batch()
     batch.add([engine.generation("", SampleParams(seed=0))])
-    assert batch.next_logprobs is not None and batch.history is not None
+    assert batch.next_logprobs is not None and batch.contexts is not None
     # The first token's distribution is the mixture (not the RNN's alone) and sums to 1.
     assert not torch.allclose(batch.next_logprobs[0], _after_start(engine), atol=1e-3)
     assert batch.next_logprobs[0].exp().sum().item() == pytest.approx(1.0, abs=1e-4)
-    assert batch.history.tolist() == [[-1, engine.start_id]]
+    # Where the start token stands in the n-gram: the context of one token, itself.
+    assert batch.contexts.tolist() == [[engine.start_id, -1]]
 
 
 def test_each_row_draws_its_own_generators_numbers_in_order(engine: Engine) -> None:
