@@ -91,3 +91,11 @@ def test_nothing_stored_falls_back_to_the_unigram() -> None:
     np.testing.assert_allclose(probs, np.exp(model.logprob[0])[None, :].repeat(2, 0), rtol=1e-6)
     assert factor.tolist() == [1.0, 1.0] and bucket.tolist() == [0, 0]
     assert nt.nbytes() > 0
+
+
+def test_memory_counts_the_sampling_layout_once_built() -> None:
+    model, _ = _zipf(3)
+    before = model.memory_bytes()
+    assert before > model.nbytes()  # the index of n-grams by context
+    layout = model.next_tokens  # built on first use
+    assert model.memory_bytes() == before + layout.nbytes()

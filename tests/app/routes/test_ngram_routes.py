@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
-from models.ngram import KID_BINS
+from models.ngram import KID_BINS, NGRAM_FILE
 from tests.app.conftest import make_client
 from tests.conftest import make_checkpoint
 
 
 @pytest.fixture(scope="module")
-def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    root = tmp_path_factory.mktemp("mixed_models")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("mixed_models")
+
+
+@pytest.fixture(scope="module")
+def client(root: Path) -> Iterator[TestClient]:
     make_checkpoint(root / "char", "char", ngram_order=5, mix_weight=0.25)
     make_checkpoint(root / "plain", "char")
     make_checkpoint(root / "buckets", "char", ngram_order=5, bucket_weights=True)
@@ -49,12 +54,15 @@ def test_openai_echo_scoring_uses_the_mixture(client: TestClient) -> None:
     assert sum(lp["token_logprobs"]) == pytest.approx(score["results"][0]["logprob"], abs=1e-4)
 
 
-def test_models_describes_the_ngram(client: TestClient) -> None:
+def test_models_describes_the_ngram(client: TestClient, root: Path) -> None:
     by_name = {m["name"]: m for m in client.get("/models").json()["models"]}
     ngram = by_name["char"]["ngram"]
     assert ngram["order"] == 5 and ngram["lambda"] == 0.25 and ngram["ngrams"] > 100
     assert ngram["lambda_buckets"] is None  # one λ for every history
-    assert ngram["memory_bytes"] > 0 and ngram["source"] == "estimated"
+    assert ngram["source"] == "estimated"
+    # What the server holds: the arrays (the file, but for its header), their index by
+    # context and the layout for sampling, which it builds when it loads the model.
+    assert ngram["memory_bytes"] > 2 * (root / "char" / NGRAM_FILE).stat().st_size
     assert by_name["plain"]["ngram"] is None
     assert len(by_name["buckets"]["ngram"]["lambda_buckets"]) == 5 * KID_BINS
     assert by_name["char"]["size_bytes"] > by_name["plain"]["size_bytes"]
