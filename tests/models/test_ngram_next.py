@@ -77,6 +77,11 @@ def test_the_distribution_is_every_tokens_backed_off_probability(order: int) -> 
         with np.errstate(divide="ignore"):
             np.testing.assert_allclose(np.log(dist[i]), lp, rtol=0, atol=1e-12)
         assert bucket[i] == b[0]
+    # One row alone takes its own path (slices, not index arrays): the same numbers.
+    for i in range(0, len(hist), 7):
+        one, f1, b1 = nt.distribution(nt.contexts(hist[i : i + 1]), np.float64)
+        np.testing.assert_allclose(one[0] * f1[0], dist[i], rtol=1e-12)
+        assert b1[0] == bucket[i]
     # In float32 as the batch asks for it: the same to float32's precision.
     p32, f32, b32 = nt.distribution(nt.contexts(hist), np.float32)
     assert p32.dtype == np.float32 and (b32 == bucket).all()
