@@ -105,6 +105,7 @@ class Registry:
         version = version_of(path)
         try:
             engine = Engine(load_checkpoint(path, s.device), s.max_batch)
+            engine.prepare_sampling()  # before the first request, and counted in /models
         except (RnnlmError, OSError, ValueError) as e:
             root = s.models_dir
             why = str(e).replace(f"{root}/", "") if root else str(e)

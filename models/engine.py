@@ -94,10 +94,6 @@ class Engine:
         self.mix_table = checkpoint.mixing_table()  # λ per mixing bucket (N·KID_BINS,)
         # λ = 1 everywhere: the n-gram takes no part in sampling.
         self.rnn_only = self.mix_table is None or bool((self.mix_table == 1.0).all())
-        if self.ngram is not None and not self.rnn_only:
-            # Its layout for sampling, built now as the tables below are, so that the first
-            # request does not wait for it (0.6 s for a character 10-gram of 2.6M n-grams).
-            _ = self.ngram.next_tokens
         # Decoding reads the first layer's input projection from a table (small vocabularies).
         self.input_gates = self.model.input_gate_table()
         self.decode_weights = self.model.decode_weights()  # transposed, contiguous
@@ -372,6 +368,13 @@ class Engine:
 
     def new_batch(self) -> Batch:
         return Batch(self)
+
+    def prepare_sampling(self) -> None:
+        """Build now what the first sample would otherwise wait for: the n-gram's layout
+        for sampling (models/ngram_next.py: 0.6 s and 28 bytes an n-gram for a character
+        10-gram of 2.6M n-grams), which scoring never needs. A server calls it on load."""
+        if self.ngram is not None and not self.rnn_only:
+            _ = self.ngram.next_tokens
 
     def sample(self, prompt: str, params: SampleParams, n: int = 1) -> list[SampleResult]:
         """Run n samples to completion: sample i uses seed `(seed + i) mod 2**63`."""

@@ -138,3 +138,18 @@ def test_a_stream_mode_model_mixes_after_eos(tmp_path: Path) -> None:
     s = engine.sample("", SampleParams(max_tokens=20, seed=2), n=1)[0]
     scored = engine.score_batch([s.text], eos=s.finish_reason == "eos")[0]
     assert s.logprob == pytest.approx(scored.logprob, abs=1e-3)
+
+
+def test_the_sampling_layout_is_built_for_sampling_only(tmp_path: Path) -> None:
+    path = make_checkpoint(tmp_path / "m", "char", ngram_order=4, mix_weight=0.5)
+    scorer = Engine(load_checkpoint(path))
+    scorer.score_batch(TEXTS)
+    assert "next_tokens" not in vars(scorer.ngram)  # scoring never builds it
+    first = scorer.sample("the", SampleParams(max_tokens=12, seed=3))[0]  # built on first use
+    server = Engine(load_checkpoint(path))
+    server.prepare_sampling()
+    assert server.ngram is not None and "next_tokens" in vars(server.ngram)
+    again = server.sample("the", SampleParams(max_tokens=12, seed=3))[0]
+    assert again.text == first.text and again.logprob == first.logprob
+    plain = Engine(load_checkpoint(make_checkpoint(tmp_path / "p", "char")))
+    plain.prepare_sampling()  # nothing to build
