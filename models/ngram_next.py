@@ -174,7 +174,9 @@ class NextTokens:
         flat = np.arange(len(group)) + shift[group]
         # A continuation also stored after the next longer context is written there: each
         # entry of a context of 2 or more tokens marks its own entry one context shorter
-        # (in the previous group, the same row's), which is then left out.
+        # (in the previous group, the same row's), which is then left out, so that no
+        # index repeats in the one assignment below (numpy leaves the order in which it
+        # writes repeated indices unspecified).
         longer = cols[group] > 0
         keep = np.ones(len(group), bool)
         keep[self.shorter[flat[longer]] - shift[group[longer] - 1]] = False
