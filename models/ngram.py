@@ -208,6 +208,29 @@ class NgramModel:
         """ln P(target | history) for M positions at once: histories (M, order-1), targets (M,)."""
         return self.logprob_and_bucket(histories, targets)[0]
 
+    def walk(self, histories: Int64s) -> Int64s:
+        """Each history's stored contexts: histories (M, order-1) -> (M, order-1), column j-1
+        the index at order j of the history's last j tokens, -1 where the history is
+        shorter or the model does not store them (nor, then, any longer context)."""
+        n, V = self.order, self.vocab_size
+        histories = np.asarray(histories, dtype=np.int64)
+        if n == 1:  # a unigram model: no history matters
+            return np.zeros((len(histories), 0), np.int64)
+        histories = histories.reshape(-1, n - 1)
+        out = np.full(histories.shape, -1, np.int64)
+        ctx = histories[:, n - 2].copy()
+        present = ctx >= 0
+        for j in range(1, n):
+            if j > 1:
+                w = histories[:, n - 1 - j]
+                pos, found = self.find(j, ctx * V + w.clip(min=0))
+                present &= found & (w >= 0)
+                ctx = np.where(present, pos, ctx)
+            if not present.any():
+                break
+            out[present, j - 1] = ctx[present]
+        return out
+
     def logprob_and_bucket(self, histories: Int64s, targets: Int64s) -> tuple[Floats, Int64s]:
         """`logprob_of`, and each history's mixing bucket (M,), found on the same walk."""
         n, V = self.order, self.vocab_size
@@ -228,14 +251,10 @@ class NgramModel:
             matched[alive] = k
         # Back off from every stored context longer than that n-gram's.
         bucket = np.zeros(len(targets), np.int64)
-        ctx = histories[:, n - 2].copy() if n > 1 else np.zeros(0, np.int64)
-        present = ctx >= 0
+        contexts = self.walk(histories)
         for j in range(1, n):  # contexts of j tokens
-            if j > 1:
-                w = histories[:, n - 1 - j]
-                pos, found = self.find(j, ctx * V + w.clip(min=0))
-                present &= found & (w >= 0)
-                ctx = np.where(present, pos, ctx)
+            ctx = contexts[:, j - 1]
+            present = ctx >= 0
             if not present.any():
                 break
             add = present & (matched <= j)

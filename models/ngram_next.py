@@ -55,10 +55,9 @@ class NextTokens:
         last_k = np.arange(V, dtype=np.int64)  # the last token of every n-gram of order j
         place_prev = np.zeros(0, np.int64)  # where each n-gram of order j lies among entries
         for j in range(1, n):  # contexts of j tokens, continued by the n-grams of order j+1
-            off, children = model.children(j + 1)
+            off = model.children(j + 1)[0]
             sizes = np.diff(off)
-            ctx = np.empty(len(children), np.int64)  # each (j+1)-gram's context, at order j
-            ctx[children] = np.repeat(np.arange(len(sizes)), sizes)
+            ctx = model.context_index(j + 1)  # each (j+1)-gram's context, at order j
             last_k = last_k[model.keys[j] // V]
             order = np.argsort(ctx * V + last_k, kind="stable")
             base.append(n_ctx)
@@ -107,24 +106,8 @@ class NextTokens:
     def contexts(self, histories: Int64s) -> Int64s:
         """Each history's stored contexts: histories (B, order-1) -> (B, order-1), the
         newest token last, -1 where the history is shorter or the n-gram never saw it."""
-        n, V = self.order, self.vocab_size
-        histories = np.asarray(histories, dtype=np.int64)
-        if n == 1:  # a unigram model: no history matters
-            return np.zeros((len(histories), 0), np.int64)
-        histories = histories.reshape(-1, n - 1)
-        out = np.full(histories.shape, -1, np.int64)
-        ctx = histories[:, n - 2].copy()
-        present = ctx >= 0
-        for j in range(1, n):
-            if j > 1:
-                w = histories[:, n - 1 - j]
-                pos, found = self.model.find(j, ctx * V + w.clip(min=0))
-                present &= found & (w >= 0)
-                ctx = np.where(present, pos, ctx)
-            if not present.any():
-                break
-            out[present, j - 1] = ctx[present] + self.base[j - 1]
-        return out
+        walked = self.model.walk(histories)  # indices within each order
+        return np.where(walked >= 0, walked + self.base, -1)
 
     def advance(self, contexts: Int64s, tokens: Int64s) -> Int64s:
         """The contexts after each row's next token: (B, order-1), tokens (B,) -> (B, order-1).
