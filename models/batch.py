@@ -22,7 +22,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 from models.model import State
 from models.ngram import NO_TOKEN
-from models.sampling import Generation, SamplingPlan, choose_tokens
+from models.sampling import Generation, SamplingPlan, choose_tokens, choose_tokens_host
 from models.tokenizers import EOS, PAD
 
 if TYPE_CHECKING:
@@ -116,10 +116,8 @@ class Batch:
         engine = self.engine
         if engine.start is None:
             model, dev = engine.model, engine.device
-            start = torch.full((1,), engine.start_id, dtype=torch.long, device=dev)
-            feats, state = model.step(
-                start, model.init_state(1, dev), engine.input_gates, engine.decode_weights
-            )
+            start = np.full(1, engine.start_id, dtype=np.int64)
+            feats, state = engine.decode(start, model.init_state(1, dev))
             ctx = self._start_contexts([[engine.start_id]])
             engine.start = (state, self._next_logprobs(self._log_probs(feats), ctx), ctx)
         state, lp, contexts = engine.start
@@ -239,7 +237,7 @@ class Batch:
         t, k, tp, mp = torch.from_numpy(self._knob_rows).to(self.engine.device).unbind(1)
         self._knobs = (t, k, tp, mp)
         self._want_top = max(x.top_logprobs for x in p)
-        self._plan = SamplingPlan.of(*self._knobs)
+        self._plan = SamplingPlan.of_rows(self._knob_rows, self.engine.device)
         self._stop_rows = [row for row, x in enumerate(p) if x.stop]
         self._rows = np.arange(len(self.gens))
         self._refill_in = _UNIFORM_BLOCK - int(self._upos.max())
@@ -259,11 +257,17 @@ class Batch:
             self._members_changed()
         assert self._knobs is not None
         u = self._draw()  # float64: rounded to float32 on the host (cheaper than a torch op)
-        uniform = torch.from_numpy(u.astype(np.float32) if lp.dtype == torch.float32 else u)
-        uniform = uniform.to(device=dev, dtype=lp.dtype)  # a no-op on the CPU in float32
-        tokens = choose_tokens(lp, *self._knobs, uniform, plan=self._plan)  # (B,)
-        chosen_lp = lp.gather(1, tokens.unsqueeze(1)).squeeze(1).tolist()
-        tok_np = tokens.cpu().numpy()
+        if self.engine.host_sampling:
+            assert self._plan is not None
+            lp_np = lp.numpy()  # (B, V), the same memory
+            tok_np = choose_tokens_host(lp_np, self._knob_rows, u, self._plan)  # (B,)
+            chosen_lp = lp_np[self._rows, tok_np].tolist()
+        else:
+            uniform = torch.from_numpy(u.astype(np.float32) if lp.dtype == torch.float32 else u)
+            uniform = uniform.to(device=dev, dtype=lp.dtype)  # a no-op on the CPU in float32
+            tokens = choose_tokens(lp, *self._knobs, uniform, plan=self._plan)  # (B,)
+            chosen_lp = lp.gather(1, tokens.unsqueeze(1)).squeeze(1).tolist()
+            tok_np = tokens.cpu().numpy()
         tok_list = tok_np.tolist()
         top_v = top_i = None
         if self._want_top:
@@ -282,7 +286,7 @@ class Batch:
             if not at_eos[row] and self._stopped(gens[row]):
                 ending[row] = True
         finished = []
-        going, going_np = tokens, tok_np
+        going = tok_np
         if ending.any():
             for r in np.flatnonzero(ending).tolist():
                 g = gens[r]
@@ -291,13 +295,11 @@ class Batch:
                 finished.append(g)
             keep = np.flatnonzero(~ending).tolist()
             self.remove(keep)
-            going, going_np = tokens[keep], tok_np[keep]
+            going = tok_np[keep]
         if self.gens:
-            feats, self.state = self.engine.model.step(
-                going, self.state, self.engine.input_gates, self.engine.decode_weights
-            )  # (B, F)
+            feats, self.state = self.engine.decode(going, self.state)  # (B, F)
             if self.contexts is not None and self.engine.ngram is not None:
-                self.contexts = self.engine.ngram.next_tokens.advance(self.contexts, going_np)
+                self.contexts = self.engine.ngram.next_tokens.advance(self.contexts, going)
             self.next_logprobs = self._next_logprobs(self._log_probs(feats), self.contexts)
         return finished
 

@@ -34,10 +34,11 @@ from torch import Tensor
 from models.batch import Batch
 from models.checkpoint import Checkpoint, start_token
 from models.errors import CheckpointError
+from models.host_step import HostStep
 from models.model import State
 from models.ngram import NO_TOKEN, mix_logprobs
 from models.results import SampleResult, ScoreResult, TokenLogprob
-from models.sampling import SEED_SPACE, Generation, SampleParams
+from models.sampling import HOST_SAMPLING_MAX_VOCAB, SEED_SPACE, Generation, SampleParams
 from models.tokenizers import BOS, EOS, PAD, UNK
 
 _OUTPUT_CHUNK = 4096  # positions per output-layer call: bounds the (N, V) buffer
@@ -79,7 +80,10 @@ class _Scored:
 class Engine:
     """Scores and samples with one loaded checkpoint."""
 
-    def __init__(self, checkpoint: Checkpoint, max_batch: int = 64) -> None:
+    def __init__(self, checkpoint: Checkpoint, max_batch: int = 64, host: bool = True) -> None:
+        """`host`: on the CPU, decode with numpy between the products and sample small
+        vocabularies in numpy (models/host_step.py); False: torch's ops throughout, the
+        path a GPU takes."""
         self.checkpoint = checkpoint
         self.model = checkpoint.model.eval()
         self.tokenizer = checkpoint.tokenizer
@@ -94,9 +98,20 @@ class Engine:
         self.mix_table = checkpoint.mixing_table()  # λ per mixing bucket (N·KID_BINS,)
         # λ = 1 everywhere: the n-gram takes no part in sampling.
         self.rnn_only = self.mix_table is None or bool((self.mix_table == 1.0).all())
-        # Decoding reads the first layer's input projection from a table (small vocabularies).
-        self.input_gates = self.model.input_gate_table()
-        self.decode_weights = self.model.decode_weights()  # transposed, contiguous
+        # A decoding step: on the CPU, products in torch and the gates in numpy
+        # (models/host_step.py); elsewhere `RNNLM.step`, which reads the first layer's
+        # input projection from a table (small vocabularies) and transposed weights.
+        self.host_step = HostStep.of(self.model) if host else None
+        self.input_gates = self.decode_weights = None
+        if self.host_step is None:
+            self.input_gates = self.model.input_gate_table()
+            self.decode_weights = self.model.decode_weights()  # transposed, contiguous
+        # Small vocabularies on the CPU choose their tokens in numpy (models/sampling.py).
+        self.host_sampling = (
+            host
+            and self.device.type == "cpu"
+            and self.model.config.vocab_size <= HOST_SAMPLING_MAX_VOCAB
+        )
         self.decode_output = self.model.decode_output()  # the output layer's, likewise
         # What every sequence without a prompt starts from, the same for all of them: the
         # state after the start token, its next-token log-probs (1, V) and the n-gram's
@@ -365,6 +380,15 @@ class Engine:
         ids = self.tokenizer.encode(prompt) if prompt else []
         decoder = self.tokenizer.decoder(ids)  # spacing after the prompt decided in context
         return Generation(params, seed, ids, self.tokenizer.decode(ids), key=key, decoder=decoder)
+
+    def decode(
+        self, ids: np.ndarray[Any, np.dtype[np.int64]], state: State
+    ) -> tuple[Tensor, State]:
+        """One decoding step of every row: ids (B,) on the host -> features (B, F), state."""
+        if self.host_step is not None:
+            return self.host_step(ids, state)
+        tokens = torch.from_numpy(ids).to(self.device)
+        return self.model.step(tokens, state, self.input_gates, self.decode_weights)
 
     def new_batch(self) -> Batch:
         return Batch(self)

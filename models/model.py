@@ -43,7 +43,6 @@ from dataclasses import asdict, dataclass, field, fields
 from functools import partial
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -53,16 +52,6 @@ from models.errors import CheckpointError
 
 State = tuple[Tensor, ...]
 CELLS = ("rnn", "gru", "lstm", "gru-simple", "lstm-peephole")  # the last two: models/cells.py
-
-
-def _tanh(x: Tensor) -> Tensor:
-    """tanh(x) for a decoding step. On the CPU, numpy's: torch's CPU kernel took 32 µs on a
-    (32, 256) block where numpy's took 6 µs (one thread, measured here); both are within
-    a few ulps of the exact value, so a step still agrees with the fused layer to ~1e-6.
-    On a single row torch's call is the cheaper (3.7 against 4.5 µs)."""
-    if x.device.type == "cpu" and x.numel() >= 2048 and not x.requires_grad:  # below: torch's
-        return torch.from_numpy(np.tanh(x.numpy()))
-    return torch.tanh(x)
 
 
 @dataclass
@@ -259,6 +248,7 @@ class RNNLM(nn.Module):
         still than the products and gates written out (540 against ~240 µs on 32 rows).
         `input_gates` (from `input_gate_table`) replaces the first layer's input
         projection; `weights` (from `decode_weights`) are its transposed weights.
+        The engine takes this path off the CPU; on the CPU, models/host_step.py's.
         """
         rnn = self.rnn
         if self.training or not isinstance(rnn, nn.RNN | nn.GRU | nn.LSTM):
@@ -284,17 +274,17 @@ class RNNLM(nn.Module):
             gh = torch.addmm(b_hh, h_prev, w_hh_t)  # (B, G·H)
             if lstm:
                 i, f, g, o = gi.add_(gh).chunk(4, 1)
-                c = torch.addcmul(torch.sigmoid(f) * state[1][k], torch.sigmoid(i), _tanh(g))
-                h = torch.sigmoid(o) * _tanh(c)
+                c = torch.addcmul(torch.sigmoid(f) * state[1][k], torch.sigmoid(i), torch.tanh(g))
+                h = torch.sigmoid(o) * torch.tanh(c)
                 cs.append(c)
             elif gru:
                 i_r, i_z, i_n = gi.chunk(3, 1)
                 h_r, h_z, h_n = gh.chunk(3, 1)
                 r, z = torch.sigmoid(i_r + h_r), torch.sigmoid(i_z + h_z)
-                n = _tanh(i_n + r * h_n)
+                n = torch.tanh(i_n + r * h_n)
                 h = n + z * (h_prev - n)  # (1 - z)·n + z·h
             else:
-                h = _tanh(gi.add_(gh))
+                h = torch.tanh(gi.add_(gh))
             hs.append(h)
             x = h  # (B, H); no dropout between layers at inference
         if self.config.layers == 1:  # (1, B, H) views, no copy

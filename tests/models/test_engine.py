@@ -128,6 +128,23 @@ def test_same_seed_same_samples_alone_or_in_a_batch(engine: Engine):
     assert other[0].seed == 99
 
 
+@pytest.mark.parametrize("name", ["char", "word"])
+def test_the_torch_decoding_path_samples_what_the_host_path_does(name: str, models_dir: Path):
+    # The CPU decodes with numpy between the products (models/host_step.py); a GPU with
+    # torch's ops throughout. The same seeds, the same samples, to rounding.
+    host = Engine(load_checkpoint(models_dir / name), max_batch=4)
+    torch_ops = Engine(load_checkpoint(models_dir / name), max_batch=4, host=False)
+    assert host.host_step is not None and torch_ops.host_step is None
+    assert host.host_sampling and not torch_ops.host_sampling  # small vocabularies, both
+    plain = SampleParams(max_tokens=40, seed=5)
+    knobs = SampleParams(max_tokens=40, seed=9, temperature=0.8, top_k=6, top_p=0.9)
+    for params in (plain, knobs):
+        a, b = host.sample("the", params, n=5), torch_ops.sample("the", params, n=5)
+        assert [x.text for x in a] == [x.text for x in b]
+        for x, y in zip(a, b, strict=True):
+            assert x.logprob == pytest.approx(y.logprob, abs=1e-4)
+
+
 def test_seeds_wrap_around_at_two_to_the_63(engine: Engine):
     last = 2**63 - 1
     wrapped = engine.sample("the", SampleParams(max_tokens=10, seed=last), n=3)

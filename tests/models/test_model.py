@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.model import RNNLM, ModelConfig, _tanh
+from models.model import RNNLM, ModelConfig
 
 
 def _model(cell: str = "lstm", dropout: float = 0.0, weight_drop: float = 0.0) -> RNNLM:
@@ -70,7 +70,7 @@ def test_weight_drop_is_validated_and_defaults_for_old_configs() -> None:
 
 @pytest.mark.parametrize("cell", ["rnn", "gru", "lstm", "gru-simple"])
 @pytest.mark.parametrize("layers", [1, 2])
-@pytest.mark.parametrize("rows", [5, 200])  # 200 x 12: the gates' tanh goes through numpy
+@pytest.mark.parametrize("rows", [1, 5])
 def test_one_step_is_the_layer_on_one_token(cell: str, layers: int, rows: int) -> None:
     """`step` (the decoding path: each layer's products and gates) computes what
     `features` does."""
@@ -94,17 +94,6 @@ def test_one_step_is_the_layer_on_one_token(cell: str, layers: int, rows: int) -
     if cell != "gru-simple":
         assert m.input_gate_table() is not None  # small: used
         assert m.input_gate_table(max_bytes=100) is None  # too big: not
-
-
-@pytest.mark.parametrize("shape", [(1, 256), (32, 1024)])
-def test_the_decoding_tanh_is_torchs_on_small_and_large_blocks(shape: tuple[int, int]) -> None:
-    x = torch.randn(*shape) * 3
-    for block in (x, x[:, : shape[1] // 2]):  # contiguous, and a gate's strided view
-        got = _tanh(block)
-        torch.testing.assert_close(got, torch.tanh(block), atol=1e-6, rtol=1e-6)
-        assert got.dtype == block.dtype and got.data_ptr() != block.data_ptr()
-    w = torch.randn(64, 64, requires_grad=True)  # outside inference: torch's own, with grad
-    assert _tanh(w).requires_grad
 
 
 @pytest.mark.parametrize("tied", [True, False])

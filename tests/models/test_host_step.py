@@ -1,0 +1,88 @@
+"""The CPU's decoding step (products in torch, gates in numpy) against the fused layer."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from models import host_step
+from models.host_step import HostStep
+from models.model import RNNLM, ModelConfig
+
+
+def _model(cell: str, layers: int, tied: bool, seed: int = 0) -> RNNLM:
+    torch.manual_seed(seed)
+    cfg = ModelConfig(vocab_size=30, cell=cell, embedding=8, hidden=12, layers=layers, tied=tied)
+    m = RNNLM(cfg).eval()
+    with torch.no_grad():  # biases away from zero, so that mixing them up would show
+        for name, p in m.rnn.named_parameters():
+            if name.startswith("bias"):
+                p.uniform_(-0.5, 0.5)
+    return m
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("rows", [1, 5])
+@pytest.mark.parametrize("tied", [True, False])  # tied: hidden 12 projected to embedding 8
+@pytest.mark.parametrize("table", [True, False])  # the first layer's input from a table or not
+def test_a_host_step_is_the_layer_on_one_token(
+    cell: str, layers: int, rows: int, tied: bool, table: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not table:
+        monkeypatch.setattr(host_step, "_TABLE_MAX_BYTES", 0)
+    m = _model(cell, layers, tied)
+    step = HostStep.of(m)
+    assert step is not None and (step.table is not None) == table
+    ids = torch.randint(4, 30, (rows, 7))
+    with torch.inference_mode():
+        _, state = m.features(ids[:, :4])
+        for t in range(4, 7):
+            want, want_state = m.features(ids[:, t : t + 1], state)
+            before = [s.clone() for s in state]
+            got, got_state = step(ids[:, t].numpy().copy(), state)
+            assert got.shape == want[:, 0].shape and got.dtype == torch.float32
+            torch.testing.assert_close(got, want[:, 0], atol=1e-5, rtol=1e-5)
+            assert len(got_state) == len(want_state)
+            for a, b in zip(got_state, want_state, strict=True):
+                torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+            for a, b in zip(state, before, strict=True):  # the old state is left as it was
+                assert torch.equal(a, b)
+            state = got_state  # and the next step goes on from the host's own
+
+
+def test_a_row_steps_the_same_alone_as_beside_others() -> None:
+    m = _model("lstm", 2, True)
+    step = HostStep.of(m)
+    assert step is not None
+    ids = np.array([5, 9, 13, 21], dtype=np.int64)
+    state = tuple(torch.randn(2, 4, 12) * 0.5 for _ in range(2))
+    with torch.inference_mode():
+        together, _ = step(ids, state)
+        for r in range(4):
+            alone, _ = step(ids[r : r + 1], tuple(s[:, r : r + 1].contiguous() for s in state))
+            torch.testing.assert_close(alone[0], together[r], atol=1e-6, rtol=1e-6)
+
+
+def test_reference_cells_and_other_devices_keep_the_torch_step() -> None:
+    assert HostStep.of(_model("gru-simple", 1, True)) is None
+    assert HostStep.of(_model("lstm-peephole", 1, True)) is None
+
+
+def test_a_saturated_gate_is_exact_and_quiet() -> None:
+    # Pre-activations far past the sigmoid's and tanh's range: exactly 0 and 1, with
+    # neither a warning nor a NaN.
+    m = _model("lstm", 1, False)
+    step = HostStep.of(m)
+    assert step is not None and step.table is not None
+    step.table[:] = 1e4
+    step.table[3] = -1e4
+    state = (torch.zeros(1, 2, 12), torch.ones(1, 2, 12))
+    with warnings.catch_warnings(), torch.inference_mode():
+        warnings.simplefilter("error")  # numpy's overflow warning would raise here
+        feats, (h, c) = step(np.array([3, 4]), state)
+    assert torch.isfinite(feats).all() and torch.isfinite(c).all()
+    # Row 0: every gate shut: i = f = o = 0 -> c 0, h 0. Row 1: all open: c = 1 + tanh(big).
+    assert torch.equal(c[0, 0], torch.zeros(12)) and torch.equal(h[0, 0], torch.zeros(12))
+    torch.testing.assert_close(c[0, 1], torch.full((12,), 2.0))
