@@ -51,12 +51,13 @@ class Batch:
         # and go, and as tensors, (B,) each, made from it when the members change.
         self._knob_rows = np.zeros((0, 4), dtype=np.float32)
         self._knobs: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
-        # Each row's next uniforms, drawn from its own generator a block at a time (the
-        # same numbers, in the same order, as one draw per step): (B, block), (B,).
-        self._uniforms = np.zeros((0, _UNIFORM_BLOCK))
-        self._upos = np.zeros(0, dtype=np.int64)
+        # Every row's uniforms for the next steps, drawn from its own generator a block at
+        # a time (the same numbers, in the same order, as one draw per step): (block, B),
+        # one line per step, all rows at the same line `_col`. A row that joins mid-block
+        # draws only the rest of the block; at its end every row draws a whole one.
+        self._uniforms = np.zeros((_UNIFORM_BLOCK, 0))
+        self._col = 0
         self._rows = np.zeros(0, dtype=np.int64)  # 0..B-1
-        self._refill_in = 0  # steps until some row's block of uniforms is used up
         self._want_top = 0  # the most top_logprobs any row asks for
         self._plan: SamplingPlan | None = None
         self._stop_rows: list[int] = []  # rows with stop strings
@@ -88,10 +89,10 @@ class Batch:
         self._knobs = None
         knobs = [(x.temperature, x.top_k, x.top_p, x.min_p) for x in (g.params for g in gens)]
         self._knob_rows = np.concatenate([self._knob_rows, np.array(knobs, dtype=np.float32)])
-        self._uniforms = np.concatenate(
-            [self._uniforms, np.stack([g.rng.random(_UNIFORM_BLOCK) for g in gens])]
-        )
-        self._upos = np.concatenate([self._upos, np.zeros(len(gens), dtype=np.int64)])
+        fresh = np.zeros((_UNIFORM_BLOCK, len(gens)))
+        for j, g in enumerate(gens):
+            fresh[self._col :, j] = g.rng.random(_UNIFORM_BLOCK - self._col)
+        self._uniforms = np.concatenate([self._uniforms, fresh], axis=1)
         self._left = np.concatenate(
             [self._left, np.array([g.params.max_tokens - len(g.ids) for g in gens])]
         )
@@ -202,7 +203,7 @@ class Batch:
         rows = np.array(keep, dtype=np.int64)  # one conversion for every array below
         self._knobs = None
         self._knob_rows = self._knob_rows[rows]
-        self._uniforms, self._upos = self._uniforms[rows], self._upos[rows]
+        self._uniforms = self._uniforms[:, rows]
         self._left = self._left[rows]
         if not keep:
             self.state, self.next_logprobs, self.contexts = None, None, None
@@ -219,20 +220,18 @@ class Batch:
         self.remove([i for i, g in enumerate(self.gens) if g is not gen])
 
     def _draw(self) -> np.ndarray[Any, np.dtype[np.float64]]:
-        """This step's uniform of every row (B,), refilling the blocks that run out."""
-        u = self._uniforms[self._rows, self._upos]
-        self._upos += 1
-        self._refill_in -= 1
-        if self._refill_in == 0:  # some row's block is used up
-            for r in np.flatnonzero(self._upos == _UNIFORM_BLOCK):
-                self._uniforms[r] = self.gens[r].rng.random(_UNIFORM_BLOCK)
-                self._upos[r] = 0
-            self._refill_in = _UNIFORM_BLOCK - int(self._upos.max())
+        """This step's uniform of every row (B,), refilling the block when it runs out."""
+        if self._col == _UNIFORM_BLOCK:  # every row's block is used up at once
+            for j, g in enumerate(self.gens):
+                self._uniforms[:, j] = g.rng.random(_UNIFORM_BLOCK)
+            self._col = 0
+        u: np.ndarray[Any, np.dtype[np.float64]] = self._uniforms[self._col]  # (B,), contiguous
+        self._col += 1
         return u
 
     def _members_changed(self) -> None:
         """What depends on which rows the batch holds: their knobs as tensors, the sampling
-        plan, the rows with stop strings or top_logprobs, and where the uniforms run out."""
+        plan, the rows with stop strings or top_logprobs."""
         p = [g.params for g in self.gens]
         t, k, tp, mp = torch.from_numpy(self._knob_rows).to(self.engine.device).unbind(1)
         self._knobs = (t, k, tp, mp)
@@ -240,7 +239,6 @@ class Batch:
         self._plan = SamplingPlan.of_rows(self._knob_rows, self.engine.device)
         self._stop_rows = [row for row, x in enumerate(p) if x.stop]
         self._rows = np.arange(len(self.gens))
-        self._refill_in = _UNIFORM_BLOCK - int(self._upos.max())
 
     @torch.inference_mode()
     def step(self) -> list[Generation]:

@@ -73,13 +73,15 @@ def test_each_row_draws_its_own_generators_numbers_in_order(engine: Engine) -> N
     """Rows join and leave at different steps; each still takes the uniforms of its own
     generator one per step, across the block refills, as one draw per step would."""
     batch = engine.new_batch()
-    gens = [engine.generation("", SampleParams(max_tokens=10**6, seed=s)) for s in range(4)]
+    gens = [engine.generation("", SampleParams(max_tokens=10**6, seed=s)) for s in range(5)]
     batch.add(gens[:2])
     taken: dict[int, list[float]] = {g.seed: [] for g in gens}
     steps = 3 * _UNIFORM_BLOCK + 5
     for step in range(steps):
         if step == 7:
-            batch.add(gens[2:])
+            batch.add(gens[2:4])
+        if step == 2 * _UNIFORM_BLOCK:  # just as every row's block runs out
+            batch.add(gens[4:])
         if step == 40:
             batch.remove([1, 2, 3])  # the first row leaves
         if batch._knobs is None:  # what step() does when the members change
@@ -89,4 +91,10 @@ def test_each_row_draws_its_own_generators_numbers_in_order(engine: Engine) -> N
     for g in gens:
         want = np.random.Generator(np.random.PCG64(g.seed)).random(len(taken[g.seed]))
         assert taken[g.seed] == want.tolist()
-    assert [len(taken[s]) for s in range(4)] == [40, steps, steps - 7, steps - 7]
+    assert [len(taken[s]) for s in range(5)] == [
+        40,
+        steps,
+        steps - 7,
+        steps - 7,
+        steps - 2 * _UNIFORM_BLOCK,
+    ]
