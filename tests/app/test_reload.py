@@ -72,11 +72,11 @@ def test_a_broken_replacement_leaves_the_old_version_serving(models: Path) -> No
 def test_requests_in_flight_finish_on_the_old_version(tmp_path: Path) -> None:
     root = tmp_path / "models"
     make_endless(root / "endless")
-    with make_client(root, default_model="endless", max_tokens=4000) as client:
+    with make_client(root, default_model="endless", max_tokens=12000) as client:
         results: dict[str, object] = {}
 
         def long_request() -> None:
-            r = client.post("/sample", json={"max_tokens": 3000, "seed": 1})
+            r = client.post("/sample", json={"max_tokens": 10000, "seed": 1})
             results["status"] = r.status_code
             results["tokens"] = r.json()["samples"][0]["num_tokens"]
 
@@ -95,7 +95,7 @@ def test_requests_in_flight_finish_on_the_old_version(tmp_path: Path) -> None:
         short = client.post("/sample", json={"max_tokens": 5, "seed": 2})
         assert short.status_code == 200  # served by the new version while the old one works
         t.join(120)
-        assert results == {"status": 200, "tokens": 3000}
+        assert results == {"status": 200, "tokens": 10000}
 
 
 def test_hidden_directories_are_not_models(tmp_path: Path) -> None:

@@ -162,17 +162,16 @@ def test_bench_load_script_runs_clean(small_queue: Live) -> None:
 
 
 def test_sigterm_finishes_or_cancels_in_flight_requests(models: Path) -> None:
-    # The short request must finish inside the grace period on a busy machine too:
-    # 1,000 tokens take about 1 s here, a tenth of it.
     grace = 10
     env = {"RNNLM_MAX_TOKENS": "100000", "RNNLM_SHUTDOWN_TIMEOUT_S": str(grace)}
     with live_server(models, env, default_model="endless") as live:
         base = live.base
         plain: dict[str, object] = {}
+        size = {"max_tokens": 1000}
 
         def short_request() -> None:
             try:
-                r = httpx.post(f"{base}/sample", json={"max_tokens": 1000, "seed": 1}, timeout=60)
+                r = httpx.post(f"{base}/sample", json={**size, "seed": 1}, timeout=60)
                 plain["status"], plain["body"] = r.status_code, r.json()
             except httpx.HTTPError as e:
                 plain["error"] = repr(e)
@@ -190,13 +189,24 @@ def test_sigterm_finishes_or_cancels_in_flight_requests(models: Path) -> None:
             except httpx.HTTPError as e:
                 stream_end.append(type(e).__name__)
 
+        def wait_running(n: int) -> None:
+            deadline = time.monotonic() + 60
+            while _metric(base, "rnnlm_running_sequences") < n:
+                assert time.monotonic() < deadline and "status" not in plain, plain
+                time.sleep(0.02)
+
         threads = [threading.Thread(target=f) for f in (endless_stream, short_request)]
-        for t in threads:
-            t.start()
-        deadline = time.monotonic() + 60
-        while _metric(base, "rnnlm_running_sequences") < 2:  # both in the batch
-            assert time.monotonic() < deadline and "status" not in plain, plain
-            time.sleep(0.02)
+        threads[0].start()
+        wait_running(1)
+        # The short request is sized to this machine beside the endless stream: about a
+        # quarter of the grace period, long enough to be seen in flight however fast the
+        # engine is, short enough to finish inside the grace on a busy machine too.
+        t = time.monotonic()
+        assert httpx.post(f"{base}/sample", json=size, timeout=60).status_code == 200
+        per_token = (time.monotonic() - t) / size["max_tokens"]
+        size["max_tokens"] = max(1000, min(100_000, int(grace / 4 / per_token)))
+        threads[1].start()
+        wait_running(2)  # both in the batch
         t0 = time.monotonic()
         live.proc.send_signal(signal.SIGTERM)
         live.proc.wait(grace + 15)
@@ -209,7 +219,7 @@ def test_sigterm_finishes_or_cancels_in_flight_requests(models: Path) -> None:
     assert exited < grace + 10, exited
     # The short request was in flight and finished: all its tokens, a 200.
     assert plain.get("status") == 200, plain
-    assert plain["body"]["samples"][0]["num_tokens"] == 1000  # type: ignore[index]
+    assert plain["body"]["samples"][0]["num_tokens"] == size["max_tokens"]  # type: ignore[index]
     # The endless stream was cut when the grace period ran out, never finished.
     assert stream_end and "done" not in stream_end, stream_end
     assert "timeout graceful shutdown exceeded" in log, log  # cancelled, not left running
