@@ -93,6 +93,40 @@ def test_score_matches_the_model_directly(engine: Engine):
     assert engine.score_batch([text])[0].logprob == pytest.approx(expected, abs=1e-4)
 
 
+def test_windows_through_the_host_run_score_as_the_fused_layer(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+):
+    """Scoring's windows through `HostStep.run` (every window of them here, however few
+    its rows, and for these small embeddings too) give the fused layer's scores."""
+    texts = [*TEXTS, "the mat sat on the cat. " * 4, "b"]
+    want = engine.score_batch(texts, per_token=True, top=2)
+    if engine.host_step is None:  # the reference cells have no host step
+        return
+    calls: list[tuple[int, ...]] = []
+    real = engine.host_step.run
+
+    def spy(ids, state):  # type: ignore[no-untyped-def]
+        calls.append(ids.shape)
+        return real(ids, state)
+
+    monkeypatch.setattr(type(engine.host_step), "scores", property(lambda s: True))
+    monkeypatch.setattr("models.engine._HOST_SCORE_MIN_ROWS", 1)
+    monkeypatch.setattr(engine.host_step, "run", spy)
+    got = engine.score_batch(texts, per_token=True, top=2)
+    assert calls and max(rows for rows, _ in calls) > 1
+    for a, b in zip(want, got, strict=True):
+        assert a.num_tokens == b.num_tokens
+        assert a.logprob == pytest.approx(b.logprob, rel=1e-5, abs=1e-4)
+        assert a.tokens is not None and b.tokens is not None
+        for x, y in zip(a.tokens, b.tokens, strict=True):
+            assert x.id == y.id and x.logprob == pytest.approx(y.logprob, abs=1e-4)
+            assert x.top is not None and y.top is not None
+            assert [i for i, _ in x.top] == [i for i, _ in y.top]
+    alone = [engine.score_batch([t])[0] for t in texts]  # and a text's score is its own
+    for a, b in zip(alone, got, strict=True):
+        assert a.logprob == pytest.approx(b.logprob, rel=1e-5, abs=1e-4)
+
+
 def test_unknown_tokens_are_scored_and_counted(engine: Engine):
     r = engine.score_batch(["the ☃ cat 象"])[0]
     assert r.oov_count >= 2

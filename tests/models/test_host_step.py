@@ -86,3 +86,50 @@ def test_a_saturated_gate_is_exact_and_quiet() -> None:
     # Row 0: every gate shut: i = f = o = 0 -> c 0, h 0. Row 1: all open: c = 1 + tanh(big).
     assert torch.equal(c[0, 0], torch.zeros(12)) and torch.equal(h[0, 0], torch.zeros(12))
     torch.testing.assert_close(c[0, 1], torch.full((12,), 2.0))
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+@pytest.mark.parametrize("layers", [1, 3])
+@pytest.mark.parametrize("tied", [True, False])
+def test_a_window_run_is_the_stack_over_it(cell: str, layers: int, tied: bool) -> None:
+    """Scoring's `run`: a window of steps from a given state, as the fused stack runs it."""
+    m = _model(cell, layers, tied)
+    step = HostStep.of(m)
+    assert step is not None and step.table is not None
+    ids = torch.randint(4, 30, (5, 11))
+    with torch.inference_mode():
+        _, state = m.features(ids[:, :3])
+        before = [s.clone() for s in state]
+        want, want_state = m.features(ids[:, 3:], state)
+        got, got_state = step.run(ids[:, 3:].numpy(), state)
+        assert got.shape == want.shape == (5, 8, m.config.embedding if tied else 12)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+        assert len(got_state) == len(want_state)
+        for a, b in zip(got_state, want_state, strict=True):
+            assert a.shape == b.shape
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+        for a, b in zip(state, before, strict=True):  # the state it started from is kept
+            assert torch.equal(a, b)
+        one, _ = step.run(ids[:, 3:4].numpy(), state)  # a window of one step
+        torch.testing.assert_close(one, want[:, :1], atol=1e-5, rtol=1e-5)
+
+
+def test_a_window_run_shares_the_weights_it_was_built_from() -> None:
+    m = _model("lstm", 2, False)
+    step = HostStep.of(m)
+    assert step is not None
+    upper = step.upper[0]
+    assert upper.weight_hh_l0.data_ptr() == m.rnn.weight_hh_l1.data_ptr()  # type: ignore[union-attr]
+    assert sum(p.numel() for p in upper.parameters()) == sum(
+        getattr(m.rnn, f"{n}_l1").numel() for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+    )
+
+
+def test_only_a_table_that_replaces_a_large_input_product_scores() -> None:
+    wide = RNNLM(ModelConfig(vocab_size=30, cell="lstm", embedding=12, hidden=12)).eval()
+    narrow = RNNLM(ModelConfig(vocab_size=30, cell="lstm", embedding=8, hidden=12)).eval()
+    assert HostStep(wide).scores and not HostStep(narrow).scores
+    with pytest.raises(AssertionError, match="table"):
+        no_table = HostStep(wide)
+        no_table.table = None
+        no_table.run(np.zeros((1, 2), np.int64), wide.init_state(1))
