@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -29,6 +30,11 @@ class Settings(BaseSettings):
     log_level: str = "info"
     device: str = "cpu"
     torch_threads: int = Field(default=1, ge=1, description="torch CPU threads for the engine")
+    blas: Literal["auto", "torch", "numpy"] = Field(
+        default="auto",
+        description="the library for the CPU decoding step's products: the faster for each "
+        "weight, timed when a model loads (auto), or always torch's or numpy's",
+    )
     switch_interval_s: float = Field(
         default=0.0002, gt=0, le=0.1,
         description="how soon the event loop hands the GIL back to a waiting engine thread "

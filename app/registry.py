@@ -104,7 +104,7 @@ class Registry:
         s = self.settings
         version = version_of(path)
         try:
-            engine = Engine(load_checkpoint(path, s.device), s.max_batch)
+            engine = Engine(load_checkpoint(path, s.device), s.max_batch, blas=s.blas)
             engine.prepare_sampling()  # before the first request, and counted in /models
         except (RnnlmError, OSError, ValueError) as e:
             root = s.models_dir

@@ -3,6 +3,7 @@
     python bench/serving.py CHECKPOINT [--seconds 6] [--max-tokens 200] [--label NAME]
                             [--profile SECONDS]
     python bench/serving.py --untrained [...]      # the 1x256 char LSTM of bench_service.py
+    python bench/serving.py ... --blas torch       # torch's products only (models/blas.py)
 
 Everything runs with one torch thread on CPU 0, the load generator (this
 process, for the service) on CPU 1, so the figures are the server's and not a
@@ -38,12 +39,15 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import bench_service  # noqa: E402
 from speed import measure_gemm  # noqa: E402
+
+if TYPE_CHECKING:
+    from models.blas import Choice
 
 SERVER_CPU, CLIENT_CPU = 0, 1
 
@@ -58,7 +62,9 @@ def emit(**kw: Any) -> dict[str, Any]:
     return kw
 
 
-def engine_rate(checkpoint: Path, rows: int, seconds: float, max_tokens: int) -> dict[str, Any]:
+def engine_rate(
+    checkpoint: Path, rows: int, seconds: float, max_tokens: int, blas: Choice = "auto"
+) -> dict[str, Any]:
     """Tokens/s of the engine's Batch kept at `rows` sequences, no HTTP."""
     import torch
 
@@ -67,7 +73,7 @@ def engine_rate(checkpoint: Path, rows: int, seconds: float, max_tokens: int) ->
     from models.sampling import SampleParams
 
     torch.set_num_threads(1)
-    engine = Engine(load_checkpoint(checkpoint))
+    engine = Engine(load_checkpoint(checkpoint), blas=blas)
     batch = engine.new_batch()
     seed = 0
 
@@ -91,7 +97,12 @@ def engine_rate(checkpoint: Path, rows: int, seconds: float, max_tokens: int) ->
         steps += 1
         fill()
     elapsed = time.perf_counter() - t0
+    hs = engine.host_step  # which library each product took (models/blas.py)
+    products = [] if hs is None else [p.describe() for layer in hs.layers
+                                      for p in (layer.ih, layer.hh)] + (
+        [f"output: {hs.output.describe()}"] if hs.output is not None else [])  # fmt: skip
     return {"bench": "engine", "rows": rows, "steps": steps, "tokens": tokens,
+            "blas": blas, "products": products,
             "tokens_per_s": round(tokens / elapsed, 1),
             "ms_per_step": round(1000 * elapsed / steps, 4)}  # fmt: skip
 
@@ -122,6 +133,15 @@ async def service_load(base: str, seconds: float, max_tokens: int) -> dict[int, 
     return out
 
 
+def checkpoint_of(p: argparse.ArgumentParser, args: argparse.Namespace, tmp: Path) -> Path:
+    """The checkpoint the command line names, or the untrained one made under `tmp`."""
+    if args.untrained:
+        return bench_service.make_untrained(tmp / "untrained")
+    if not args.checkpoint:
+        p.error("give a checkpoint directory or --untrained")
+    return Path(args.checkpoint)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("checkpoint", nargs="?", type=Path)
@@ -130,15 +150,13 @@ def main() -> None:
     p.add_argument("--max-tokens", type=int, default=200)
     p.add_argument("--label", default=None)
     p.add_argument("--profile", type=float, default=0.0, metavar="SECONDS")
+    p.add_argument("--blas", choices=["auto", "torch", "numpy"], default="auto",
+                   help="the decoding step's products: models/blas.py")  # fmt: skip
     args = p.parse_args()
+    os.environ["RNNLM_BLAS"] = args.blas  # the server inherits it
     tmp = Path(tempfile.mkdtemp(prefix="rnnlm-serving-"))
     try:
-        if args.untrained:
-            ckpt = bench_service.make_untrained(tmp / "untrained")
-        elif args.checkpoint:
-            ckpt = args.checkpoint
-        else:
-            p.error("give a checkpoint directory or --untrained")
+        ckpt = checkpoint_of(p, args, tmp)
         label = args.label or ("untrained" if args.untrained else ckpt.resolve().name)
         model = json.loads((ckpt / "config.json").read_text())["model"]
         pin(SERVER_CPU)
@@ -148,7 +166,7 @@ def main() -> None:
         emit(model=label, bench="gemm_bound", forward_flops_per_token=round(fwd),
              gemm_bound_tokens_per_s=round(bound, 1), config=model)  # fmt: skip
         engine = {rows: emit(model=label, **engine_rate(ckpt, rows, args.seconds,
-                                                          args.max_tokens))
+                                                          args.max_tokens, args.blas))
                   for rows in (1, 32)}  # fmt: skip
         # The server on CPU 0 (it inherits this affinity), the load from CPU 1.
         proc, base, root = bench_service.start_server(ckpt, threads=1)
@@ -181,6 +199,7 @@ def main() -> None:
         emit(
             model=label,
             bench="serving_summary",
+            blas=args.blas,
             gemm_gflops_1_thread=gemm["gflops"],
             gemm_bound_tokens_per_s=round(bound, 1),
             engine_1_tokens_per_s=engine[1]["tokens_per_s"],

@@ -170,6 +170,9 @@ class Batch:
 
     def _log_probs(self, feats: Tensor) -> Tensor:
         """The RNN's next-token log-probs (B, V) from features (B, F)."""
+        host = self.engine.host_step
+        if host is not None and host.output is not None:
+            return host.log_probs(feats)
         return self.engine.model.log_probs(feats, self.engine.decode_output)
 
     def _next_logprobs(

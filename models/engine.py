@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from models.batch import Batch
+from models.blas import Choice
 from models.checkpoint import Checkpoint, start_token
 from models.errors import CheckpointError
 from models.host_step import HostStep
@@ -84,10 +85,13 @@ class _Scored:
 class Engine:
     """Scores and samples with one loaded checkpoint."""
 
-    def __init__(self, checkpoint: Checkpoint, max_batch: int = 64, host: bool = True) -> None:
+    def __init__(
+        self, checkpoint: Checkpoint, max_batch: int = 64, host: bool = True, blas: Choice = "auto"
+    ) -> None:
         """`host`: on the CPU, decode with numpy between the products and sample small
         vocabularies in numpy (models/host_step.py); False: torch's ops throughout, the
-        path a GPU takes."""
+        path a GPU takes. `blas`: the host step's library for its products (models/blas.py:
+        the faster for each weight, or always torch's or numpy's)."""
         self.checkpoint = checkpoint
         self.model = checkpoint.model.eval()
         self.tokenizer = checkpoint.tokenizer
@@ -102,10 +106,10 @@ class Engine:
         self.mix_table = checkpoint.mixing_table()  # λ per mixing bucket (N·KID_BINS,)
         # λ = 1 everywhere: the n-gram takes no part in sampling.
         self.rnn_only = self.mix_table is None or bool((self.mix_table == 1.0).all())
-        # A decoding step: on the CPU, products in torch and the gates in numpy
-        # (models/host_step.py); elsewhere `RNNLM.step`, which reads the first layer's
+        # A decoding step: on the CPU, products by torch's or numpy's BLAS and the gates in
+        # numpy (models/host_step.py); elsewhere `RNNLM.step`, which reads the first layer's
         # input projection from a table (small vocabularies) and transposed weights.
-        self.host_step = HostStep.of(self.model) if host else None
+        self.host_step = HostStep.of(self.model, blas) if host else None
         self.input_gates = self.decode_weights = None
         if self.host_step is None:
             self.input_gates = self.model.input_gate_table()
@@ -116,7 +120,9 @@ class Engine:
             and self.device.type == "cpu"
             and self.model.config.vocab_size <= HOST_SAMPLING_MAX_VOCAB
         )
-        self.decode_output = self.model.decode_output()  # the output layer's, likewise
+        # The output layer's, likewise; the host step multiplies with its own copy.
+        host_out = self.host_step is not None and self.host_step.output is not None
+        self.decode_output = None if host_out else self.model.decode_output()
         # What every sequence without a prompt starts from, the same for all of them: the
         # state after the start token, its next-token log-probs (1, V) and the n-gram's
         # contexts. Worked out once, by the first `Batch.add` that needs it (models/batch.py).

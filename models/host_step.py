@@ -4,10 +4,11 @@ On the CPU a decoding step is, per layer, one or two small matrix products and a
 dozen elementwise operations on (B, H) blocks. For a few rows the products are
 the only real work, and torch's per-call cost (dispatch, a fresh tensor, the GIL
 let go and taken back) was most of the rest: several microseconds a call inside
-the serving loop on the slower EPYC. So here each layer is its products (torch's,
-with its BLAS and thread setting, as training and scoring use), one sigmoid over
-all its sigmoid gates (torch's kernel, in place on the same memory), and numpy
-for the rest, in place where it can be: its calls cost a fraction of torch's.
+the serving loop on the slower EPYC. So here each layer is its products (torch's
+BLAS or numpy's, whichever ran that weight faster on this CPU: models/blas.py),
+one sigmoid over all its sigmoid gates (torch's kernel, in place on the same
+memory), and numpy for the rest, in place where it can be: its calls cost a
+fraction of torch's. The output layer's product is chosen the same way.
 
 The weights are prepared once per loaded checkpoint: transposed contiguous copies
 (torch's product is 20–30% faster on a contiguous right operand), an LSTM's gates
@@ -30,6 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from models.blas import Choice, Product
 from models.model import RNNLM, State
 
 _TABLE_MAX_BYTES = 8 << 20  # the first layer's input table: small vocabularies only
@@ -37,16 +39,19 @@ _TABLE_MAX_BYTES = 8 << 20  # the first layer's input table: small vocabularies 
 
 @dataclass
 class _Layer:
-    w_ih: Tensor  # (I, G·H), transposed, gates reordered for an LSTM
-    w_hh: Tensor  # (H, G·H)
-    b_in: Tensor  # (G·H,): b_ih, plus b_hh where it is added to the input's part
-    b_hh: Tensor | None  # (G·H,): a GRU's hidden bias, kept apart; None otherwise
+    # x @ W_ih + b_in: W_ih (I, G·H) transposed, gates reordered for an LSTM; b_in is
+    # b_ih, plus b_hh where it is added to the input's part.
+    ih: Product
+    # h @ W_hh (H, G·H), added to the input's part; a GRU's keeps its own bias b_hh.
+    hh: Product
 
 
 class HostStep:
     """`RNNLM.step` for a fused RNN, GRU or LSTM on the CPU (see the module's docstring)."""
 
-    def __init__(self, model: RNNLM) -> None:
+    def __init__(self, model: RNNLM, blas: Choice = "auto") -> None:
+        """`blas`: which library multiplies (models/blas.py): timed per weight ("auto"),
+        or always torch's or numpy's."""
         rnn = model.rnn
         assert isinstance(rnn, nn.RNN | nn.GRU | nn.LSTM)
         c = model.config
@@ -67,22 +72,28 @@ class HostStep:
                 gru = self.kind == "gru"
                 self.layers.append(
                     _Layer(
-                        w_ih.t().contiguous(),
-                        w_hh.t().contiguous(),
-                        b_ih.clone() if gru else b_ih + b_hh,
-                        b_hh.clone() if gru else None,
+                        Product(w_ih.t().contiguous(), b_ih if gru else b_ih + b_hh, blas),
+                        Product(w_hh.t().contiguous(), b_hh if gru else None, blas),
                     )
                 )
-            first = self.layers[0]
+            first = self.layers[0].ih
             emb = model.embed.weight
             # (V, G·H): every token's share of the first layer's gates, its bias included.
-            fits = c.vocab_size * first.w_ih.shape[1] * emb.element_size() <= _TABLE_MAX_BYTES
+            fits = c.vocab_size * first.weight.shape[1] * emb.element_size() <= _TABLE_MAX_BYTES
+            assert first.bias is not None
             self.table: np.ndarray[Any, Any] | None = (
-                torch.addmm(first.b_in, emb, first.w_ih).numpy() if fits else None
+                torch.addmm(first.bias, emb, first.weight).numpy() if fits else None
             )
             self.embed = emb.detach().numpy()  # (V, E), a view, for vocabularies past the table
             proj = model.proj
-            self.proj = None if proj is None else (proj.weight.t().contiguous(), proj.bias.clone())
+            self.proj = (
+                None if proj is None else Product(proj.weight.t().contiguous(), proj.bias, blas)
+            )
+            # The output layer (F, V), transposed: None with the adaptive softmax, or for a
+            # vocabulary too large to copy (`RNNLM.decode_output`).
+            out_t = model.decode_output()
+            dec = model.decoder
+            self.output = None if out_t is None or dec is None else Product(out_t, dec.bias, blas)
         # Scoring's upper layers (`run`): each a one-layer fused module over the stored
         # weights themselves (no copy), which multiplies a window's inputs in one product
         # and loops in C++ (layer 1 of the demo's two: about as fast as the stack's own call).
@@ -104,14 +115,14 @@ class HostStep:
         return self.table is not None and self.embed.shape[1] >= self.hidden
 
     @classmethod
-    def of(cls, model: RNNLM) -> HostStep | None:
+    def of(cls, model: RNNLM, blas: Choice = "auto") -> HostStep | None:
         """The host step for `model`, or None where it does not apply (not a fused cell, or
         not on the CPU): the engine then decodes with `RNNLM.step`."""
         if not isinstance(model.rnn, nn.RNN | nn.GRU | nn.LSTM):
             return None
         if next(model.parameters()).device.type != "cpu":
             return None
-        return cls(model)
+        return cls(model, blas)
 
     def __call__(self, ids: np.ndarray[Any, Any], state: State) -> tuple[Tensor, State]:
         """ids (B,) -> features (B, out_features), the new state (each (layers, B, H))."""
@@ -124,27 +135,32 @@ class HostStep:
             if k == 0 and self.table is not None:
                 gi = self.table[ids]  # (B, G·H), a copy: the products add into it
             else:
-                inp = self.embed[ids] if k == 0 else x
-                gi = torch.addmm(layer.b_in, torch.from_numpy(inp), layer.w_ih).numpy()
-            h = torch.from_numpy(h_prev[k])
+                inp = self.embed[ids] if x is None else x  # the layer below's output after 0
+                gi = layer.ih(inp)
+            h = h_prev[k]
             if self.kind == "lstm":
                 assert c_prev is not None and new_c is not None
-                torch.from_numpy(gi).addmm_(h, layer.w_hh)
+                layer.hh.add_to(gi, h)
                 x = _lstm_gates(gi, c_prev[k], new_h[k], new_c[k], self.hidden)
             elif self.kind == "gru":
-                assert layer.b_hh is not None
-                gh = torch.addmm(layer.b_hh, h, layer.w_hh).numpy()
-                x = _gru_gates(gi, gh, h_prev[k], new_h[k], self.hidden)
+                x = _gru_gates(gi, layer.hh(h), h, new_h[k], self.hidden)
             else:
-                torch.from_numpy(gi).addmm_(h, layer.w_hh)
+                layer.hh.add_to(gi, h)
                 x = _tanh(gi, new_h[k])
         assert x is not None
         feats = torch.from_numpy(x)  # (B, H): the last layer's, a view of the new state
         if self.proj is not None:
-            feats = torch.addmm(self.proj[1], feats, self.proj[0])  # (B, E)
+            feats = torch.from_numpy(self.proj(x))  # (B, E)
         if new_c is None:
             return feats, (torch.from_numpy(new_h),)
         return feats, (torch.from_numpy(new_h), torch.from_numpy(new_c))
+
+    def log_probs(self, feats: Tensor) -> Tensor:
+        """features (B, F) -> the next token's log-probabilities (B, V): the output layer's
+        product here, torch's log-softmax on it. Only with `output` (not None)."""
+        assert self.output is not None
+        logits = self.output(np.ascontiguousarray(feats.numpy()))
+        return torch.log_softmax(torch.from_numpy(logits), dim=-1)
 
     def run(self, ids: np.ndarray[Any, Any], state: State) -> tuple[Tensor, State]:
         """ids (B, T) -> features (B, T, out_features), the state after the last step.
@@ -165,18 +181,16 @@ class HostStep:
             cells = (np.empty((B, H), np.float32), np.empty((B, H), np.float32))
             c_prev = state[1][0].numpy()
         for t in range(T):
-            g, h = gi[t], torch.from_numpy(h_prev)
+            g = gi[t]
             if lstm:
-                torch.from_numpy(g).addmm_(h, layer.w_hh)
+                layer.hh.add_to(g, h_prev)
                 c = cells[t % 2]  # a step reads the last cell while it writes this one
                 _lstm_gates(g, c_prev, out[t], c, H)
                 c_prev = c
             elif self.kind == "gru":
-                assert layer.b_hh is not None
-                gh = torch.addmm(layer.b_hh, h, layer.w_hh).numpy()
-                _gru_gates(g, gh, h_prev, out[t], H)
+                _gru_gates(g, layer.hh(h_prev), h_prev, out[t], H)
             else:
-                torch.from_numpy(g).addmm_(h, layer.w_hh)
+                layer.hh.add_to(g, h_prev)
                 _tanh(g, out[t])
             h_prev = out[t]
         x = torch.from_numpy(out)  # (T, B, H)
@@ -190,7 +204,8 @@ class HostStep:
                 x, hk = one(x, state[0][k : k + 1])
             hs.append(hk[0])
         if self.proj is not None:
-            x = torch.addmm(self.proj[1], x.reshape(T * B, H), self.proj[0]).reshape(T, B, -1)
+            flat = x.reshape(T * B, H).numpy()
+            x = torch.from_numpy(self.proj(flat)).reshape(T, B, -1)
         if not lstm:
             return x.transpose(0, 1), (torch.stack(hs),)
         return x.transpose(0, 1), (torch.stack(hs), torch.stack(cs))

@@ -70,3 +70,17 @@ def test_serve_hands_keep_alive_and_shutdown_timeouts_to_uvicorn(
     monkeypatch.setenv("RNNLM_SHUTDOWN_TIMEOUT_S", "30")
     serve(str(tmp_path), None, None, None)
     assert seen["timeout_keep_alive"] == 120 and seen["timeout_graceful_shutdown"] == 30
+
+
+def test_the_blas_setting_reaches_the_engines(app_models_dir: Path) -> None:
+    from tests.app.conftest import make_client
+
+    with make_client(app_models_dir, blas="numpy") as c:
+        assert c.get("/health").status_code == 200
+        engine = c.app.state.registry.models["char"].engine  # type: ignore[attr-defined]
+        step = engine.host_step
+        assert step is not None and step.output is not None
+        products = [p for layer in step.layers for p in (layer.ih, layer.hh)] + [step.output]
+        assert all(p.numpy_few and p.numpy_many for p in products)
+    with pytest.raises(ValidationError, match="blas"):
+        Settings(blas="mkl")

@@ -235,6 +235,25 @@ def test_serving_measures_engine_service_and_bound(tmp_path: Path) -> None:
     assert summary["bench"] == "serving_summary" and summary["gemm_bound_tokens_per_s"] > 0
     assert summary["service_1_ms_per_token"] > 0 and summary["speedup_32"] > 0
     assert summary["service_share_of_engine_1"] > 0 and summary["score_64_pct_of_gemm_bound"] > 0
+    assert summary["blas"] == "auto"
+    engine = next(r for r in rows if r["bench"] == "engine")
+    assert engine["products"] and all("rows" in d for d in engine["products"])
+
+
+def test_settings_ab_loads_two_servers_in_turn(tmp_path: Path) -> None:
+    from tests.conftest import make_checkpoint
+
+    model = make_checkpoint(tmp_path / "m", "char")
+    rows = _script(str(BENCH / "settings_ab.py"), str(model), "RNNLM_BLAS=torch",
+                   "RNNLM_BLAS=numpy", "--clients", "1", "--rounds", "2", "--seconds", "0.3",
+                   "--max-tokens", "10")  # fmt: skip
+    loads = [r for r in rows if r["bench"] == "settings_ab"]
+    assert [r["server"] for r in loads] == ["A", "B", "B", "A"]  # neither always first
+    assert all(r["tokens_per_s"] > 0 and r["concurrency"] == 1 for r in loads)
+    summary = rows[-1]
+    assert summary["bench"] == "settings_ab_summary" and summary["clients"] == 1
+    assert (summary["a"], summary["b"]) == ("RNNLM_BLAS=torch", "RNNLM_BLAS=numpy")
+    assert len(summary["a_tokens_per_s"]) == 2 and summary["b_over_a_median"] > 0
 
 
 maxent = _load("maxent")

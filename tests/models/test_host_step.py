@@ -1,4 +1,5 @@
-"""The CPU's decoding step (products in torch, gates in numpy) against the fused layer."""
+"""The CPU's decoding step (products by torch's or numpy's BLAS, gates in numpy) against the
+fused layer."""
 
 import warnings
 
@@ -7,6 +8,7 @@ import pytest
 import torch
 
 from models import host_step
+from models.blas import Choice
 from models.host_step import HostStep
 from models.model import RNNLM, ModelConfig
 
@@ -27,13 +29,20 @@ def _model(cell: str, layers: int, tied: bool, seed: int = 0) -> RNNLM:
 @pytest.mark.parametrize("rows", [1, 5])
 @pytest.mark.parametrize("tied", [True, False])  # tied: hidden 12 projected to embedding 8
 @pytest.mark.parametrize("table", [True, False])  # the first layer's input from a table or not
+@pytest.mark.parametrize("blas", ["torch", "numpy"])
 def test_a_host_step_is_the_layer_on_one_token(
-    cell: str, layers: int, rows: int, tied: bool, table: bool, monkeypatch: pytest.MonkeyPatch
+    cell: str,
+    layers: int,
+    rows: int,
+    tied: bool,
+    table: bool,
+    blas: Choice,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     if not table:
         monkeypatch.setattr(host_step, "_TABLE_MAX_BYTES", 0)
     m = _model(cell, layers, tied)
-    step = HostStep.of(m)
+    step = HostStep.of(m, blas)
     assert step is not None and (step.table is not None) == table
     ids = torch.randint(4, 30, (rows, 7))
     with torch.inference_mode():
@@ -65,6 +74,33 @@ def test_a_row_steps_the_same_alone_as_beside_others() -> None:
             torch.testing.assert_close(alone[0], together[r], atol=1e-6, rtol=1e-6)
 
 
+@pytest.mark.parametrize("blas", ["torch", "numpy"])
+@pytest.mark.parametrize("rows", [1, 6])
+@pytest.mark.parametrize("tied", [True, False])
+def test_the_output_layer_gives_the_models_log_probs(blas: Choice, rows: int, tied: bool) -> None:
+    m = _model("lstm", 2, tied)
+    step = HostStep.of(m, blas)
+    assert step is not None and step.output is not None
+    feats = torch.randn(rows, m.config.embedding if tied else 12)
+    with torch.inference_mode():
+        got = step.log_probs(feats)
+        want = m.log_probs(feats)
+    assert got.shape == (rows, 30) and got.dtype == torch.float32
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    # Its own transposed copy: a stale one would only show after training goes on.
+    assert m.decoder is not None
+    assert step.output.weight.data_ptr() != m.decoder.weight.data_ptr()
+
+
+def test_an_adaptive_softmax_keeps_the_models_output_layer() -> None:
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        vocab_size=40, cell="lstm", embedding=8, hidden=12, tied=False, adaptive_cutoffs=[10, 20]
+    )
+    step = HostStep.of(RNNLM(cfg).eval())
+    assert step is not None and step.output is None
+
+
 def test_reference_cells_and_other_devices_keep_the_torch_step() -> None:
     assert HostStep.of(_model("gru-simple", 1, True)) is None
     assert HostStep.of(_model("lstm-peephole", 1, True)) is None
@@ -91,10 +127,13 @@ def test_a_saturated_gate_is_exact_and_quiet() -> None:
 @pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
 @pytest.mark.parametrize("layers", [1, 3])
 @pytest.mark.parametrize("tied", [True, False])
-def test_a_window_run_is_the_stack_over_it(cell: str, layers: int, tied: bool) -> None:
+@pytest.mark.parametrize("blas", ["torch", "numpy"])
+def test_a_window_run_is_the_stack_over_it(
+    cell: str, layers: int, tied: bool, blas: Choice
+) -> None:
     """Scoring's `run`: a window of steps from a given state, as the fused stack runs it."""
     m = _model(cell, layers, tied)
-    step = HostStep.of(m)
+    step = HostStep.of(m, blas)
     assert step is not None and step.table is not None
     ids = torch.randint(4, 30, (5, 11))
     with torch.inference_mode():
