@@ -98,9 +98,7 @@ def engine_rate(
         fill()
     elapsed = time.perf_counter() - t0
     hs = engine.host_step  # which library each product took (models/blas.py)
-    products = [] if hs is None else [p.describe() for layer in hs.layers
-                                      for p in (layer.ih, layer.hh)] + (
-        [f"output: {hs.output.describe()}"] if hs.output is not None else [])  # fmt: skip
+    products = {} if hs is None else {n: p.describe() for n, p in hs.products().items()}
     return {"bench": "engine", "rows": rows, "steps": steps, "tokens": tokens,
             "blas": blas, "products": products,
             "tokens_per_s": round(tokens / elapsed, 1),

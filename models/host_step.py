@@ -114,6 +114,14 @@ class HostStep:
         against 1,556–1,593, so it keeps the fused layer."""
         return self.table is not None and self.embed.shape[1] >= self.hidden
 
+    def products(self) -> dict[str, Product]:
+        """Every product of a decoding step by name (layer0.ih, ..., proj, output): which
+        library each took, for benches and tests."""
+        named = {f"layer{k}.{n}": p for k, layer in enumerate(self.layers)
+                 for n, p in (("ih", layer.ih), ("hh", layer.hh))}  # fmt: skip
+        extra = {"proj": self.proj, "output": self.output}
+        return named | {n: p for n, p in extra.items() if p is not None}
+
     @classmethod
     def of(cls, model: RNNLM, blas: Choice = "auto") -> HostStep | None:
         """The host step for `model`, or None where it does not apply (not a fused cell, or

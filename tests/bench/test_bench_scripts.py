@@ -237,7 +237,8 @@ def test_serving_measures_engine_service_and_bound(tmp_path: Path) -> None:
     assert summary["service_share_of_engine_1"] > 0 and summary["score_64_pct_of_gemm_bound"] > 0
     assert summary["blas"] == "auto"
     engine = next(r for r in rows if r["bench"] == "engine")
-    assert engine["products"] and all("rows" in d for d in engine["products"])
+    assert "output" in engine["products"]
+    assert all("rows" in d for d in engine["products"].values())
 
 
 def test_settings_ab_loads_two_servers_in_turn(tmp_path: Path) -> None:

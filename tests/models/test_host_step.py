@@ -172,3 +172,11 @@ def test_only_a_table_that_replaces_a_large_input_product_scores() -> None:
         no_table = HostStep(wide)
         no_table.table = None
         no_table.run(np.zeros((1, 2), np.int64), wide.init_state(1))
+
+
+def test_the_products_are_named_by_place() -> None:
+    step = HostStep.of(_model("lstm", 2, True), "torch")
+    assert step is not None
+    names = ["layer0.ih", "layer0.hh", "layer1.ih", "layer1.hh", "proj", "output"]
+    assert list(step.products()) == names  # tied, hidden 12 -> embedding 8: a projection
+    assert step.products()["layer1.hh"] is step.layers[1].hh
