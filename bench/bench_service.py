@@ -41,6 +41,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import flops  # noqa: E402
+from loadgen import Connection  # noqa: E402
 
 SENTENCE = "the quick brown fox jumps over the lazy dog, and the cat sat on the mat to watch."
 
@@ -137,27 +138,30 @@ def scoring_flops(checkpoint: Path, texts: list[str]) -> dict[str, float]:
 
 
 async def sample_load(base: str, clients: int, seconds: float, max_tokens: int) -> dict:
+    """`clients` connections, each sending /sample back to back for `seconds` (bench/loadgen.py:
+    the load generator's own cost stays a small part of its core)."""
     tokens, lat, done = 0, [], 0
-    stop_at = time.perf_counter() + seconds
 
-    async def client(c: httpx.AsyncClient, i: int) -> None:
+    async def client(c: Connection, i: int) -> None:
         nonlocal tokens, done
         seed = i * 100_000
         while time.perf_counter() < stop_at:
             t0 = time.perf_counter()
-            r = await c.post("/sample", json={"max_tokens": max_tokens, "seed": seed})
-            r.raise_for_status()
+            r = await c.post("/sample", {"max_tokens": max_tokens, "seed": seed})
             lat.append(time.perf_counter() - t0)
-            tokens += r.json()["usage"]["completion_tokens"]
+            tokens += r["usage"]["completion_tokens"]
             done += 1
             seed += 1
 
-    limits = httpx.Limits(max_connections=clients + 4)
-    async with httpx.AsyncClient(base_url=base, timeout=120, limits=limits) as c:
-        await c.post("/sample", json={"max_tokens": 4})  # warm up
+    conns = [Connection(base) for _ in range(clients)]
+    try:
+        await asyncio.gather(*(c.post("/sample", {"max_tokens": 4}) for c in conns))  # warm up
         t0 = time.perf_counter()
-        await asyncio.gather(*(client(c, i) for i in range(clients)))
+        stop_at = t0 + seconds
+        await asyncio.gather(*(client(c, i) for i, c in enumerate(conns)))
         elapsed = time.perf_counter() - t0
+    finally:
+        await asyncio.gather(*(c.close() for c in conns))
     return {
         "bench": "sample", "concurrency": clients, "requests": done, "tokens": tokens,
         "seconds": round(elapsed, 3), "tokens_per_s": round(tokens / elapsed, 1),
@@ -172,15 +176,14 @@ def score_texts(batch: int) -> list[str]:
 async def score_load(base: str, batch: int, seconds: float) -> dict:
     texts = score_texts(batch)
     sentences, tokens, lat = 0, 0, []
-    async with httpx.AsyncClient(base_url=base, timeout=120) as c:
-        await c.post("/score", json={"texts": texts})
+    async with Connection(base) as c:
+        await c.post("/score", {"texts": texts})
         t0 = time.perf_counter()
         while time.perf_counter() - t0 < seconds:
             s = time.perf_counter()
-            r = await c.post("/score", json={"texts": texts})
-            r.raise_for_status()
+            r = await c.post("/score", {"texts": texts})
             lat.append(time.perf_counter() - s)
-            res = r.json()["results"]
+            res = r["results"]
             sentences += len(res)
             tokens += sum(x["num_tokens"] for x in res)
         elapsed = time.perf_counter() - t0

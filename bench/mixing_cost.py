@@ -27,25 +27,23 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import bench_service  # noqa: E402
+from loadgen import Connection  # noqa: E402
 
 
 async def score_lines(base: str, lines: list[str], seconds: float) -> dict[str, Any]:
     tokens, requests = 0, 0
-    async with httpx.AsyncClient(base_url=base, timeout=120) as c:
-        await c.post("/score", json={"texts": lines[:64]})
+    async with Connection(base) as c:
+        await c.post("/score", {"texts": lines[:64]})
         t0 = time.perf_counter()
         i = 0
         while time.perf_counter() - t0 < seconds:
             batch = lines[i : i + 64] or lines[:64]
             i = (i + 64) % max(1, len(lines) - 64)
-            r = await c.post("/score", json={"texts": batch})
-            r.raise_for_status()
-            tokens += sum(x["num_tokens"] for x in r.json()["results"])
+            r = await c.post("/score", {"texts": batch})
+            tokens += sum(x["num_tokens"] for x in r["results"])
             requests += 1
         elapsed = time.perf_counter() - t0
     return {"bench": "score", "batch_size": 64, "requests": requests, "tokens": tokens,

@@ -551,8 +551,9 @@ def render(records: list[Rec]) -> str:
         add("## Speed: the HTTP service")
         add("")
         add(
-            "`bench/bench_service.py` starts `rnnlm serve` on loopback and drives it with httpx "
-            "clients on the same machine: each sampling client sends `/sample` "
+            "`bench/bench_service.py` starts `rnnlm serve` on loopback and drives it with "
+            "keep-alive HTTP/1.1 clients (`bench/loadgen.py`) on the same machine: each "
+            "sampling client sends `/sample` "
             "(`max_tokens` 128) back to back; scoring sends one `/score` of 1 or 64 sentences "
             "(40–79 characters) at a time. The GEMM-bound rate is the 1-thread fp32 GEMM "
             "rate divided by the model's forward FLOPs per token."
