@@ -52,6 +52,11 @@ class Settings(BaseSettings):
     max_batch: int = Field(default=64, ge=1, le=4096, description="sequences stepped together")
     max_queue: int = Field(default=256, ge=1, description="requests waiting; past it: 503")
     retry_after_s: int = Field(default=1, ge=1, description="Retry-After of a 503")
+    stream_interval_s: float = Field(
+        default=0.01, ge=0, le=1,
+        description="a streamed sample's new text goes out at most this often (its first "
+        "text and its end at once); 0: after every token",
+    )  # fmt: skip
     keep_alive_s: int = Field(
         default=75,
         ge=1,

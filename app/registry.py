@@ -115,7 +115,10 @@ class Registry:
             return None
         self.failed.pop(name, None)
         self._failed_versions.pop(name, None)
-        worker = ModelWorker(name, engine, s.max_batch, s.max_queue, s.retry_after_s, self.metrics)
+        worker = ModelWorker(
+            name, engine, s.max_batch, s.max_queue, s.retry_after_s, self.metrics,
+            stream_interval_s=s.stream_interval_s,
+        )  # fmt: skip
         info = describe(path, engine) | {"version": version, "loaded_at": _now()}
         log.info("model %s loaded from %s (version %s)", name, path, version)
         return LoadedModel(name, engine, worker, info, version)

@@ -68,6 +68,7 @@ class SampleJob:
         self.stream = stream
         self.events: asyncio.Queue[Event] = asyncio.Queue()
         self.cancelled = False
+        self.flushed = -float("inf")  # when the worker last sent its new text (streaming)
 
     async def results(self) -> list[SampleResult]:
         """Wait for every sequence to finish; raise the worker's error if it failed."""
@@ -129,9 +130,14 @@ class ModelWorker:
 
     def __init__(
         self, name: str, engine: Engine, max_batch: int, max_queue: int, retry_after_s: int,
-        metrics: Metrics,
+        metrics: Metrics, stream_interval_s: float = 0.0,
     ) -> None:  # fmt: skip
         self.name = name
+        # A streamed job's new text goes out at most this often: per token, a character
+        # model's stream is one event, one write and one wake-up of the client per
+        # character (the demo at 32 streamed clients: 7.1k tokens/s every step, 8.9-10.4k
+        # at 10 ms, against 11.2k not streamed).
+        self.stream_interval_s = stream_interval_s
         self.engine = engine
         self.max_batch = max_batch
         self.max_queue = max_queue
@@ -303,11 +309,16 @@ class ModelWorker:
             self._m_batch.observe(n)
             self._m_tokens.inc(n)
         self._m_running.set(len(batch))
-        # New text of every running streamed sequence (the others need none until the end).
+        # New text of every running streamed sequence (the others need none until the end),
+        # if its job's last went out long enough ago; a finished one's rest goes out below.
+        now = time.monotonic()
         for job in self._streaming:
+            if now - job.flushed < self.stream_interval_s:
+                continue
             for index, g in enumerate(job.gens):
                 if g.finish_reason is None and (text := g.delta()):
                     out.append((job, Delta(index, text)))
+                    job.flushed = now
         for g in finished:
             job, index = _owner(g)
             if job.stream and (text := g.delta()):

@@ -17,7 +17,7 @@ from fastapi import Request
 
 from app.errors import ServiceError, error_body
 from app.registry import LoadedModel
-from app.scheduler import Delta, Failed, Finished, SampleJob
+from app.scheduler import Delta, Event, Failed, Finished, SampleJob
 from app.schemas import (
     Completion,
     CompletionChoice,
@@ -106,6 +106,15 @@ async def sample(model: LoadedModel, req: SampleRequest, request: Request) -> Sa
     )
 
 
+async def _waiting(events: asyncio.Queue[Event]) -> list[Event]:
+    """The next event and every other one already there: what one write of a stream carries
+    (the worker hands over a step's events together)."""
+    out = [await events.get()]
+    while not events.empty():
+        out.append(events.get_nowait())
+    return out
+
+
 async def stream_sample(
     model: LoadedModel, job: SampleJob, gens: list[Generation], n: int
 ) -> AsyncIterator[str]:
@@ -113,18 +122,21 @@ async def stream_sample(
     results: list[SampleResult] = []
     try:
         while len(results) < len(gens):
-            ev = await job.events.get()
-            if isinstance(ev, Delta):
-                yield sse({"type": "token", "index": ev.index, "text": ev.text})
-            elif isinstance(ev, Finished):
-                results.append(ev.result)
-                sample = dump(Sample.of(ev.result))
-                yield sse({"type": "sample", "index": ev.index, "sample": sample})
-            elif isinstance(ev, Failed):
-                yield sse({"type": "error", **_stream_error(ev.error)})
-                return
-        usage = dump(_usage(gens, n, results))
-        yield sse({"type": "done", "model": model.name, "usage": usage})
+            chunk = []
+            for ev in await _waiting(job.events):
+                if isinstance(ev, Delta):
+                    chunk.append(sse({"type": "token", "index": ev.index, "text": ev.text}))
+                elif isinstance(ev, Finished):
+                    results.append(ev.result)
+                    sample = dump(Sample.of(ev.result))
+                    chunk.append(sse({"type": "sample", "index": ev.index, "sample": sample}))
+                elif isinstance(ev, Failed):
+                    yield "".join(chunk) + sse({"type": "error", **_stream_error(ev.error)})
+                    return
+            if len(results) == len(gens):
+                usage = dump(_usage(gens, n, results))
+                chunk.append(sse({"type": "done", "model": model.name, "usage": usage}))
+            yield "".join(chunk)
     finally:
         if len(results) < len(gens):
             model.worker.cancel(job)
@@ -276,22 +288,24 @@ async def stream_completion(c: _Completion) -> AsyncIterator[str]:
                 )
                 yield c.chunk([choice])
         while len(results) < len(c.gens):
-            ev = await c.job.events.get()
-            if isinstance(ev, Delta):
-                yield c.chunk(
-                    [CompletionChoice(text=ev.text, index=ev.index, finish_reason=None, seed=None)]
-                )
-            elif isinstance(ev, Finished):
-                results.append(ev.result)
-                lp = c.result_logprobs(ev.index, ev.result) if c.want_logprobs else None
-                yield c.chunk([CompletionChoice(
-                    text="", index=ev.index, logprobs=lp,
-                    finish_reason=_finish(ev.result.finish_reason),  # type: ignore[arg-type]
-                    seed=ev.result.seed,
-                )])  # fmt: skip
-            elif isinstance(ev, Failed):
-                yield sse(_stream_error(ev.error))
-                return
+            chunk = []
+            for ev in await _waiting(c.job.events):
+                if isinstance(ev, Delta):
+                    chunk.append(c.chunk([CompletionChoice(
+                        text=ev.text, index=ev.index, finish_reason=None, seed=None
+                    )]))  # fmt: skip
+                elif isinstance(ev, Finished):
+                    results.append(ev.result)
+                    lp = c.result_logprobs(ev.index, ev.result) if c.want_logprobs else None
+                    chunk.append(c.chunk([CompletionChoice(
+                        text="", index=ev.index, logprobs=lp,
+                        finish_reason=_finish(ev.result.finish_reason),  # type: ignore[arg-type]
+                        seed=ev.result.seed,
+                    )]))  # fmt: skip
+                elif isinstance(ev, Failed):
+                    yield "".join(chunk) + sse(_stream_error(ev.error))
+                    return
+            yield "".join(chunk)
         if c.req.stream_options is not None and c.req.stream_options.include_usage:
             yield c.chunk([], usage=_usage(c.gens, c.n, results))
         yield sse("[DONE]")

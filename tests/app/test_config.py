@@ -85,3 +85,16 @@ def test_the_blas_setting_reaches_the_engines(app_models_dir: Path) -> None:
         assert all(p.numpy_few and p.numpy_many for p in products.values())
     with pytest.raises(ValidationError, match="blas"):
         Settings(blas="mkl")
+
+
+def test_the_stream_interval_reaches_the_workers(app_models_dir: Path) -> None:
+    from tests.app.conftest import make_client
+
+    with make_client(app_models_dir, stream_interval_s=0.25) as c:
+        assert c.get("/health").status_code == 200
+        worker = c.app.state.registry.models["char"].worker  # type: ignore[attr-defined]
+        assert worker.stream_interval_s == 0.25
+    assert Settings().stream_interval_s == 0.01
+    for bad in (-0.1, 2):
+        with pytest.raises(ValidationError, match="stream_interval_s"):
+            Settings(stream_interval_s=bad)

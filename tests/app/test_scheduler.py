@@ -22,8 +22,11 @@ def engine(char_checkpoint: Path) -> Engine:
     return Engine(load_checkpoint(char_checkpoint))
 
 
-def _worker(engine: Engine, start: bool = True, **kw: int) -> ModelWorker:
-    w = ModelWorker("m", engine, kw.get("max_batch", 64), kw.get("max_queue", 100), 1, Metrics())
+def _worker(engine: Engine, start: bool = True, **kw: float) -> ModelWorker:
+    w = ModelWorker(
+        "m", engine, int(kw.get("max_batch", 64)), int(kw.get("max_queue", 100)), 1, Metrics(),
+        stream_interval_s=kw.get("stream_interval_s", 0.0),
+    )  # fmt: skip
     if start:
         w.start()
     return w
@@ -111,6 +114,38 @@ def test_streamed_deltas_add_up_to_the_text(engine: Engine) -> None:
     assert texts == [r.text for r in results]
     direct = engine.sample("th", SampleParams(max_tokens=60, seed=11, stop=["e ", "at"]), n=3)
     _same([results], [direct])
+
+
+async def _streamed(worker: ModelWorker, engine: Engine, p: SampleParams) -> list[Delta]:
+    job = SampleJob([engine.generation("", p)], stream=True)
+    worker.submit_sample(job)
+    deltas: list[Delta] = []
+    while not isinstance(ev := await asyncio.wait_for(job.events.get(), 10), Finished):
+        assert isinstance(ev, Delta)
+        deltas.append(ev)
+    return deltas
+
+
+@pytest.mark.parametrize("interval", [0.0, 60.0])
+def test_stream_interval_coalesces_text_not_changes_it(
+    endless_checkpoint: Path, interval: float
+) -> None:
+    """A streamed sample's new text goes out at most every `stream_interval_s`: with 0, a
+    character model sends every token; with a minute, its first text at once, then the
+    rest when it ends. The text is the same either way."""
+    engine = Engine(load_checkpoint(endless_checkpoint))  # never <eos>: all 120 tokens
+    worker = _worker(engine, stream_interval_s=interval)
+    p = SampleParams(max_tokens=120, seed=3)
+    try:
+        deltas = asyncio.run(_streamed(worker, engine, p))
+    finally:
+        worker.stop()
+    text = engine.sample("", p)[0].text
+    assert "".join(d.text for d in deltas) == text
+    if interval:
+        assert len(deltas) == 2 and len(deltas[0].text) == 1
+    else:
+        assert len(deltas) == 120 and all(len(d.text) == 1 for d in deltas)
 
 
 def test_scores_arriving_together_are_scored_together(
