@@ -140,3 +140,31 @@ def test_sighup_reloads_a_real_server(tmp_path: Path) -> None:
             assert live.proc.poll() is None, "SIGHUP ended the server"
             assert time.monotonic() < deadline, names
             time.sleep(0.1)
+
+
+def test_the_heap_is_frozen_while_serving_and_a_replaced_model_is_still_freed(
+    models: Path,
+) -> None:
+    """Loaded models are left out of the GC's full collections (gc.freeze); a reload
+    thaws the heap so that the version it replaced is freed, even one in a reference
+    cycle (a frozen cycle never is), then freezes it again."""
+    import gc
+    import weakref
+
+    with make_client(models) as client:
+        assert gc.get_freeze_count() > 0
+        registry = client.app.state.registry  # type: ignore[attr-defined]
+        engine = registry.models["char"].engine
+        engine.cycle = engine  # refcounting alone would never free it: only the GC can
+        old = weakref.ref(engine)
+        del engine
+        shutil.rmtree(models / "char")
+        make_checkpoint(models / "char", "char", seed=7)
+        assert client.post("/admin/reload").json()["replaced"] == ["char"]
+        deadline = time.monotonic() + 20
+        while (old() is not None or gc.get_freeze_count() == 0) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert old() is None, "the replaced model was never freed"
+        assert gc.get_freeze_count() > 0, "the heap was not frozen again"
+        assert client.post("/score", json={"texts": ["the cat"]}).status_code == 200
+    assert gc.get_freeze_count() == 0  # stopping thaws it
