@@ -74,9 +74,9 @@ def _freeze_heap() -> None:
 
     Under load those came every ~8 s and held the GIL, so the event loop and the engine,
     for 80-97 ms each (the demo, 32 streams); with the models frozen, 9-11 ms. A frozen
-    object in a reference cycle is never freed (a worker and its thread are one), so a
-    reload thaws the heap and it is frozen again once the versions it replaced have
-    finished, and stopping thaws it for good."""
+    object in a reference cycle is never freed (the engines measured hold none, but
+    nothing stops a model from holding one), so a reload thaws the heap and it is frozen
+    again once the versions it replaced have finished, and stopping thaws it for good."""
     gc.collect()
     gc.freeze()
 
