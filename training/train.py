@@ -23,6 +23,7 @@ broadcasts when to stop, so every rank takes the same number of steps.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -49,7 +50,7 @@ from models.checkpoint import (
 )
 from models.errors import RnnlmError
 from models.model import RNNLM, State
-from models.tokenizers import Tokenizer
+from models.tokenizers import PAD, Tokenizer
 from training.config import TrainConfig, TrainState, default_ngram_order
 from training.corpus import TokenSplit, load_corpus_tokenizer, read_corpus_meta
 from training.data import (
@@ -60,7 +61,7 @@ from training.data import (
     windows,
     with_backward_rows,
 )
-from training.distributed import agree, is_main, launch_distributed, log
+from training.distributed import agree, is_main, largest, launch_distributed, log
 from training.mixture import attach_ngram, build_ngram
 from training.objective import LossModule, evaluate_split
 from training.plot import plot_curve
@@ -115,7 +116,8 @@ def _units(
     start: int,
     rank: int,
     world: int,
-    first_window: int = 0,
+    first_window: int,
+    dev: torch.device,
 ) -> Iterator[tuple[int, Windows, bool]]:
     """This epoch's units from unit `start` (its windows from `first_window`):
     (windows in the unit, the windows, fresh_state) per batch or stream window."""
@@ -129,15 +131,32 @@ def _units(
                 _, whole = sentence_windows(split, idx, sys.maxsize)  # one window (B, T)
                 inp, tgt = with_backward_rows(*next(whole))  # (2B, T)
                 wins = list(windows(inp, tgt, cfg.bptt))
-                yield len(wins), iter(wins[first:]), True
+                yield _in_step(len(wins), iter(wins[first:]), first, len(inp), dev)
             else:
                 n, lazy = sentence_windows(split, idx, cfg.bptt, first)
-                yield n, lazy, True
+                yield _in_step(n, lazy, first, len(idx), dev)
     else:
         lane = stream_lanes(split, cfg.batch_size, rank, world)
         for k in range(start, _units_per_epoch(cfg, split, world)):
             inp, tgt = stream_window(split, cfg.batch_size, k * cfg.bptt, cfg.bptt, rank, world)
             yield 1, iter([(inp, tgt)]), k == 0 and lane > 0
+
+
+def _in_step(
+    n: int, wins: Windows, first: int, rows: int, dev: torch.device
+) -> tuple[int, Windows, bool]:
+    """A sentence batch's windows, as many on every rank as the longest batch has.
+
+    Under DDP the ranks' batches differ in length, so in their number of BPTT windows,
+    and every window is a step of collectives (the token count, DDP's gradient
+    all-reduce, the stop flags) that all ranks must make together. A rank whose batch
+    ends first runs padding windows, (rows, 1) of <pad>: no target counts, so its loss
+    and gradient are zero, and the step's mean is over the other ranks' tokens.
+    """
+    n_all = largest(n, dev)
+    pad = torch.full((rows, 1), PAD, dtype=torch.long)
+    padding = ((pad, pad) for _ in range(n_all - max(n, first)))
+    return n_all, itertools.chain(wins, padding), True
 
 
 def _limit(cfg: TrainConfig, st: TrainState, epoch_end: bool) -> str:
@@ -299,7 +318,7 @@ def _train(
         stopped = stopped or ("early_stopping" if st.bad_evals >= cfg.patience else "")
     net.train()
     while not stopped:
-        units = _units(cfg, train_split, st.epoch, st.unit, rank, world, st.window)
+        units = _units(cfg, train_split, st.epoch, st.unit, rank, world, st.window, dev)
         for n_wins, wins, fresh in units:
             # Resuming inside a unit (a long sequence's batch): its state was saved.
             state = carried if st.window or not fresh else None
@@ -316,7 +335,7 @@ def _train(
                 # The mean over every token of the global batch (and over the two
                 # directions, which predict as many tokens each); DDP averages the
                 # ranks' gradients, hence the factor `world`.
-                loss = nll.mean() * world / total
+                loss = nll.mean() * world / total.clamp(min=1)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.clip:

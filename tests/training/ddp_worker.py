@@ -1,9 +1,10 @@
 """Run by tests/training/test_distributed.py, alone or under torchrun.
 
-    python ddp_worker.py CORPUS OUT DUMP BATCH_SIZE STEPS [--resume]
+    python ddp_worker.py CORPUS OUT DUMP BATCH_SIZE STEPS [--resume] [--mode MODE]
 
-Trains a tiny stream-mode model and records, after every optimizer step, the
-flattened weights and the largest difference between any two ranks' copies.
+Trains a tiny model (MODE: stream, the default, sentence or bidirectional) and
+records, after every optimizer step, the flattened weights and the largest
+difference between any two ranks' copies.
 Rank 0 writes them to DUMP (safetensors).
 """
 
@@ -24,6 +25,7 @@ from training.train import TrainConfig, train
 def main() -> None:
     corpus, out, dump, batch, steps = sys.argv[1:6]
     resume = "--resume" in sys.argv
+    mode = sys.argv[sys.argv.index("--mode") + 1] if "--mode" in sys.argv else "stream"
     torch.set_num_threads(1)
     weights: dict[str, torch.Tensor] = {}
     diffs: dict[int, float] = {}
@@ -39,7 +41,8 @@ def main() -> None:
         diffs[step] = diff
 
     cfg = TrainConfig(
-        mode="stream", hidden=24, embedding=12, layers=2, dropout=0.0, batch_size=int(batch),
+        mode="stream" if mode == "stream" else "sentence", bidirectional=mode == "bidirectional",
+        hidden=24, embedding=12, layers=2, dropout=0.0, batch_size=int(batch),
         bptt=16, lr=1e-2, warmup=2, clip=0.5, max_steps=int(steps), eval_every=2, seed=7,
     )  # fmt: skip
     given = {"max_steps"}  # as the CLI does for the flags it was given

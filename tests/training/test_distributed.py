@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +16,9 @@ import torch
 from safetensors import safe_open
 
 from models.checkpoint import load_checkpoint
-from training.corpus import CorpusOptions, build_corpus
+from training.config import TrainConfig
+from training.corpus import CorpusOptions, TokenSplit, build_corpus
+from training.data import sentence_batches
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
@@ -91,3 +96,119 @@ def test_cli_nproc_launches_torchrun(tmp_path: Path, corpus: Path):
     assert "launching 2 processes" in r.stderr
     cfg = json.loads((tmp_path / "run" / "latest" / "trainer_state.json").read_text())
     assert cfg["world_size"] == 2
+
+
+# ------------------------------------------- sentence mode: batches of different lengths
+
+
+def _varied_text(text_file: Path, lines: int, sizes: tuple[int, ...]) -> str:
+    """`lines` lines of `sizes` words, so sentence batches differ in their BPTT windows."""
+    words = text_file.read_text(encoding="utf-8").split()
+    out, at = [], 0
+    for i in range(lines):
+        n = sizes[(i * 7) % len(sizes)]
+        out.append(" ".join(words[at : at + n]))
+        at = (at + n) % (len(words) - max(sizes))
+    return "\n".join(out) + "\n"
+
+
+@pytest.fixture(scope="module")
+def varied(tmp_path_factory: pytest.TempPathFactory, text_file: Path) -> dict[str, Path]:
+    """Char and word corpora whose lines range from one word to 300, and `short`, a char
+    corpus of one to 16 words."""
+    root = tmp_path_factory.mktemp("varied")
+    (root / "long.txt").write_text(_varied_text(text_file, 600, (1, 4, 30, 120, 300)))
+    (root / "short.txt").write_text(_varied_text(text_file, 400, (1, 2, 4, 8, 16)))
+    out = {}
+    for name, kind, text in (("char", "char", "long"), ("word", "word", "long"),
+                             ("short", "char", "short")):  # fmt: skip
+        out[name] = root / name
+        build_corpus([root / f"{text}.txt"], out[name], CorpusOptions(tokenizer=kind, seed=1))
+    return out
+
+
+def _first_batches_differ(corpus: Path, batch_size: int, bptt: int, seed: int) -> bool:
+    """Whether the two ranks' first batches differ in their number of BPTT windows: what
+    put the ranks' collectives out of step from the first step on."""
+    split = TokenSplit(corpus, "train")
+    first = [sentence_batches(split, batch_size, 0, seed, rank, 2)[0] for rank in (0, 1)]
+    wins = [math.ceil(split.lengths[idx].max() / bptt) for idx in first]
+    return wins[0] != wins[1]
+
+
+@pytest.mark.parametrize("kind", ["char", "word"])
+def test_cli_nproc_trains_with_the_default_sentence_mode(
+    tmp_path: Path, varied: dict[str, Path], kind: str
+):
+    # The defaults' batch and BPTT (char 64 x 200, word 20 x 35): the ranks' batches
+    # really differ in windows, which crashed gloo before ("Received data size doesn't
+    # match expected size").
+    cfg = TrainConfig().resolve(kind, 100)
+    assert cfg.batch_size and cfg.bptt
+    assert _first_batches_differ(varied[kind], cfg.batch_size, cfg.bptt, cfg.seed)
+    steps = 12
+    r = _run([sys.executable, "-m", "rnnlm.cli", "train", "--corpus", str(varied[kind]),
+              "--out", str(tmp_path / "run"), "--nproc", "2", "--layers", "1",
+              "--hidden", "32", "--max-steps", str(steps), "--no-progress"])  # fmt: skip
+    summary = json.loads(r.stdout)
+    assert summary["stopped"] == "max_steps" and summary["steps"] == steps, summary
+    assert math.isfinite(summary["test_ppl"]) and math.isfinite(summary["best_valid_ppl"])
+
+
+@pytest.mark.parametrize("mode", ["sentence", "bidirectional"])
+def test_ranks_stay_identical_over_batches_of_different_lengths(
+    tmp_path: Path, varied: dict[str, Path], mode: str
+):
+    corpus, steps = varied["short"], 10
+    assert _first_batches_differ(corpus, 4, 16, seed=7)  # the worker's batch, BPTT, seed
+    _run([*TORCHRUN, str(WORKER), str(corpus), str(tmp_path / "run"), str(tmp_path / "d.st"),
+          "4", str(steps), "--mode", mode])  # fmt: skip
+    weights, diffs, summary = _read(tmp_path / "d.st")
+    assert sorted(weights) == list(range(1, steps + 1))
+    assert all(d == 0.0 for d in diffs.values()), diffs
+    assert (weights[steps] - weights[1]).abs().max() > 1e-3
+    assert summary["steps"] == steps
+
+
+def _processes_naming(text: str) -> list[str]:
+    """Command lines of the live processes that mention `text` (Linux /proc)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:  # gone meanwhile
+            continue
+        line = b" ".join(args).decode(errors="replace")
+        if text in line:
+            found.append(line)
+    return found
+
+
+def test_nproc_run_stops_on_sigterm_saves_and_resumes(tmp_path: Path, varied: dict[str, Path]):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "rnnlm.cli", "train", "--corpus", str(varied["word"]),
+           "--out", str(out), "--nproc", "2", "--layers", "1", "--hidden", "32",
+           "--save-every", "2", "--no-progress"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # Far more steps than any machine takes before the signal: the run is killed in flight.
+    proc = subprocess.Popen([*cmd, "--max-steps", "1000000"], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    state = out / "latest" / "trainer_state.json"
+    deadline = time.monotonic() + 200  # a hang guard only
+    while not state.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "no checkpoint was saved"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)  # to the launcher, as a supervisor would
+    stdout, stderr = proc.communicate(timeout=200)
+    assert proc.returncode == 130, stderr[-3000:]
+    assert json.loads(stdout)["stopped"] == "interrupted"
+    # torchrun and both ranks are gone with the launcher, none left training.
+    assert not _processes_naming(str(out)), _processes_naming(str(out))
+    saved = json.loads(state.read_text())
+    assert saved["world_size"] == 2 and saved["state"]["step"] >= 2
+    step = saved["state"]["step"]
+    r = _run([*cmd, "--resume", "--max-steps", str(step + 6)])
+    assert f"resuming at step {step}" in r.stderr
+    summary = json.loads(r.stdout)
+    assert summary["stopped"] == "max_steps" and summary["steps"] == step + 6
