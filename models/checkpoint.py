@@ -90,6 +90,22 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def fingerprint(directory: Path | str) -> str:
+    """One sha256 for the whole checkpoint as it is on disk: of config.json, the
+    tokenizer's file, and the weights' and n-gram's sha256 (config.json records those;
+    a file it records none for is hashed here). Any change to any of them changes it."""
+    directory = Path(directory)
+    config = read_config(directory)
+    h = hashlib.sha256((directory / CONFIG).read_bytes())
+    h.update(sha256_file(directory / tokenizer_file(config["tokenizer"])).encode())
+    if config.get("weights_sha256") is None:
+        h.update(sha256_file(directory / WEIGHTS).encode())
+    section = config.get("ngram")
+    if isinstance(section, dict) and section.get("sha256") is None:
+        h.update(sha256_file(directory / NGRAM_FILE).encode())
+    return h.hexdigest()
+
+
 def _fsync_tree(root: Path) -> None:
     for p in sorted(root.rglob("*"), reverse=True) + [root]:
         fd = os.open(p, os.O_RDONLY)

@@ -37,7 +37,7 @@ from models.checkpoint import Checkpoint, start_token
 from models.errors import CheckpointError
 from models.host_step import HostStep
 from models.model import State
-from models.ngram import NO_TOKEN, mix_logprobs
+from models.ngram import histories_of, mix_logprobs
 from models.results import SampleResult, ScoreResult, TokenLogprob
 from models.sampling import HOST_SAMPLING_MAX_VOCAB, SEED_SPACE, Generation, SampleParams
 from models.tokenizers import BOS, EOS, PAD, UNK
@@ -200,7 +200,8 @@ class Engine:
             tgt_np[rows_of, cols_of] = [t for i in chunk for t in fulls[i][1:]]
             inp, tgt = torch.from_numpy(inp_np), torch.from_numpy(tgt_np)
             lengths = torch.from_numpy(lens)
-            hist = self._histories(inp) if mixing else None  # (B, T, N-1)
+            # The n-gram's history of each target (B, T, N-1).
+            hist = histories_of(inp_np, self.ngram.order) if mixing and self.ngram else None
             inp, tgt = inp.to(self.device), tgt.to(self.device)
             mask = torch.arange(T).unsqueeze(0) < lengths.unsqueeze(1)  # (B, T)
             # float64: a mixture's log-probs are computed in it, and summed later.
@@ -265,17 +266,6 @@ class Engine:
                     res.rnn, res.ngram = lp_rows[1][row][:n], lp_rows[2][row][:n]
                     res.bucket = [int(b) for b in lp_rows[3][row][:n]]
         return out
-
-    def _histories(self, inp: Tensor) -> np.ndarray[Any, np.dtype[np.int64]]:
-        """The n-gram's history of each target: inp (B, T) -> (B, T, N-1), the inputs
-        up to and including each position, -1 before the first."""
-        assert self.ngram is not None
-        width = self.ngram.order - 1
-        ids = inp.numpy().astype(np.int64)
-        if width == 0:
-            return np.zeros((*ids.shape, 0), np.int64)
-        padded = np.concatenate([np.full((ids.shape[0], width - 1), NO_TOKEN), ids], axis=1)
-        return np.lib.stride_tricks.sliding_window_view(padded, width, axis=1)
 
     def _gather(
         self,
@@ -365,6 +355,8 @@ class Engine:
                         token=name,
                         logprob=lp,
                         top=[(tok.piece(a), v) for a, v in tops[j]] if top else None,
+                        rnn_logprob=None if sc.rnn is None else sc.rnn[j],
+                        ngram_logprob=None if sc.ngram is None else sc.ngram[j],
                     )
                     for j, (tid, name, lp) in enumerate(zip(tids, names, lps, strict=True))
                 ]

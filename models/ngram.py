@@ -231,15 +231,13 @@ class NgramModel:
             out[present, j - 1] = ctx[present]
         return out
 
-    def logprob_and_bucket(self, histories: Int64s, targets: Int64s) -> tuple[Floats, Int64s]:
-        """`logprob_of`, and each history's mixing bucket (M,), found on the same walk."""
+    def _longest(self, histories: Int64s, targets: Int64s) -> tuple[Floats, Int64s]:
+        """The longest stored n-gram ending in each target: its log-prob, and its length."""
         n, V = self.order, self.vocab_size
-        histories = np.asarray(histories, dtype=np.int64).reshape(len(targets), n - 1)
-        targets = np.asarray(targets, dtype=np.int64)
-        # The longest stored n-gram ending in the target: extend it one token at a time.
         best = self.logprob[0][targets].astype(np.float64)
         matched = np.ones(len(targets), np.int64)
         idx, alive = targets.copy(), np.ones(len(targets), bool)
+        # Extend it one token at a time.
         for k in range(2, n + 1):
             w = histories[:, n - k]  # the (k-1)-th newest token of the history
             pos, found = self.find(k, idx * V + w.clip(min=0))
@@ -249,6 +247,20 @@ class NgramModel:
             idx = np.where(alive, pos, idx)
             best[alive] = self.logprob[k - 1][pos[alive]]
             matched[alive] = k
+        return best, matched
+
+    def matched_length(self, histories: Int64s, targets: Int64s) -> Int64s:
+        """The length of the longest stored n-gram ending in each target (KenLM's
+        `ngram_length`): histories (M, order-1), targets (M,) -> (M,), 1 to order."""
+        histories = np.asarray(histories, dtype=np.int64).reshape(len(targets), self.order - 1)
+        return self._longest(histories, np.asarray(targets, dtype=np.int64))[1]
+
+    def logprob_and_bucket(self, histories: Int64s, targets: Int64s) -> tuple[Floats, Int64s]:
+        """`logprob_of`, and each history's mixing bucket (M,), found on the same walk."""
+        n = self.order
+        histories = np.asarray(histories, dtype=np.int64).reshape(len(targets), n - 1)
+        targets = np.asarray(targets, dtype=np.int64)
+        best, matched = self._longest(histories, targets)
         # Back off from every stored context longer than that n-gram's.
         bucket = np.zeros(len(targets), np.int64)
         contexts = self.walk(histories)
@@ -380,6 +392,18 @@ def check_bucket_weights(value: Any, order: int, where: str) -> Floats:
     if not isinstance(value, list) or len(value) != want:
         raise CheckpointError(f"{where}: must be a list of {want} mixing weights (one per bucket)")
     return np.array([check_mixing_weight(v, where) for v in value], np.float64)
+
+
+def histories_of(inputs: Int64s, order: int) -> Int64s:
+    """The n-gram's history of each target: the inputs (B, T) up to and including each
+    position -> (B, T, order-1), newest last, NO_TOKEN before the first input."""
+    ids = np.asarray(inputs, dtype=np.int64)
+    width = order - 1
+    if width == 0:
+        return np.zeros((*ids.shape, 0), np.int64)
+    padded = np.concatenate([np.full((ids.shape[0], width - 1), NO_TOKEN), ids], axis=1)
+    out: Int64s = np.lib.stride_tricks.sliding_window_view(padded, width, axis=1)
+    return out
 
 
 def mix_logprobs(rnn: Floats, ngram: Floats, weight: float | Floats) -> Floats:

@@ -15,6 +15,10 @@ class TokenLogprob:
     token: str
     logprob: float
     top: list[tuple[str, float]] | None = None
+    # Scoring a model with an n-gram: `logprob` is the mixture's; these are the RNN's
+    # alone and the n-gram's alone. None without one, and in samples.
+    rnn_logprob: float | None = None
+    ngram_logprob: float | None = None
 
 
 @dataclass
