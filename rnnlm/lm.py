@@ -41,6 +41,8 @@ from models.results import SampleResult, ScoreResult
 from models.sampling import SampleParams
 from models.tokenizers import EOS, UNK
 
+__all__ = ["CheckpointError", "LanguageModel", "load"]
+
 Part = Literal["mixture", "rnn", "ngram"]
 LN10 = float(np.log(10.0))
 
