@@ -11,6 +11,8 @@ import httpx
 import pytest
 
 from app.registry import model_dirs, version_of
+from models.batch import Batch
+from models.sampling import Generation
 from tests.app.conftest import make_client, make_endless
 from tests.conftest import make_checkpoint
 
@@ -69,33 +71,48 @@ def test_a_broken_replacement_leaves_the_old_version_serving(models: Path) -> No
         assert client.post("/admin/reload").json()["failed"] == {}
 
 
-def test_requests_in_flight_finish_on_the_old_version(tmp_path: Path) -> None:
+def test_requests_in_flight_finish_on_the_old_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     root = tmp_path / "models"
     make_endless(root / "endless")
-    with make_client(root, default_model="endless", max_tokens=12000) as client:
+    with make_client(root, default_model="endless") as client:
+        # The old version's steps wait until the reload is done, so the long request is
+        # in flight through it however fast the engine is.
+        old = client.app.state.registry.models["endless"].engine  # type: ignore[attr-defined]
+        held, release = threading.Event(), threading.Event()
+        step = Batch.step
+
+        def held_step(batch: Batch) -> list[Generation]:
+            if batch.engine is old and not release.is_set():
+                held.set()
+                release.wait(60)  # a hang guard
+            return step(batch)
+
+        monkeypatch.setattr(Batch, "step", held_step)
         results: dict[str, object] = {}
 
         def long_request() -> None:
-            r = client.post("/sample", json={"max_tokens": 10000, "seed": 1})
+            r = client.post("/sample", json={"max_tokens": 1000, "seed": 1})
             results["status"] = r.status_code
             results["tokens"] = r.json()["samples"][0]["num_tokens"]
 
         t = threading.Thread(target=long_request)
         t.start()
-        deadline = time.monotonic() + 60
-        while 'rnnlm_running_sequences{model="endless"} 1.0' not in client.get("/metrics").text:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
-        shutil.rmtree(root / "endless")
-        make_endless(root / "endless")  # rewritten: a new version
-        (root / "endless" / "config.json").write_text(
-            (root / "endless" / "config.json").read_text().replace('"step": 0', '"step": 1')
-        )
-        assert client.post("/admin/reload").json()["replaced"] == ["endless"]
-        short = client.post("/sample", json={"max_tokens": 5, "seed": 2})
-        assert short.status_code == 200  # served by the new version while the old one works
+        try:
+            assert held.wait(60), "the long request never started"
+            shutil.rmtree(root / "endless")
+            make_endless(root / "endless")  # rewritten: a new version
+            (root / "endless" / "config.json").write_text(
+                (root / "endless" / "config.json").read_text().replace('"step": 0', '"step": 1')
+            )
+            assert client.post("/admin/reload").json()["replaced"] == ["endless"]
+            short = client.post("/sample", json={"max_tokens": 5, "seed": 2})
+            assert short.status_code == 200  # served by the new version while the old one works
+        finally:
+            release.set()
         t.join(120)
-        assert results == {"status": 200, "tokens": 10000}
+        assert results == {"status": 200, "tokens": 1000}
 
 
 def test_hidden_directories_are_not_models(tmp_path: Path) -> None:

@@ -66,21 +66,30 @@ def _same(a: list[list[SampleResult]], b: list[list[SampleResult]]) -> None:
 
 def test_concurrent_requests_give_exactly_what_they_give_alone(engine: Engine) -> None:
     worker = _worker(engine)
+    # Submitted before its worker starts: all in its first step, however fast the engine.
+    held = _worker(engine, start=False)
 
-    async def main() -> tuple[list, list]:
+    async def main() -> tuple[list, list, list]:
         alone = [await _run(worker, engine, pr, p, n=2) for pr, p in REQUESTS]
+        # Rows joining at whichever steps they reach the worker.
         together = await asyncio.gather(*(_run(worker, engine, pr, p, n=2) for pr, p in REQUESTS))
-        return alone, list(together)
+        runs = [asyncio.ensure_future(_run(held, engine, pr, p, n=2)) for pr, p in REQUESTS]
+        await asyncio.sleep(0)
+        assert held.queue_depth == len(REQUESTS)  # every job submitted
+        held.start()
+        return alone, list(together), list(await asyncio.gather(*runs))
 
     try:
-        alone, together = asyncio.run(main())
+        alone, together, shared = asyncio.run(main())
     finally:
         worker.stop()
+        held.stop()
     _same(alone, together)
+    _same(alone, shared)
     # ... and what the engine gives with no scheduler at all.
     _same([engine.sample(pr, p, n=2) for pr, p in REQUESTS], alone)
-    # The concurrent run really shared decoding steps.
-    reg = worker.metrics.registry
+    # The held run really shared decoding steps.
+    reg = held.metrics.registry
     steps = reg.get_sample_value("rnnlm_batch_size_count", {"model": "m"})
     singles = reg.get_sample_value("rnnlm_batch_size_bucket", {"model": "m", "le": "1.0"})
     big = reg.get_sample_value("rnnlm_batch_size_bucket", {"model": "m", "le": "8.0"})
@@ -221,10 +230,11 @@ def test_a_request_the_batch_has_room_for_is_never_refused(engine: Engine) -> No
 
 def test_cancelling_frees_the_slot_and_others_go_on(endless_checkpoint: Path) -> None:
     engine = Engine(load_checkpoint(endless_checkpoint))
-    worker = _worker(engine, max_batch=2)
+    worker = _worker(engine, max_batch=1)
 
     async def main() -> SampleResult:
-        long = SampleJob([engine.generation("", SampleParams(max_tokens=100_000, seed=1))], True)
+        # Endless at any speed: only the cancel can end it.
+        long = SampleJob([engine.generation("", SampleParams(max_tokens=10**9, seed=1))], True)
         worker.submit_sample(long)
         ev = await asyncio.wait_for(long.events.get(), 10)
         assert isinstance(ev, Delta)
@@ -256,8 +266,10 @@ def test_waiting_job_cancelled_before_admission_never_runs(engine: Engine) -> No
         worker.cancel(job)
         assert worker.queue_depth == 0
         worker.start()
-        with pytest.raises(asyncio.TimeoutError):
-            await asyncio.wait_for(job.events.get(), 0.3)
+        # A job behind it, no shorter: had the cancelled one run, it would have finished
+        # first or in the same step, and its events would be there now.
+        await asyncio.wait_for(_run(worker, engine, "", SampleParams(max_tokens=3, seed=2)), 10)
+        assert job.events.empty()
 
     try:
         asyncio.run(main())

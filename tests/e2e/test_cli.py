@@ -13,12 +13,16 @@ import pytest
 import torch
 
 RNNLM = [sys.executable, "-m", "rnnlm.cli"]
+# Real training runs, as long as the machine is slow (the full demo: ~45 s on 2 busy cores):
+# the deadlines are hang guards, far above ten times that, never a measurement.
+GUARD_S = 1200
+pytestmark = pytest.mark.timeout(GUARD_S)
 
 
 def run(*args: str, check: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     res = subprocess.run(
-        [*RNNLM, *args], capture_output=True, text=True, timeout=300, env=env, input=stdin
+        [*RNNLM, *args], capture_output=True, text=True, timeout=GUARD_S, env=env, input=stdin
     )
     if check:
         assert res.returncode == 0, res.stderr
@@ -145,7 +149,10 @@ def test_sample_is_reproducible_and_scores_back(trained: Path):
     ]
     a = [json.loads(x) for x in run(*args).stdout.splitlines()]
     b = [json.loads(x) for x in run(*args).stdout.splitlines()]
-    assert a == b and len(a) == 3
+    assert [{**s, "logprob": 0} for s in a] == [{**s, "logprob": 0} for s in b] and len(a) == 3
+    # Each process times its two BLAS libraries (models/blas.py) and a busy machine may
+    # make it pick the other one: the same tokens, logprobs apart by float32 rounding.
+    assert [s["logprob"] for s in a] == pytest.approx([s["logprob"] for s in b], rel=1e-6)
     for s in a:
         scored = run(
             "score",
@@ -260,7 +267,7 @@ except RnnlmError as e:
 def small_demo(out: Path, steps: int, bound: float) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     args = [sys.executable, "-c", _SMALL_DEMO, str(out), str(steps), str(bound)]
-    return subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
+    return subprocess.run(args, capture_output=True, text=True, timeout=GUARD_S, env=env)
 
 
 def test_demo_is_the_same_model_wherever_it_is_built(tmp_path: Path):
