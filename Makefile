@@ -21,7 +21,7 @@ test: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy rnnlm models training app
+	$(BIN)/mypy -p rnnlm
 
 # Builds the demo model once (1,000 steps from a fixed seed: about 3 minutes on 2 CPU
 # cores), then serves it.

@@ -6,10 +6,10 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from app.config import Settings
-from app.errors import NotReady
-from app.metrics import Metrics
-from app.registry import Registry
+from rnnlm.app.config import Settings
+from rnnlm.app.errors import NotReady
+from rnnlm.app.metrics import Metrics
+from rnnlm.app.registry import Registry
 
 # `async def`: FastAPI runs a plain `def` dependency in its thread pool, a thread hop
 # per request for a dictionary lookup.

@@ -17,14 +17,14 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from pydantic import ValidationError
 
-from app.config import Settings
-from app.errors import install_error_handlers
-from app.metrics import Metrics
-from app.middleware import GuardMiddleware, MetricsMiddleware
-from app.openapi import openapi_for
-from app.registry import Registry
-from app.routes import admin, health, models, native, openai, playground
-from models.errors import RnnlmError
+from rnnlm.app.config import Settings
+from rnnlm.app.errors import install_error_handlers
+from rnnlm.app.metrics import Metrics
+from rnnlm.app.middleware import GuardMiddleware, MetricsMiddleware
+from rnnlm.app.openapi import openapi_for
+from rnnlm.app.registry import Registry
+from rnnlm.app.routes import admin, health, models, native, openai, playground
+from rnnlm.models.errors import RnnlmError
 
 log = logging.getLogger("rnnlm.app")
 

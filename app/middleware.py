@@ -12,8 +12,8 @@ import time
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import error_response
-from app.metrics import Metrics
+from rnnlm.app.errors import error_response
+from rnnlm.app.metrics import Metrics
 
 # The playground page holds no data; it must load so that a user can type the key.
 OPEN_PATHS = frozenset({"/health", "/ready", "/"})

@@ -14,9 +14,9 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from app.config import Settings
-from app.middleware import OPEN_PATHS
-from app.schemas import COMPLETION_MAX_TOKENS, SAMPLE_MAX_TOKENS, SEED_MAX
+from rnnlm.app.config import Settings
+from rnnlm.app.middleware import OPEN_PATHS
+from rnnlm.app.schemas import COMPLETION_MAX_TOKENS, SAMPLE_MAX_TOKENS, SEED_MAX
 
 Schema = dict[str, Any]
 

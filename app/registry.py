@@ -27,13 +27,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app.config import Settings
-from app.errors import ModelNotFound
-from app.metrics import Metrics
-from app.scheduler import ModelWorker
-from models.checkpoint import CONFIG, load_checkpoint
-from models.engine import Engine
-from models.errors import RnnlmError
+from rnnlm.app.config import Settings
+from rnnlm.app.errors import ModelNotFound
+from rnnlm.app.metrics import Metrics
+from rnnlm.app.scheduler import ModelWorker
+from rnnlm.models.checkpoint import CONFIG, load_checkpoint
+from rnnlm.models.engine import Engine
+from rnnlm.models.errors import RnnlmError
 
 log = logging.getLogger("rnnlm.app")
 

@@ -26,11 +26,11 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, cast
 
-from app.errors import Overloaded
-from app.metrics import Metrics
-from models.engine import Engine
-from models.results import SampleResult, ScoreResult
-from models.sampling import Generation
+from rnnlm.app.errors import Overloaded
+from rnnlm.app.metrics import Metrics
+from rnnlm.models.engine import Engine
+from rnnlm.models.results import SampleResult, ScoreResult
+from rnnlm.models.sampling import Generation
 
 log = logging.getLogger("rnnlm.app")
 

@@ -12,10 +12,10 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, Strict
 from starlette.responses import Response
 
-from app.config import Settings
-from app.errors import InvalidField, TooLarge
-from models.results import SampleResult, ScoreResult, TokenLogprob
-from models.sampling import SEED_SPACE, SampleParams
+from rnnlm.app.config import Settings
+from rnnlm.app.errors import InvalidField, TooLarge
+from rnnlm.models.results import SampleResult, ScoreResult, TokenLogprob
+from rnnlm.models.sampling import SEED_SPACE, SampleParams
 
 SEED_MAX = SEED_SPACE - 1  # the largest seed the engine takes
 SAMPLE_MAX_TOKENS = 100  # defaults, lowered to the server's RNNLM_MAX_TOKENS when over it

@@ -15,10 +15,10 @@ from typing import Any, TypeVar
 
 from fastapi import Request
 
-from app.errors import ServiceError, error_body
-from app.registry import LoadedModel
-from app.scheduler import Delta, Event, Failed, Finished, SampleJob
-from app.schemas import (
+from rnnlm.app.errors import ServiceError, error_body
+from rnnlm.app.registry import LoadedModel
+from rnnlm.app.scheduler import Delta, Event, Failed, Finished, SampleJob
+from rnnlm.app.schemas import (
     Completion,
     CompletionChoice,
     CompletionLogprobs,
@@ -32,8 +32,8 @@ from app.schemas import (
     Usage,
     dump,
 )
-from models.results import SampleResult, TokenLogprob
-from models.sampling import Generation, SampleParams
+from rnnlm.models.results import SampleResult, TokenLogprob
+from rnnlm.models.sampling import Generation, SampleParams
 
 T = TypeVar("T")
 

@@ -49,9 +49,9 @@ SENTENCE = "the quick brown fox jumps over the lazy dog, and the cat sat on the 
 def make_untrained(directory: Path) -> Path:
     import torch
 
-    from models.checkpoint import save_checkpoint
-    from models.model import RNNLM, ModelConfig
-    from models.tokenizers import EOS, CharTokenizer
+    from rnnlm.models.checkpoint import save_checkpoint
+    from rnnlm.models.model import RNNLM, ModelConfig
+    from rnnlm.models.tokenizers import EOS, CharTokenizer
 
     torch.manual_seed(0)
     tok = CharTokenizer.fit(Counter(SENTENCE + "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!?;:'\"()-\n"))
@@ -129,7 +129,7 @@ def scoring_flops(checkpoint: Path, texts: list[str]) -> dict[str, float]:
     model = config["model"]
     tails = None
     if model.get("adaptive_cutoffs"):
-        from models.tokenizers import EOS, load_tokenizer
+        from rnnlm.models.tokenizers import EOS, load_tokenizer
 
         tok = load_tokenizer(checkpoint, config["tokenizer"])
         ids = [i for t in texts for i in [*tok.encode(t), EOS]]

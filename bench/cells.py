@@ -24,7 +24,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from models.cells import CELLS, Cell, RecurrentStack
+from rnnlm.models.cells import CELLS, Cell, RecurrentStack
 
 FUSED: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
 BASELINE = {

@@ -50,8 +50,8 @@ def main() -> None:
     args = ap.parse_args()
 
     sys.path.insert(0, str(ROOT))
-    from models.checkpoint import load_checkpoint
     from rnnlm.demo import stdlib_docstrings
+    from rnnlm.models.checkpoint import load_checkpoint
 
     args.out.mkdir(parents=True, exist_ok=True)
     text = args.out / "docstrings.txt"

@@ -41,15 +41,15 @@ from torch import Tensor, nn
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from models.checkpoint import load_checkpoint  # noqa: E402
-from models.model import RNNLM  # noqa: E402
-from models.ngram import mix_logprobs  # noqa: E402
-from models.tokenizers import BOS, PAD  # noqa: E402
-from training.config import TrainConfig, TrainState  # noqa: E402
-from training.corpus import TokenSplit, load_corpus_tokenizer  # noqa: E402
-from training.data import sentence_batches, sentence_windows  # noqa: E402
-from training.mixture import choose_weights, component_logprobs  # noqa: E402
-from training.train import _lr  # noqa: E402  (the trainer's schedule, warm-up included)
+from rnnlm.models.checkpoint import load_checkpoint  # noqa: E402
+from rnnlm.models.model import RNNLM  # noqa: E402
+from rnnlm.models.ngram import mix_logprobs  # noqa: E402
+from rnnlm.models.tokenizers import BOS, PAD  # noqa: E402
+from rnnlm.training.config import TrainConfig, TrainState  # noqa: E402
+from rnnlm.training.corpus import TokenSplit, load_corpus_tokenizer  # noqa: E402
+from rnnlm.training.data import sentence_batches, sentence_windows  # noqa: E402
+from rnnlm.training.mixture import choose_weights, component_logprobs  # noqa: E402
+from rnnlm.training.train import _lr  # noqa: E402  (the trainer's schedule, warm-up included)
 
 _P = 2_147_483_647  # 2**31 - 1: hashes stay below 2**31, so products fit in int64
 _MIX = 2_654_435_761  # Knuth's multiplicative constant

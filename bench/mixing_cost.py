@@ -62,7 +62,7 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=6.0)
     p.add_argument("--rounds", type=int, default=2)
     args = p.parse_args()
-    from training.mixture import detach_ngram
+    from rnnlm.training.mixture import detach_ngram
 
     if "ngram" not in json.loads((args.checkpoint / "config.json").read_text()):
         raise SystemExit(f"{args.checkpoint}: has no n-gram to measure")

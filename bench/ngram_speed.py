@@ -41,7 +41,7 @@ import json, sys, time, resource
 import numpy as np
 from pathlib import Path
 sys.path.insert(0, sys.argv[4])
-from training.ngram import estimate
+from rnnlm.training.ngram import estimate
 
 def hwm_kib():
     for line in Path("/proc/self/status").read_text().splitlines():

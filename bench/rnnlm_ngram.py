@@ -23,9 +23,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from models.tokenizers import BOS  # noqa: E402
-from training.corpus import TokenSplit, load_corpus_tokenizer  # noqa: E402
-from training.ngram import estimate  # noqa: E402
+from rnnlm.models.tokenizers import BOS  # noqa: E402
+from rnnlm.training.corpus import TokenSplit, load_corpus_tokenizer  # noqa: E402
+from rnnlm.training.ngram import estimate  # noqa: E402
 
 
 def split_logprob(model, split: TokenSplit) -> tuple[float, int]:  # type: ignore[no-untyped-def]

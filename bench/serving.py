@@ -47,7 +47,7 @@ import bench_service  # noqa: E402
 from speed import measure_gemm  # noqa: E402
 
 if TYPE_CHECKING:
-    from models.blas import Choice
+    from rnnlm.models.blas import Choice
 
 SERVER_CPU, CLIENT_CPU = 0, 1
 
@@ -68,9 +68,9 @@ def engine_rate(
     """Tokens/s of the engine's Batch kept at `rows` sequences, no HTTP."""
     import torch
 
-    from models.checkpoint import load_checkpoint
-    from models.engine import Engine
-    from models.sampling import SampleParams
+    from rnnlm.models.checkpoint import load_checkpoint
+    from rnnlm.models.engine import Engine
+    from rnnlm.models.sampling import SampleParams
 
     torch.set_num_threads(1)
     engine = Engine(load_checkpoint(checkpoint), blas=blas)

@@ -62,10 +62,10 @@ def measure_gemm(
 def train_speed(
     corpus: Path, seconds: float, threads: int, gemm_gflops: float | None
 ) -> dict[str, Any]:
-    from models.model import RNNLM
-    from training.corpus import TokenSplit, load_corpus_tokenizer, read_corpus_meta
-    from training.data import sentence_batches, sentence_windows
-    from training.train import LossModule, TrainConfig, _optimizer
+    from rnnlm.models.model import RNNLM
+    from rnnlm.training.corpus import TokenSplit, load_corpus_tokenizer, read_corpus_meta
+    from rnnlm.training.data import sentence_batches, sentence_windows
+    from rnnlm.training.train import LossModule, TrainConfig, _optimizer
 
     torch.set_num_threads(threads)
     meta = read_corpus_meta(corpus)

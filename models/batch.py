@@ -20,13 +20,13 @@ import torch
 from torch import Tensor
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from models.model import State
-from models.ngram import NO_TOKEN
-from models.sampling import Generation, SamplingPlan, choose_tokens, choose_tokens_host
-from models.tokenizers import EOS, PAD
+from rnnlm.models.model import State
+from rnnlm.models.ngram import NO_TOKEN
+from rnnlm.models.sampling import Generation, SamplingPlan, choose_tokens, choose_tokens_host
+from rnnlm.models.tokenizers import EOS, PAD
 
 if TYPE_CHECKING:
-    from models.engine import Engine
+    from rnnlm.models.engine import Engine
 
 _UNIFORM_BLOCK = 64  # uniforms each sequence draws from its generator at a time
 

@@ -35,16 +35,16 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 
-from models.errors import CheckpointError, TokenizerError
-from models.model import RNNLM, ModelConfig
-from models.ngram import (
+from rnnlm.models.errors import CheckpointError, TokenizerError
+from rnnlm.models.model import RNNLM, ModelConfig
+from rnnlm.models.ngram import (
     NGRAM_FILE,
     Floats,
     NgramModel,
     check_bucket_weights,
     check_mixing_weight,
 )
-from models.tokenizers import BOS, EOS, Tokenizer, load_tokenizer, tokenizer_file
+from rnnlm.models.tokenizers import BOS, EOS, Tokenizer, load_tokenizer, tokenizer_file
 
 FORMAT_VERSION = 1
 CONFIG = "config.json"

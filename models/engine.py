@@ -31,16 +31,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from models.batch import Batch
-from models.blas import Choice
-from models.checkpoint import Checkpoint, start_token
-from models.errors import CheckpointError
-from models.host_step import HostStep
-from models.model import State
-from models.ngram import histories_of, mix_logprobs
-from models.results import SampleResult, ScoreResult, TokenLogprob
-from models.sampling import HOST_SAMPLING_MAX_VOCAB, SEED_SPACE, Generation, SampleParams
-from models.tokenizers import BOS, EOS, PAD, UNK
+from rnnlm.models.batch import Batch
+from rnnlm.models.blas import Choice
+from rnnlm.models.checkpoint import Checkpoint, start_token
+from rnnlm.models.errors import CheckpointError
+from rnnlm.models.host_step import HostStep
+from rnnlm.models.model import State
+from rnnlm.models.ngram import histories_of, mix_logprobs
+from rnnlm.models.results import SampleResult, ScoreResult, TokenLogprob
+from rnnlm.models.sampling import HOST_SAMPLING_MAX_VOCAB, SEED_SPACE, Generation, SampleParams
+from rnnlm.models.tokenizers import BOS, EOS, PAD, UNK
 
 _OUTPUT_CHUNK = 4096  # positions per output-layer call: bounds the (N, V) buffer
 # Scoring runs the recurrent layers a window of time steps at a time, over only the

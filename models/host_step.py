@@ -31,8 +31,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from models.blas import Choice, Product
-from models.model import RNNLM, State
+from rnnlm.models.blas import Choice, Product
+from rnnlm.models.model import RNNLM, State
 
 _TABLE_MAX_BYTES = 8 << 20  # the first layer's input table: small vocabularies only
 

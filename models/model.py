@@ -47,8 +47,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.cells import RecurrentStack
-from models.errors import CheckpointError
+from rnnlm.models.cells import RecurrentStack
+from rnnlm.models.errors import CheckpointError
 
 State = tuple[Tensor, ...]
 CELLS = ("rnn", "gru", "lstm", "gru-simple", "lstm-peephole")  # the last two: models/cells.py

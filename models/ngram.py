@@ -47,10 +47,10 @@ import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
-from models.errors import CheckpointError
+from rnnlm.models.errors import CheckpointError
 
 if TYPE_CHECKING:
-    from models.ngram_next import NextTokens
+    from rnnlm.models.ngram_next import NextTokens
 
 NGRAM_FILE = "ngram.safetensors"
 NGRAM_FORMAT = "rnnlm-ngram-1"
@@ -311,7 +311,7 @@ class NgramModel:
     def next_tokens(self) -> NextTokens:
         """The layout for next-token distributions (models/ngram_next.py), built on first use:
         scoring never needs it."""
-        from models.ngram_next import NextTokens  # it builds on this module
+        from rnnlm.models.ngram_next import NextTokens  # it builds on this module
 
         return NextTokens(self)
 

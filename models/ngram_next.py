@@ -28,10 +28,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from models.ngram import KID_BINS, Floats, Int64s, kid_bin
+from rnnlm.models.ngram import KID_BINS, Floats, Int64s, kid_bin
 
 if TYPE_CHECKING:
-    from models.ngram import NgramModel
+    from rnnlm.models.ngram import NgramModel
 
 
 class NextTokens:

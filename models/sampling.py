@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from models.results import SampleResult
-from models.tokenizers import BOS, PAD, UNK, Decoder
+from rnnlm.models.results import SampleResult
+from rnnlm.models.tokenizers import BOS, PAD, UNK, Decoder
 
 # Sampling never emits these: they have no text, and a sample's text must score
 # back to the same tokens. (Their probability still counts in every logprob.)

@@ -285,23 +285,23 @@ def build_parser() -> _Parser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
-    from models.errors import RnnlmError
+    from rnnlm.models.errors import RnnlmError
 
     try:
         if args.command == "corpus":
-            from training.corpus import corpus_command
+            from rnnlm.training.corpus import corpus_command
 
             corpus_command(args)
         elif args.command == "train":
-            from training.train import train_command
+            from rnnlm.training.train import train_command
 
             train_command(args)
         elif args.command == "ngram":
-            from training.ngram_command import ngram_command
+            from rnnlm.training.ngram_command import ngram_command
 
             ngram_command(args)
         elif args.command == "eval":
-            from training.evaluate import eval_command
+            from rnnlm.training.evaluate import eval_command
 
             eval_command(args)
         elif args.command in ("score", "sample"):
@@ -309,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             getattr(commands, f"{args.command}_command")(args)
         elif args.command == "serve":
-            from app.main import serve
+            from rnnlm.app.main import serve
 
             serve(args.models, args.host, args.port, args.default_model)
         elif args.command == "demo":

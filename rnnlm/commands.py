@@ -8,10 +8,10 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from models.checkpoint import load_checkpoint
-from models.engine import Engine
-from models.errors import RnnlmError
-from models.sampling import SampleParams
+from rnnlm.models.checkpoint import load_checkpoint
+from rnnlm.models.engine import Engine
+from rnnlm.models.errors import RnnlmError
+from rnnlm.models.sampling import SampleParams
 
 
 def _texts(args: argparse.Namespace) -> Iterator[str]:

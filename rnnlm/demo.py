@@ -19,7 +19,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
-from models.checkpoint import CONFIG, atomic_directory
+from rnnlm.models.checkpoint import CONFIG, atomic_directory
 
 
 def stdlib_docstrings(limit_chars: int | None = None) -> list[str]:
@@ -56,9 +56,9 @@ def build_demo(
     force: bool = False,
 ) -> Path:  # fmt: skip
     """Train the demo model into `out/demo` unless it is there already."""
-    from models.errors import RnnlmError
-    from training.corpus import CorpusOptions, build_corpus
-    from training.train import TrainConfig, train
+    from rnnlm.models.errors import RnnlmError
+    from rnnlm.training.corpus import CorpusOptions, build_corpus
+    from rnnlm.training.train import TrainConfig, train
 
     target = out / "demo"
     if (target / CONFIG).is_file() and not force:

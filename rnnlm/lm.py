@@ -33,13 +33,13 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from models.checkpoint import fingerprint, load_checkpoint
-from models.engine import Engine
-from models.errors import CheckpointError
-from models.ngram import histories_of
-from models.results import SampleResult, ScoreResult
-from models.sampling import SampleParams
-from models.tokenizers import EOS, UNK
+from rnnlm.models.checkpoint import fingerprint, load_checkpoint
+from rnnlm.models.engine import Engine
+from rnnlm.models.errors import CheckpointError
+from rnnlm.models.ngram import histories_of
+from rnnlm.models.results import SampleResult, ScoreResult
+from rnnlm.models.sampling import SampleParams
+from rnnlm.models.tokenizers import EOS, UNK
 
 __all__ = ["CheckpointError", "LanguageModel", "load"]
 

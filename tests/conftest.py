@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from models.checkpoint import save_checkpoint
-from models.model import RNNLM, ModelConfig
-from models.tokenizers import BOS, EOS, CharTokenizer, WordTokenizer
 from rnnlm.demo import stdlib_docstrings
-from training.ngram import estimate
+from rnnlm.models.checkpoint import save_checkpoint
+from rnnlm.models.model import RNNLM, ModelConfig
+from rnnlm.models.tokenizers import BOS, EOS, CharTokenizer, WordTokenizer
+from rnnlm.training.ngram import estimate
 
 TEXT = [
     "the cat sat on the mat.",

@@ -17,11 +17,11 @@ SLOW = Path(__file__).resolve().parent / "slow"
 # `__wrapped__`): a ratio in one run, whatever the machine's speed.
 PROBE = """
 import json, sys, time
-started_clean = "torch" not in sys.modules and "models.batch" not in sys.modules
-from models.batch import Batch
-from models.checkpoint import load_checkpoint
-from models.engine import Engine
-from models.sampling import SampleParams
+started_clean = "torch" not in sys.modules and "rnnlm.models.batch" not in sys.modules
+from rnnlm.models.batch import Batch
+from rnnlm.models.checkpoint import load_checkpoint
+from rnnlm.models.engine import Engine
+from rnnlm.models.sampling import SampleParams
 
 def best(fn):
     times = []

@@ -40,9 +40,9 @@ from typing import IO, Any
 
 import numpy as np
 
-from models.errors import CheckpointError, RnnlmError
-from models.ngram import NgramModel
-from models.tokenizers import BOS, EOS, PAD, UNK, Tokenizer
+from rnnlm.models.errors import CheckpointError, RnnlmError
+from rnnlm.models.ngram import NgramModel
+from rnnlm.models.tokenizers import BOS, EOS, PAD, UNK, Tokenizer
 
 LN10 = math.log(10.0)
 MAX_ORDER = 64

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from models.model import ModelConfig
+from rnnlm.models.model import ModelConfig
 
 # A full softmax up to this vocabulary, an adaptive one above (a 20,000-word full
 # softmax of 256 inputs is 5M multiply-adds per token, four times the 2x256 LSTM).

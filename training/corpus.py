@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from models.checkpoint import atomic_directory
-from models.errors import RnnlmError
-from models.tokenizers import (
+from rnnlm.models.checkpoint import atomic_directory
+from rnnlm.models.errors import RnnlmError
+from rnnlm.models.tokenizers import (
     EOS,
     SPECIALS,
     UNK,

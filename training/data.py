@@ -32,8 +32,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from models.tokenizers import BOS, PAD
-from training.corpus import TokenSplit
+from rnnlm.models.tokenizers import BOS, PAD
+from rnnlm.training.corpus import TokenSplit
 
 
 def sentence_batches(

@@ -22,11 +22,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from models.checkpoint import load_checkpoint
-from models.engine import Engine
-from models.errors import RnnlmError
-from models.sampling import SampleParams
-from models.tokenizers import EOS
+from rnnlm.models.checkpoint import load_checkpoint
+from rnnlm.models.engine import Engine
+from rnnlm.models.errors import RnnlmError
+from rnnlm.models.sampling import SampleParams
+from rnnlm.models.tokenizers import EOS
 
 
 def _read_lines(path: Path) -> list[str]:

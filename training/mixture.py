@@ -25,20 +25,20 @@ from typing import Any
 
 import numpy as np
 
-from models.checkpoint import (
+from rnnlm.models.checkpoint import (
     Checkpoint,
     load_checkpoint,
     read_config,
     save_checkpoint,
     start_token,
 )
-from models.engine import Engine
-from models.errors import RnnlmError
-from models.ngram import KID_BINS, NgramModel, mix_logprobs
-from models.tokenizers import Tokenizer
-from training.arpa import import_arpa, token_words
-from training.corpus import TokenSplit, load_corpus_tokenizer
-from training.ngram import estimate
+from rnnlm.models.engine import Engine
+from rnnlm.models.errors import RnnlmError
+from rnnlm.models.ngram import KID_BINS, NgramModel, mix_logprobs
+from rnnlm.models.tokenizers import Tokenizer
+from rnnlm.training.arpa import import_arpa, token_words
+from rnnlm.training.corpus import TokenSplit, load_corpus_tokenizer
+from rnnlm.training.ngram import estimate
 
 Floats = np.ndarray[Any, np.dtype[np.float64]]
 _CHUNK = 1024  # sequences scored at a time

@@ -38,9 +38,9 @@ from typing import Any
 
 import numpy as np
 
-from models.errors import RnnlmError
-from models.ngram import NgramModel
-from models.tokenizers import BOS, PAD
+from rnnlm.models.errors import RnnlmError
+from rnnlm.models.ngram import NgramModel
+from rnnlm.models.tokenizers import BOS, PAD
 
 FALLBACK = (0.5, 1.0, 1.5)  # KenLM's --discount_fallback defaults
 

@@ -7,12 +7,12 @@ import json
 import sys
 from pathlib import Path
 
-from models.checkpoint import load_checkpoint, read_config, start_token
-from models.errors import RnnlmError
-from training.arpa import token_words, write_arpa
-from training.config import default_ngram_order
-from training.corpus import load_corpus_tokenizer, read_corpus_meta
-from training.mixture import attach_ngram, build_ngram, detach_ngram
+from rnnlm.models.checkpoint import load_checkpoint, read_config, start_token
+from rnnlm.models.errors import RnnlmError
+from rnnlm.training.arpa import token_words, write_arpa
+from rnnlm.training.config import default_ngram_order
+from rnnlm.training.corpus import load_corpus_tokenizer, read_corpus_meta
+from rnnlm.training.mixture import attach_ngram, build_ngram, detach_ngram
 
 
 def _note(message: str) -> None:

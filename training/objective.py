@@ -7,11 +7,11 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from models.checkpoint import Checkpoint
-from models.engine import Engine
-from models.model import RNNLM, State
-from models.tokenizers import PAD, Tokenizer
-from training.corpus import TokenSplit
+from rnnlm.models.checkpoint import Checkpoint
+from rnnlm.models.engine import Engine
+from rnnlm.models.model import RNNLM, State
+from rnnlm.models.tokenizers import PAD, Tokenizer
+from rnnlm.training.corpus import TokenSplit
 
 
 class LossModule(nn.Module):

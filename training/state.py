@@ -14,17 +14,17 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from models.checkpoint import (
+from rnnlm.models.checkpoint import (
     atomic_directory,
     load_checkpoint,
     recover,
     write_checkpoint_files,
     write_json,
 )
-from models.errors import RnnlmError
-from models.model import RNNLM, State
-from models.tokenizers import Tokenizer
-from training.config import LIMIT_FIELDS, TrainConfig, TrainState
+from rnnlm.models.errors import RnnlmError
+from rnnlm.models.model import RNNLM, State
+from rnnlm.models.tokenizers import Tokenizer
+from rnnlm.training.config import LIMIT_FIELDS, TrainConfig, TrainState
 
 
 def save_latest(

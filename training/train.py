@@ -41,19 +41,19 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from models.checkpoint import (
+from rnnlm.models.checkpoint import (
     atomic_directory,
     load_checkpoint,
     read_config,
     write_checkpoint_files,
     write_json,
 )
-from models.errors import RnnlmError
-from models.model import RNNLM, State
-from models.tokenizers import PAD, Tokenizer
-from training.config import TrainConfig, TrainState, default_ngram_order
-from training.corpus import TokenSplit, load_corpus_tokenizer, read_corpus_meta
-from training.data import (
+from rnnlm.models.errors import RnnlmError
+from rnnlm.models.model import RNNLM, State
+from rnnlm.models.tokenizers import PAD, Tokenizer
+from rnnlm.training.config import TrainConfig, TrainState, default_ngram_order
+from rnnlm.training.corpus import TokenSplit, load_corpus_tokenizer, read_corpus_meta
+from rnnlm.training.data import (
     sentence_batches,
     sentence_windows,
     stream_lanes,
@@ -61,11 +61,11 @@ from training.data import (
     windows,
     with_backward_rows,
 )
-from training.distributed import agree, is_main, largest, launch_distributed, log
-from training.mixture import attach_ngram, build_ngram
-from training.objective import LossModule, evaluate_split
-from training.plot import plot_curve
-from training.state import load_latest, resume_config, save_latest
+from rnnlm.training.distributed import agree, is_main, largest, launch_distributed, log
+from rnnlm.training.mixture import attach_ngram, build_ngram
+from rnnlm.training.objective import LossModule, evaluate_split
+from rnnlm.training.plot import plot_curve
+from rnnlm.training.state import load_latest, resume_config, save_latest
 
 __all__ = ["LossModule", "TrainConfig", "train", "train_command"]
 

@@ -6,8 +6,8 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from app.deps import RegistryDep
-from app.schemas import error_responses
+from rnnlm.app.deps import RegistryDep
+from rnnlm.app.schemas import error_responses
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 

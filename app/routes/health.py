@@ -7,9 +7,9 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from app.deps import MetricsDep
-from app.errors import NotReady
-from app.schemas import error_responses
+from rnnlm.app.deps import MetricsDep
+from rnnlm.app.errors import NotReady
+from rnnlm.app.schemas import error_responses
 
 router = APIRouter(tags=["health"])
 

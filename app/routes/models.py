@@ -6,9 +6,9 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from app.deps import RegistryDep
-from app.errors import ModelNotFound
-from app.schemas import error_responses
+from rnnlm.app.deps import RegistryDep
+from rnnlm.app.errors import ModelNotFound
+from rnnlm.app.schemas import error_responses
 
 router = APIRouter(tags=["models"])
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
-from app import service
-from app.deps import RegistryDep, SettingsDep
-from app.schemas import (
+from rnnlm.app import service
+from rnnlm.app.deps import RegistryDep, SettingsDep
+from rnnlm.app.schemas import (
     SampleRequest,
     SampleResponse,
     ScoreRequest,

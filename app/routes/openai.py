@@ -5,10 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
-from app import service
-from app.deps import RegistryDep, SettingsDep
-from app.routes.native import _SSE_DOC, SSE_HEADERS
-from app.schemas import (
+from rnnlm.app import service
+from rnnlm.app.deps import RegistryDep, SettingsDep
+from rnnlm.app.routes.native import _SSE_DOC, SSE_HEADERS
+from rnnlm.app.schemas import (
     Completion,
     CompletionRequest,
     ModelCard,

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from app.config import Settings
-from app.main import create_app
-from models.checkpoint import load_checkpoint, save_checkpoint
-from models.tokenizers import EOS
+from rnnlm.app.config import Settings
+from rnnlm.app.main import create_app
+from rnnlm.models.checkpoint import load_checkpoint, save_checkpoint
+from rnnlm.models.tokenizers import EOS
 from tests.conftest import make_checkpoint
 
 

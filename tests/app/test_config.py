@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from app.config import Settings
-from app.main import serve
-from models.errors import RnnlmError
+from rnnlm.app.config import Settings
+from rnnlm.app.main import serve
+from rnnlm.models.errors import RnnlmError
 
 
 def test_environment_sets_fields(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import torch
 
-from models.checkpoint import CONFIG, WEIGHTS
+from rnnlm.models.checkpoint import CONFIG, WEIGHTS
 from tests.app.conftest import make_client
 
 

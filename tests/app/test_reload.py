@@ -10,9 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.registry import model_dirs, version_of
-from models.batch import Batch
-from models.sampling import Generation
+from rnnlm.app.registry import model_dirs, version_of
+from rnnlm.models.batch import Batch
+from rnnlm.models.sampling import Generation
 from tests.app.conftest import make_client, make_endless
 from tests.conftest import make_checkpoint
 

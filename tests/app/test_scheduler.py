@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from app.errors import Overloaded
-from app.metrics import Metrics
-from app.scheduler import Delta, Finished, ModelWorker, SampleJob
-from models.checkpoint import load_checkpoint
-from models.engine import Engine
-from models.results import SampleResult
-from models.sampling import SampleParams
+from rnnlm.app.errors import Overloaded
+from rnnlm.app.metrics import Metrics
+from rnnlm.app.scheduler import Delta, Finished, ModelWorker, SampleJob
+from rnnlm.models.checkpoint import load_checkpoint
+from rnnlm.models.engine import Engine
+from rnnlm.models.results import SampleResult
+from rnnlm.models.sampling import SampleParams
 
 
 @pytest.fixture(scope="module")
@@ -287,7 +287,7 @@ def test_an_engine_failure_fails_the_running_jobs_and_the_worker_survives(
         raise boom
 
     async def main() -> None:
-        from models.batch import Batch
+        from rnnlm.models.batch import Batch
 
         with monkeypatch.context() as m:
             m.setattr(Batch, "add", broken)

@@ -7,11 +7,11 @@ import json
 from types import SimpleNamespace
 from typing import Any, cast
 
-from app import service
-from app.registry import LoadedModel
-from app.scheduler import Delta, Failed, Finished, SampleJob
-from models.results import SampleResult
-from models.sampling import Generation, SampleParams
+from rnnlm.app import service
+from rnnlm.app.registry import LoadedModel
+from rnnlm.app.scheduler import Delta, Failed, Finished, SampleJob
+from rnnlm.models.results import SampleResult
+from rnnlm.models.sampling import Generation, SampleParams
 
 
 def _events(chunk: str) -> list[dict[str, Any]]:

@@ -16,8 +16,8 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from models.cells import RecurrentStack
-from models.model import RNNLM, ModelConfig
+from rnnlm.models.cells import RecurrentStack
+from rnnlm.models.model import RNNLM, ModelConfig
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 

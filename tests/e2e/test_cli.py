@@ -256,7 +256,7 @@ from pathlib import Path
 import rnnlm.demo as demo
 full = demo.stdlib_docstrings
 demo.stdlib_docstrings = lambda: full(60_000)
-from models.errors import RnnlmError
+from rnnlm.models.errors import RnnlmError
 try:
     demo.build_demo(Path(sys.argv[1]), steps=int(sys.argv[2]), max_valid_ppl=float(sys.argv[3]))
 except RnnlmError as e:
@@ -364,9 +364,9 @@ def test_ngram_commands_export_remove_import_estimate(trained: Path, tmp_path: P
     section = json.loads((model / "config.json").read_text())["ngram"]
     assert section["lambda"] == 0.3 and section["lambda_buckets"] is None
     given = json.loads(run("score", "--model", str(model), text, "--per-token").stdout)
-    from models.checkpoint import load_checkpoint
-    from models.engine import Engine
-    from models.ngram import mix_logprobs
+    from rnnlm.models.checkpoint import load_checkpoint
+    from rnnlm.models.engine import Engine
+    from rnnlm.models.ngram import mix_logprobs
 
     engine = Engine(load_checkpoint(model))
     ((rnn, ngram, _),) = engine.score_components([engine.tokenizer.encode(text)])

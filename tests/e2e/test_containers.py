@@ -21,8 +21,8 @@ import httpx
 import pytest
 import yaml
 
-from models.checkpoint import load_checkpoint
 from rnnlm.cli import build_parser
+from rnnlm.models.checkpoint import load_checkpoint
 from tests.e2e.live import free_port, rnnlm_command, running
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -102,10 +102,10 @@ def test_dockerfile_reads_right() -> None:
     for word, rest in steps:
         if word == "COPY" and not rest.startswith("--from"):
             assert (ROOT / rest.split()[0]).exists(), rest
-    include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
-        "packages"]["find"]["include"]  # fmt: skip
+    tools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    sources = {tools["package-dir"].get(p, p).split("/")[0] for p in tools["packages"]}
     copied = {rest.split()[0] for word, rest in steps if word == "COPY"}
-    assert {p.rstrip("*") for p in include} <= copied
+    assert sources == {"rnnlm", "models", "training", "app"} and sources <= copied
     # A non-root user from before the demo is built to the end.
     user_at = next(i for i, (w, _) in enumerate(steps) if w == "USER")
     assert steps[user_at][1] not in ("root", "0")

@@ -23,8 +23,8 @@ from hypothesis import HealthCheck, settings
 from schemathesis import Case
 from schemathesis.config import SchemathesisConfig
 
-from app.config import Settings
-from app.main import create_app
+from rnnlm.app.config import Settings
+from rnnlm.app.main import create_app
 from tests.e2e.live import live_server
 
 KEY = "fuzz-key"

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from models.batch import _UNIFORM_BLOCK
-from models.checkpoint import load_checkpoint
-from models.engine import Engine
-from models.sampling import SampleParams
+from rnnlm.models.batch import _UNIFORM_BLOCK
+from rnnlm.models.checkpoint import load_checkpoint
+from rnnlm.models.engine import Engine
+from rnnlm.models.sampling import SampleParams
 from tests.conftest import make_checkpoint
 
 

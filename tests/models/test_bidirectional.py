@@ -11,15 +11,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from models.engine import Engine
-from models.errors import CheckpointError
-from models.model import RNNLM, ModelConfig
-from models.sampling import SampleParams
-from models.tokenizers import BOS, EOS, PAD, CharTokenizer
+from rnnlm.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from rnnlm.models.engine import Engine
+from rnnlm.models.errors import CheckpointError
+from rnnlm.models.model import RNNLM, ModelConfig
+from rnnlm.models.sampling import SampleParams
+from rnnlm.models.tokenizers import BOS, EOS, PAD, CharTokenizer
+from rnnlm.training.data import windows, with_backward_rows
+from rnnlm.training.train import LossModule
 from tests.conftest import TEXT, make_checkpoint
-from training.data import windows, with_backward_rows
-from training.train import LossModule
 
 TOK = CharTokenizer.fit(Counter("".join(TEXT)))
 # Lengths 0 to 40 in one batch, so most rows are padded.

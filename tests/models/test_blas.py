@@ -6,8 +6,8 @@ import pytest
 import torch
 from threadpoolctl import threadpool_info
 
-from models import blas
-from models.blas import Choice, Product
+from rnnlm.models import blas
+from rnnlm.models.blas import Choice, Product
 
 
 def _weights(k: int, n: int, bias: bool) -> tuple[torch.Tensor, torch.Tensor | None]:

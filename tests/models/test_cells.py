@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from models.cells import CELLS, Cell, GRUCell, LSTMCell, PeepholeLSTMCell, RecurrentStack
+from rnnlm.models.cells import CELLS, Cell, GRUCell, LSTMCell, PeepholeLSTMCell, RecurrentStack
 
 FUSED = [nn.RNN, nn.GRU, nn.LSTM]
 

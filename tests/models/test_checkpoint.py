@@ -7,15 +7,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.checkpoint import (
+from rnnlm.models.checkpoint import (
     CONFIG,
     WEIGHTS,
     atomic_directory,
     load_checkpoint,
     save_checkpoint,
 )
-from models.engine import Engine
-from models.errors import CheckpointError
+from rnnlm.models.engine import Engine
+from rnnlm.models.errors import CheckpointError
 from tests.conftest import make_checkpoint
 
 

@@ -4,10 +4,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.checkpoint import load_checkpoint
-from models.engine import Engine
-from models.sampling import SampleParams
-from models.tokenizers import BOS, EOS
+from rnnlm.models.checkpoint import load_checkpoint
+from rnnlm.models.engine import Engine
+from rnnlm.models.sampling import SampleParams
+from rnnlm.models.tokenizers import BOS, EOS
 from tests.conftest import make_checkpoint
 
 TEXTS = ["the cat sat on the mat.", "", "a", "hello world! it's a fine day.", "zzz qqq", "x" * 300]
@@ -74,7 +74,7 @@ def test_a_long_text_is_not_padded_beside_short_ones(
         return real(inp, state, **kw)
 
     monkeypatch.setattr(engine.model, "features", spy)
-    monkeypatch.setattr("models.engine._PADDED_IDS", 64)
+    monkeypatch.setattr("rnnlm.models.engine._PADDED_IDS", 64)
     got = engine.score_batch(texts, per_token=True)
     long_rows = {rows for rows, steps in shapes if steps > 16}
     assert long_rows == {1}, shapes  # the long text alone, then the short ones together
@@ -110,7 +110,7 @@ def test_windows_through_the_host_run_score_as_the_fused_layer(
         return real(ids, state)
 
     monkeypatch.setattr(type(engine.host_step), "scores", property(lambda s: True))
-    monkeypatch.setattr("models.engine._HOST_SCORE_MIN_ROWS", 1)
+    monkeypatch.setattr("rnnlm.models.engine._HOST_SCORE_MIN_ROWS", 1)
     monkeypatch.setattr(engine.host_step, "run", spy)
     got = engine.score_batch(texts, per_token=True, top=2)
     assert calls and max(rows for rows, _ in calls) > 1

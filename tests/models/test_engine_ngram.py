@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from models.checkpoint import Checkpoint, load_checkpoint
-from models.engine import Engine
-from models.sampling import SampleParams
-from models.tokenizers import EOS
+from rnnlm.models.checkpoint import Checkpoint, load_checkpoint
+from rnnlm.models.engine import Engine
+from rnnlm.models.sampling import SampleParams
+from rnnlm.models.tokenizers import EOS
 from tests.conftest import TEXT, make_checkpoint
 
 TEXTS = ["the cat sat on the mat.", "a dog", "", "zzq!", "the bird sang in the tree."]

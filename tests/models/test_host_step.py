@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from models import host_step
-from models.blas import Choice
-from models.host_step import HostStep
-from models.model import RNNLM, ModelConfig
+from rnnlm.models import host_step
+from rnnlm.models.blas import Choice
+from rnnlm.models.host_step import HostStep
+from rnnlm.models.model import RNNLM, ModelConfig
 
 
 def _model(cell: str, layers: int, tied: bool, seed: int = 0) -> RNNLM:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.model import RNNLM, ModelConfig
+from rnnlm.models.model import RNNLM, ModelConfig
 
 
 def _model(cell: str = "lstm", dropout: float = 0.0, weight_drop: float = 0.0) -> RNNLM:

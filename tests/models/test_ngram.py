@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from models.checkpoint import CONFIG, load_checkpoint
-from models.errors import CheckpointError
-from models.ngram import NGRAM_FILE, NgramModel, mix_logprobs
+from rnnlm.models.checkpoint import CONFIG, load_checkpoint
+from rnnlm.models.errors import CheckpointError
+from rnnlm.models.ngram import NGRAM_FILE, NgramModel, mix_logprobs
 from tests.conftest import make_checkpoint
 
 

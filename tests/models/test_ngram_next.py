@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.ngram import NgramModel
-from models.tokenizers import BOS, EOS, SPECIALS
-from training.ngram import estimate
+from rnnlm.models.ngram import NgramModel
+from rnnlm.models.tokenizers import BOS, EOS, SPECIALS
+from rnnlm.training.ngram import estimate
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "ngram"
 

@@ -4,14 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from models.sampling import (
+from rnnlm.models.sampling import (
     Generation,
     SampleParams,
     SamplingPlan,
     choose_tokens,
     choose_tokens_host,
 )
-from models.tokenizers import BOS, PAD, UNK
+from rnnlm.models.tokenizers import BOS, PAD, UNK
 
 
 def _host(lp, temperature, top_k, top_p, min_p, uniform, plan=None):

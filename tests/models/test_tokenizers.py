@@ -5,8 +5,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.errors import TokenizerError
-from models.tokenizers import (
+from rnnlm.models.errors import TokenizerError
+from rnnlm.models.tokenizers import (
     BOS,
     EOS,
     PAD,

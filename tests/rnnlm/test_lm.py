@@ -20,13 +20,13 @@ import pytest
 import torch
 
 import rnnlm
-from models.checkpoint import save_checkpoint
-from models.errors import CheckpointError
-from models.model import RNNLM, ModelConfig
-from models.tokenizers import EOS, SPECIALS, WordTokenizer
+from rnnlm.models.checkpoint import save_checkpoint
+from rnnlm.models.errors import CheckpointError
+from rnnlm.models.model import RNNLM, ModelConfig
+from rnnlm.models.tokenizers import EOS, SPECIALS, WordTokenizer
+from rnnlm.training.arpa import token_words, write_arpa
+from rnnlm.training.ngram import estimate
 from tests.app.conftest import make_client
-from training.arpa import token_words, write_arpa
-from training.ngram import estimate
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "ngram"
 SENTENCES = ["w1 w2 w3", "w0 w0 w7 w1", "w299 w5", "w3", "w12 w0 w1 w2 w3 w4 w5 w6"]
@@ -222,6 +222,6 @@ def test_a_model_without_ngram(tmp_path: Path) -> None:
 
 def test_import_rnnlm_is_light() -> None:
     # The CLI imports the package: the API's torch and engine come only when used.
-    code = "import sys, rnnlm; print('torch' in sys.modules, 'models.engine' in sys.modules)"
+    code = "import sys, rnnlm; print('torch' in sys.modules, 'rnnlm.models.engine' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.split() == ["False", "False"], out.stderr

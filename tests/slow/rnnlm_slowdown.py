@@ -7,8 +7,8 @@ from typing import Any
 
 # What is slowed: module -> (class, methods).
 TARGETS = {
-    "models.batch": ("Batch", ("step", "add")),
-    "models.engine": ("Engine", ("_score",)),
+    "rnnlm.models.batch": ("Batch", ("step", "add")),
+    "rnnlm.models.engine": ("Engine", ("_score",)),
 }
 
 

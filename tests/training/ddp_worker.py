@@ -18,8 +18,8 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import save_file
 
-from models.model import RNNLM
-from training.train import TrainConfig, train
+from rnnlm.models.model import RNNLM
+from rnnlm.training.train import TrainConfig, train
 
 
 def main() -> None:

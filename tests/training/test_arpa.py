@@ -10,9 +10,16 @@ import kenlm
 import numpy as np
 import pytest
 
-from models.tokenizers import BOS, EOS, SPECIALS, CharTokenizer, WordTokenizer
-from training.arpa import ArpaError, arpa_word, import_arpa, read_arpa, token_words, write_arpa
-from training.ngram import estimate
+from rnnlm.models.tokenizers import BOS, EOS, SPECIALS, CharTokenizer, WordTokenizer
+from rnnlm.training.arpa import (
+    ArpaError,
+    arpa_word,
+    import_arpa,
+    read_arpa,
+    token_words,
+    write_arpa,
+)
+from rnnlm.training.ngram import estimate
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "ngram"
 LN10 = math.log(10)

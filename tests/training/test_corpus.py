@@ -5,9 +5,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.errors import RnnlmError
-from models.tokenizers import EOS, UNK
-from training.corpus import CorpusOptions, TokenSplit, build_corpus, load_corpus_tokenizer
+from rnnlm.models.errors import RnnlmError
+from rnnlm.models.tokenizers import EOS, UNK
+from rnnlm.training.corpus import CorpusOptions, TokenSplit, build_corpus, load_corpus_tokenizer
 
 
 def test_char_corpus_files_and_stats(tmp_path: Path, text_file: Path):
@@ -116,7 +116,7 @@ def test_one_character_vocabulary_and_one_huge_line(tmp_path: Path):
 
 
 def test_cli_namespace_maps_to_options(tmp_path: Path, text_file: Path):
-    from training.corpus import corpus_command
+    from rnnlm.training.corpus import corpus_command
 
     args = Namespace(
         inputs=[str(text_file)],

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from models.tokenizers import BOS, PAD
-from training.corpus import CorpusOptions, TokenSplit, build_corpus
-from training.data import sentence_batches, sentence_windows
+from rnnlm.models.tokenizers import BOS, PAD
+from rnnlm.training.corpus import CorpusOptions, TokenSplit, build_corpus
+from rnnlm.training.data import sentence_batches, sentence_windows
 
 
 def _padded_then_cut(

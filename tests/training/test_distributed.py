@@ -15,10 +15,10 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from models.checkpoint import load_checkpoint
-from training.config import TrainConfig
-from training.corpus import CorpusOptions, TokenSplit, build_corpus
-from training.data import sentence_batches
+from rnnlm.models.checkpoint import load_checkpoint
+from rnnlm.training.config import TrainConfig
+from rnnlm.training.corpus import CorpusOptions, TokenSplit, build_corpus
+from rnnlm.training.data import sentence_batches
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]

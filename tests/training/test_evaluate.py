@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from models.checkpoint import load_checkpoint
-from models.engine import Engine
-from models.tokenizers import EOS
+from rnnlm.models.checkpoint import load_checkpoint
+from rnnlm.models.engine import Engine
+from rnnlm.models.tokenizers import EOS
+from rnnlm.training.evaluate import evaluate_file, free_running_stats, repeated_ngrams
 from tests.conftest import make_checkpoint
-from training.evaluate import evaluate_file, free_running_stats, repeated_ngrams
 
 
 def test_repeated_ngrams_count_repeats_within_each_sequence() -> None:

@@ -25,7 +25,7 @@ import json, resource, sys
 from pathlib import Path
 import numpy as np, torch
 from rnnlm.cli import main
-from training.corpus import TokenSplit
+from rnnlm.training.corpus import TokenSplit
 torch.set_num_threads(1)
 # oneDNN caches a compiled kernel per input shape (up to 1024 of them, ~100 MB
 # here): a bounded cache, not corpus data, so it is kept out of this measurement.

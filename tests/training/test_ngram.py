@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.errors import RnnlmError
-from models.ngram import KID_BINS, NgramModel
-from models.tokenizers import BOS, EOS, SPECIALS
-from training.ngram import FALLBACK, discounts, estimate
+from rnnlm.models.errors import RnnlmError
+from rnnlm.models.ngram import KID_BINS, NgramModel
+from rnnlm.models.tokenizers import BOS, EOS, SPECIALS
+from rnnlm.training.ngram import FALLBACK, discounts, estimate
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "ngram"
 LN10 = math.log(10)
@@ -197,7 +197,7 @@ def test_bad_input_is_refused() -> None:
 
 
 def test_the_mixing_weight_is_the_maximum_likelihood_one() -> None:
-    from training.mixture import fit_mixing_weight
+    from rnnlm.training.mixture import fit_mixing_weight
 
     rng = np.random.default_rng(3)
     rnn, ngram = np.log(rng.uniform(0.01, 1, 500)), np.log(rng.uniform(0.01, 1, 500))
@@ -215,7 +215,7 @@ def test_the_mixing_weight_is_the_maximum_likelihood_one() -> None:
 
 
 def test_bucket_weights_fit_each_bucket_and_fall_back_where_it_has_too_few_tokens() -> None:
-    from training.mixture import MIN_BUCKET_TOKENS, fit_bucket_weights, fit_mixing_weight
+    from rnnlm.training.mixture import MIN_BUCKET_TOKENS, fit_bucket_weights, fit_mixing_weight
 
     rng = np.random.default_rng(4)
     K, n = KID_BINS, 400

@@ -13,13 +13,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from models.cells import RecurrentStack
-from models.checkpoint import load_checkpoint
-from models.engine import Engine
-from models.errors import RnnlmError
-from models.sampling import SampleParams
-from training.corpus import CorpusOptions, TokenSplit, build_corpus
-from training.train import TrainConfig, train
+from rnnlm.models.cells import RecurrentStack
+from rnnlm.models.checkpoint import load_checkpoint
+from rnnlm.models.engine import Engine
+from rnnlm.models.errors import RnnlmError
+from rnnlm.models.sampling import SampleParams
+from rnnlm.training.corpus import CorpusOptions, TokenSplit, build_corpus
+from rnnlm.training.train import TrainConfig, train
 
 SMALL = dict(hidden=48, embedding=16, layers=1, batch_size=16, eval_every=20, warmup=10, lr=0.01)
 

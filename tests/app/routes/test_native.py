@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from models.checkpoint import load_checkpoint
-from models.engine import Engine
+from rnnlm.models.checkpoint import load_checkpoint
+from rnnlm.models.engine import Engine
 from tests.app.conftest import make_client
 from tests.conftest import make_checkpoint
 

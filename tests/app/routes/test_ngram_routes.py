@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from models.ngram import KID_BINS, NGRAM_FILE
+from rnnlm.models.ngram import KID_BINS, NGRAM_FILE
 from tests.app.conftest import make_client
 from tests.conftest import make_checkpoint
 
