@@ -84,7 +84,7 @@ class Batch:
         else:
             state, last = self._prefill(inputs)
             contexts = self._start_contexts(inputs)
-            lp = self._next_logprobs(self._log_probs(last), contexts)  # (B_new, V)
+            lp = self.engine.mix(self.engine.output_logprobs(last), contexts)  # (B_new, V)
         self.gens.extend(gens)
         self._knobs = None
         knobs = [(x.temperature, x.top_k, x.top_p, x.min_p) for x in (g.params for g in gens)]
@@ -120,7 +120,7 @@ class Batch:
             start = np.full(1, engine.start_id, dtype=np.int64)
             feats, state = engine.decode(start, model.init_state(1, dev))
             ctx = self._start_contexts([[engine.start_id]])
-            engine.start = (state, self._next_logprobs(self._log_probs(feats), ctx), ctx)
+            engine.start = (state, engine.mix(engine.output_logprobs(feats), ctx), ctx)
         state, lp, contexts = engine.start
         # Copies (clone; `repeat` costs four times as much), so the start point stays as it is.
         fmt = torch.contiguous_format
@@ -161,42 +161,12 @@ class Batch:
     ) -> np.ndarray[Any, np.dtype[np.int64]] | None:
         """The n-gram's contexts after each prompt (start token included): (B, N-1)."""
         ngram = self.engine.ngram
-        if ngram is None or self.engine.rnn_only:  # λ = 1 everywhere: the RNN's alone
+        if ngram is None:
             return None
         width = ngram.order - 1
         rows = [([NO_TOKEN] * width + x)[len(x) :] if width else [] for x in inputs]
         history = np.array(rows, dtype=np.int64).reshape(len(inputs), width)
-        return ngram.next_tokens.contexts(history)
-
-    def _log_probs(self, feats: Tensor) -> Tensor:
-        """The RNN's next-token log-probs (B, V) from features (B, F)."""
-        host = self.engine.host_step
-        if host is not None and host.output is not None:
-            return host.log_probs(feats)
-        return self.engine.model.log_probs(feats, self.engine.decode_output)
-
-    def _next_logprobs(
-        self, rnn: Tensor, contexts: np.ndarray[Any, np.dtype[np.int64]] | None
-    ) -> Tensor:
-        """The model's next-token log-probs (B, V): the RNN's, or the mixture with the n-gram."""
-        ngram, table = self.engine.ngram, self.engine.mix_table
-        if ngram is None or contexts is None or table is None or self.engine.rnn_only:
-            return rnn
-        # (1-λ)·P_ngram + λ·P_rnn, then the log: three passes over (B, V), in the
-        # RNN's own precision (a sample's logprob agrees with its score to ~1e-6).
-        dtype = np.float32 if rnn.dtype == torch.float32 else np.float64
-        part, bucket = ngram.mixture_part_at(contexts, table, dtype)  # (B, V), (B,)
-        weight = table[bucket].astype(dtype)[:, None]  # (B, 1)
-        if rnn.device.type == "cpu":
-            # On the host in numpy, where `part` already is: torch's CPU exp and log took
-            # 266 and 326 µs on a (32, 10000) block, numpy's 142 and 119 (one thread).
-            mixed = np.exp(rnn.numpy())
-            mixed *= weight
-            mixed += part
-            with np.errstate(divide="ignore"):  # ln 0 = -inf where neither model goes
-                return torch.from_numpy(np.log(mixed, out=mixed))
-        w = torch.from_numpy(weight).to(rnn.device)
-        return torch.from_numpy(part).to(rnn.device).add_(rnn.exp().mul_(w)).log_()
+        return self.engine.ngram_contexts(history)
 
     def remove(self, keep: list[int]) -> None:
         """Keep only the rows in `keep` (indices into the batch)."""
@@ -299,9 +269,9 @@ class Batch:
             going = tok_np[keep]
         if self.gens:
             feats, self.state = self.engine.decode(going, self.state)  # (B, F)
-            if self.contexts is not None and self.engine.ngram is not None:
-                self.contexts = self.engine.ngram.next_tokens.advance(self.contexts, going)
-            self.next_logprobs = self._next_logprobs(self._log_probs(feats), self.contexts)
+            if self.contexts is not None:
+                self.contexts = self.engine.advance_contexts(self.contexts, going)
+            self.next_logprobs = self.engine.mix(self.engine.output_logprobs(feats), self.contexts)
         return finished
 
     def _record_tops(self, top_v: Tensor, top_i: Tensor) -> None:

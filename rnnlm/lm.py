@@ -6,6 +6,7 @@
     list(lm.full_scores("the cat sat"))           # (log10 P, ngram_length, oov) per token
     lm.perplexity("the cat sat")
     lm.score_batch(["the cat sat", "a dog ran"])  # log10 P of each, batched as /score is
+    s = rnnlm.State(); lm.BeginSentenceWrite(s)   # beam search, as KenLM (rnnlm/beam.py)
 
 Every number is the engine's scoring (models/engine.py, `Engine.score_batch`), the path
 `rnnlm score` and `POST /score` take, so the three give the same number. A model that
@@ -23,17 +24,14 @@ working model without shipping its weights. A forked child runs torch on one thr
 from __future__ import annotations
 
 import os
-import threading
-import weakref
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import torch
 
-from rnnlm.models.checkpoint import fingerprint, load_checkpoint
+from rnnlm.beam import FullScoreReturn, State, StateMethods
+from rnnlm.loaded import Loaded, load_model
 from rnnlm.models.engine import Engine
 from rnnlm.models.errors import CheckpointError
 from rnnlm.models.ngram import histories_of
@@ -41,40 +39,10 @@ from rnnlm.models.results import SampleResult, ScoreResult
 from rnnlm.models.sampling import SampleParams
 from rnnlm.models.tokenizers import EOS, UNK
 
-__all__ = ["CheckpointError", "LanguageModel", "load"]
+__all__ = ["CheckpointError", "FullScoreReturn", "LanguageModel", "State", "load"]
 
 Part = Literal["mixture", "rnn", "ngram"]
 LN10 = float(np.log(10.0))
-
-
-@dataclass(eq=False)
-class _Loaded:
-    """What a model and its one-part views share."""
-
-    path: Path
-    device: str
-    fingerprint: str
-    engine: Engine
-    lock: threading.Lock
-
-
-# Every loaded model, so that a forked child gets fresh locks: a lock held by another
-# thread of the parent at the fork would stay held in the child for ever.
-_LIVE: weakref.WeakSet[_Loaded] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for loaded in list(_LIVE):
-        loaded.lock = threading.Lock()
-    # torch's CPU wheel runs its threads with GNU OpenMP, whose pool does not survive a
-    # fork: the child's first parallel op waits for ever on the parent's threads (seen
-    # here: a forked pool worker hung building its engine). On one thread torch never
-    # enters the pool; a pool of processes is the parallelism then, as in torch's own
-    # DataLoader workers.
-    torch.set_num_threads(1)
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def load(path: str | os.PathLike[str], device: str = "cpu") -> LanguageModel:
@@ -82,7 +50,7 @@ def load(path: str | os.PathLike[str], device: str = "cpu") -> LanguageModel:
     return LanguageModel(path, device)
 
 
-class LanguageModel:
+class LanguageModel(StateMethods):
     """A loaded rnnlm model, scored in KenLM's units (log10) and shapes.
 
     `bos=True` reads the sentence after the start token (`<bos>`), as the model was
@@ -96,9 +64,9 @@ class LanguageModel:
     def __init__(
         self, path: str | os.PathLike[str], device: str = "cpu", *, part: Part = "mixture"
     ) -> None:
-        self._init(_load(Path(path), device, None), part)
+        self._init(load_model(Path(path), device, None), part)
 
-    def _init(self, loaded: _Loaded, part: Part) -> None:
+    def _init(self, loaded: Loaded, part: Part) -> None:
         if part not in ("mixture", "rnn", "ngram"):
             raise ValueError(f"part must be 'mixture', 'rnn' or 'ngram', not {part!r}")
         if part == "ngram" and loaded.engine.ngram is None:
@@ -106,7 +74,7 @@ class LanguageModel:
         self._loaded, self.part = loaded, part
 
     @classmethod
-    def _view(cls, loaded: _Loaded, part: Part) -> LanguageModel:
+    def _view(cls, loaded: Loaded, part: Part) -> LanguageModel:
         lm = cls.__new__(cls)
         lm._init(loaded, part)
         return lm
@@ -261,18 +229,5 @@ class LanguageModel:
             return loaded.engine.sample(prompt, params, n)
 
 
-def _load(path: Path, device: str, expected: str | None) -> _Loaded:
-    digest = fingerprint(path)
-    if expected is not None and digest != expected:
-        raise CheckpointError(
-            f"{path}: the checkpoint changed on disk since this model was pickled "
-            "(its fingerprint differs): load it again"
-        )
-    engine = Engine(load_checkpoint(path, device=torch.device(device)))
-    loaded = _Loaded(path.resolve(), device, digest, engine, threading.Lock())
-    _LIVE.add(loaded)
-    return loaded
-
-
 def _unpickle(path: str, device: str, digest: str, part: Part) -> LanguageModel:
-    return LanguageModel._view(_load(Path(path), device, digest), part)
+    return LanguageModel._view(load_model(Path(path), device, digest), part)
