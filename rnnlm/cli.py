@@ -272,6 +272,39 @@ def _add_ngram(sub: argparse._SubParsersAction[_Parser]) -> None:
     a.add_argument("--model", required=True, help="checkpoint directory")
 
 
+def _add_rescore(sub: argparse._SubParsersAction[_Parser]) -> None:
+    p = sub.add_parser(
+        "rescore",
+        help="choose each utterance's hypothesis from an n-best list (Kaldi, NeMo, JSON lines)",
+        description="total_logprob = acoustic_logprob + lm_weight * lm_logprob + "
+        "word_bonus * words, every log-probability in natural log",
+    )
+    p.add_argument("nbest", metavar="NBEST", help="the n-best file")
+    p.add_argument("--model", required=True, help="checkpoint directory")
+    p.add_argument("--format", choices=["kaldi", "nemo", "jsonl"], default="kaldi",
+                   help="kaldi: '<utt>-<n> words' lines; nemo: 'text<TAB>score' TSV, "
+                   "--beam-size lines an utterance; jsonl: {id, text, acoustic_logprob}",
+                   )  # fmt: skip
+    p.add_argument("--acoustic-costs", metavar="FILE",
+                   help="kaldi: '<utt>-<n> <cost>' lines, cost = -ln p")  # fmt: skip
+    p.add_argument("--beam-size", type=_positive_int, default=None,
+                   help="nemo: hypotheses per utterance")  # fmt: skip
+    p.add_argument("--lm-weight", type=_float_in(0, 1e6), default=1.0,
+                   help="weight of the model's natural-log probability (default 1)")  # fmt: skip
+    p.add_argument("--word-bonus", type=_float_in(-1e6, 1e6), default=0.0,
+                   help="added per word of a hypothesis (default 0)")  # fmt: skip
+    p.add_argument("--tune", metavar="REFS",
+                   help="reference transcripts ('<utt> words' lines; nemo: one a line, in "
+                   "order): grid-search --lm-weight and --word-bonus for the lowest WER, "
+                   "report WER before, after and the oracle")  # fmt: skip
+    p.add_argument("--out", default="-", help="'<utt> text' per utterance (default stdout)")
+    p.add_argument("--scores", metavar="FILE",
+                   help="every hypothesis' LM score, a TSV whose header names each column's "
+                   "log base")  # fmt: skip
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+
+
 def build_parser() -> _Parser:
     parser = _Parser(prog="rnnlm", description=__doc__.splitlines()[0] if __doc__ else None)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -279,6 +312,7 @@ def build_parser() -> _Parser:
     _add_train(sub)
     _add_use(sub)
     _add_ngram(sub)
+    _add_rescore(sub)
     return parser
 
 
@@ -308,6 +342,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from rnnlm import commands
 
             getattr(commands, f"{args.command}_command")(args)
+        elif args.command == "rescore":
+            from rnnlm.rescore import rescore_command
+
+            rescore_command(args)
         elif args.command == "serve":
             from rnnlm.app.main import serve
 
