@@ -87,7 +87,8 @@ def discounts(adjusted: Array) -> tuple[list[float], bool]:
 def _discount_of(adjusted: Array, d: list[float]) -> Array:
     """D(a) for each adjusted count a: 0, D1, D2, D3+ for a = 0, 1, 2, >= 3."""
     table = np.array([0.0, *d], dtype=np.float64)
-    return table[np.minimum(adjusted, 3)]
+    out: Array = table[np.minimum(adjusted, 3)]
+    return out
 
 
 def with_starts(tokens: Array, offsets: Array, start_id: int) -> tuple[Array, Array]:
