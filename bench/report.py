@@ -19,7 +19,9 @@ from typing import Any
 ISSUE_BUDGET_S = 600.0  # the issue's quality goal: 10 minutes of training
 RUN_LIMIT_S = 30 * 60  # `make bench` end to end
 # bench/run.py's, in order
-STAGES = ("data", "ngram", "corpus", "rnnlm-ngram", "speed", "service", "quality", "mixing")
+STAGES = (
+    "data", "ngram", "corpus", "rnnlm-ngram", "speed", "service", "quality", "mixing", "asr",
+)  # fmt: skip
 Rec = dict[str, Any]
 
 
@@ -123,6 +125,7 @@ def goals(records: list[Rec]) -> list[Rec]:
         )
     out += ngram_goals(records)
     out += serving_goals(records)
+    out += asr_goals(records)
     run = _find(records, "run")
     machine = _find(records, "machine") or {}
     if run:
@@ -215,6 +218,30 @@ def serving_goals(records: list[Rec]) -> list[Rec]:
                  f"{s['gemm_bound_tokens_per_s']:,.0f} tok/s)") if pct else "–"  # fmt: skip
         out.append(_goal(f"/score at batch 64 at least 60% of the GEMM-bound rate ({label})", pct,
                          60.0, ">=", shown, ">= 60%"))  # fmt: skip
+    return out
+
+
+def asr_goals(records: list[Rec]) -> list[Rec]:
+    """The decoder issue's goals: word error rate against KenLM's 5-gram in n-best
+    rescoring and in CTC beam search (bench/asr.py), and 64 beam-search states' next
+    log-probabilities against the GEMM bound (bench/beam_speed.py)."""
+    out: list[Rec] = []
+    for bench, what in (("asr_nbest", "n-best rescoring"), ("asr_ctc", "CTC beam search")):
+        r = _find(records, bench)
+        ratio = r["rnnlm_to_kenlm"] if r else None
+        shown = "–"
+        if r:
+            w = r["wer"]
+            shown = (f"{ratio:.3f}x (WER {100 * w['rnnlm']:.2f}% vs {100 * w['kenlm']:.2f}%; "
+                     f"none {100 * w['none']:.2f}%, oracle {100 * w['oracle']:.2f}%)")  # fmt: skip
+        out.append(_goal(f"{what}: rnnlm's WER at most 0.70x KenLM 5-gram's", ratio, 0.70,
+                         "<=", shown, "<= 0.70x"))  # fmt: skip
+    b = _find(records, "beam_states")
+    pct = b["pct_of_gemm_bound"] if b else None
+    shown = (f"{pct:.1f}% ({b['states_per_s']:,.0f} of {b['gemm_bound_states_per_s']:,.0f} "
+             f"states/s, {b['ms_per_round']:.2f} ms a step)") if b else "–"  # fmt: skip
+    out.append(_goal("64 beam-search states' next log-probs at least 50% of the GEMM bound",
+                     pct, 50.0, ">=", shown, ">= 50%"))  # fmt: skip
     return out
 
 
@@ -652,6 +679,37 @@ def render(records: list[Rec]) -> str:
                         f"{_n(r['rss_hwm_mb'])} MiB",
                     )
                 )
+            add("")
+
+    nb, ctc, beam = (_find(records, b) for b in ("asr_nbest", "asr_ctc", "beam_states"))
+    if nb or ctc or beam:
+        add("## Inside a decoder: word error rate against KenLM (bench/asr.py)")
+        add("")
+        add("Fortunes' test sentences made into n-best lists and CTC posteriors by the "
+            "noise models of `bench/asr.py`; each system's weights tuned on validation "
+            "sentences.")  # fmt: skip
+        add("")
+        add(_row("task", "no LM", "KenLM 5-gram", "rnnlm word model", "rnnlm / KenLM", "oracle",
+                 "test data"))  # fmt: skip
+        add(_row("---", "--:", "--:", "--:", "--:", "--:", "---"))
+        for r, what, data_text in (
+            (nb, "n-best rescoring", lambda r: f"{r['utterances_test']} utterances, "
+             f"{r['hypotheses_test']} hypotheses, {r['reference_words_test']} words"),
+            (ctc, "pyctcdecode CTC", lambda r: f"{r['sentences_test']} sentences, "
+             f"{r['reference_words_test']} words, beam {r['beam_width']}"),
+        ):  # fmt: skip
+            if r:
+                w = r["wer"]
+                add(_row(what, *(f"{100 * w[k]:.2f}%" for k in ("none", "kenlm", "rnnlm")),
+                         f"{r['rnnlm_to_kenlm']:.3f}x", f"{100 * w['oracle']:.2f}%",
+                         data_text(r)))  # fmt: skip
+        add("")
+        if beam:
+            add(f"Beam-search states: {beam['states']} states of the word model, "
+                f"{beam['ms_per_round']:.2f} ms a step ({beam['states_per_s']:,.0f} states/s), "
+                f"{beam['pct_of_gemm_bound']:.1f}% of the GEMM-bound "
+                f"{beam['gemm_bound_states_per_s']:,.0f} states/s "
+                f"({beam['gemm_gflops_1_thread']:.1f} GFLOP/s on one thread).")  # fmt: skip
             add("")
 
     errors = _all(records, "error")

@@ -25,6 +25,10 @@ writes them to OUT/results.jsonl and a Markdown summary to OUT/RESULTS.md
            is the mixture of its RNN and its n-gram; each part alone is recorded.
   mixing   bench/mixing_cost.py: the trained word and char models served with
            and without their n-gram, /sample and /score tokens/s side by side
+  asr      bench/beam_speed.py: 64 beam-search states of the trained word model, next
+           log-probabilities against the GEMM-bound rate; bench/asr.py: word error
+           rates of n-best rescoring and of pyctcdecode's CTC beam search with no
+           language model, KenLM's 5-gram and rnnlm's word model, and the oracle
 
 Budgets (seconds of training per run, evaluation included): `--budget` (env
 BENCH_BUDGET, default 240) for the two word-level runs, `--char-budget` (env
@@ -353,6 +357,29 @@ class Bench:
                     rec["bench"] = f"mixing_{rec['bench']}"
                 self.emit(rec)
 
+    def asr(self) -> None:
+        best = self.work / "runs" / "word-default" / "best"
+        ng = self.find("ngram", level="word")
+        arpa = self.data / "ngram" / "word" / "word5.arpa"
+        if not (best / "config.json").is_file():
+            raise StageError(f"{best}: no trained word model (the quality stage makes it)")
+        if not arpa.is_file():
+            raise StageError(f"{arpa}: no KenLM 5-gram (the ngram stage makes it)")
+        self.say("asr: 64 beam-search states of the word model against the GEMM bound")
+        out = self.run([self.py, "bench/beam_speed.py", str(best), "--states", "64"],
+                       "beam-speed", timeout=600)  # fmt: skip
+        for line in out.splitlines():
+            self.emit(json.loads(line))
+        self.say("asr: n-best rescoring and CTC decoding, no LM / KenLM / rnnlm (~10 min)")
+        out = self.run([self.py, "bench/asr.py", "--model", str(best), "--arpa", str(arpa),
+                        "--data", str(self.data / "ptb"), "--work", str(self.work / "asr")],
+                       "asr", timeout=3600)  # fmt: skip
+        for line in out.splitlines():
+            rec = json.loads(line)
+            if ng:
+                rec["kenlm_test_ppl"] = ng["test_ppl"]
+            self.emit(rec)
+
     def corpora(self) -> None:
         ptb, raw = self.data / "ptb", self.data / "raw"
         specs = {
@@ -676,6 +703,7 @@ def estimate_seconds(args: argparse.Namespace) -> dict[str, float]:
         "rnnlm-ngram": 60.0,
         "quality": 2 * args.budget + 2 * args.char_budget + 4 * 25.0,
         "mixing": 2 * 2 * 2 * 3 * 6.0 + 40.0,
+        "asr": 600.0,
     }
     return {k: v for k, v in est.items() if k in args.only}
 
@@ -775,6 +803,7 @@ def main(argv: list[str] | None = None) -> int:
         bench.stage("service", bench.service)
         bench.stage("quality", bench.quality)
         bench.stage("mixing", bench.mixing)
+        bench.stage("asr", bench.asr)
     except KeyboardInterrupt:  # keep what was measured
         interrupted = True
         bench.emit({"bench": "error", "stage": "run", "message": "interrupted (Ctrl-C)"})

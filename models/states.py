@@ -46,19 +46,53 @@ if TYPE_CHECKING:
 Floats = np.ndarray[Any, np.dtype[np.floating[Any]]]
 
 
-@dataclass(frozen=True, slots=True)
 class LMState:
     """The tokens read since the start (`sentence`: after the sentence start; else after
-    a null context): equal states have equal histories."""
+    a null context): equal states have equal histories. Immutable; its hash is worked
+    out once, from its parent's and its last token, so a dictionary of states costs
+    the same whatever the length of their histories."""
 
-    history: tuple[int, ...] = ()
-    sentence: bool = True
+    __slots__ = ("_hash", "history", "sentence")
+    history: tuple[int, ...]
+    sentence: bool
+
+    def __init__(self, history: tuple[int, ...] = (), sentence: bool = True, _hash: int = 0):
+        object.__setattr__(self, "history", tuple(history))
+        object.__setattr__(self, "sentence", bool(sentence))
+        if not _hash:
+            _hash = hash(sentence)
+            for t in self.history:
+                _hash = hash((_hash, t))
+        object.__setattr__(self, "_hash", _hash)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("LMState is immutable")
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        if self is other:
+            return True
+        if not isinstance(other, LMState):
+            return NotImplemented
+        return (
+            self._hash == other._hash
+            and self.sentence == other.sentence
+            and self.history == other.history
+        )
+
+    def __repr__(self) -> str:
+        return f"LMState(history={self.history!r}, sentence={self.sentence!r})"
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (LMState, (self.history, self.sentence))
 
     def parent(self) -> LMState:
         return LMState(self.history[:-1], self.sentence)
 
     def child(self, token: int) -> LMState:
-        return LMState((*self.history, token), self.sentence)
+        return LMState((*self.history, token), self.sentence, hash((self._hash, token)))
 
 
 @dataclass(eq=False, slots=True)
@@ -163,13 +197,12 @@ class StateTable:
                 before = np.stack([p.contexts for p in parents if p.contexts is not None])
                 contexts = engine.advance_contexts(before, tokens)
         lp = engine.mix(engine.output_logprobs(feats), contexts)  # (B, V)
-        lp_np = lp.float().cpu().numpy()
+        # One copy of the block (the engine may reuse its buffers); each entry keeps a
+        # row of it, and the block lives as long as one of its rows does.
+        block = np.array(lp.float().cpu().numpy(), dtype=np.float32, copy=True)
+        columns = [tuple(z[:, j].clone() for z in state) for j in range(len(level))]
         return [
-            _Entry(
-                tuple(z[:, j].clone() for z in state),
-                None if contexts is None else contexts[j].copy(),
-                lp_np[j].copy(),
-            )
+            _Entry(columns[j], None if contexts is None else contexts[j], block[j])
             for j in range(len(level))
         ]
 

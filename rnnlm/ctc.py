@@ -96,13 +96,18 @@ class RnnlmLanguageModel(AbstractLanguageModel):
     def score(
         self, prev_state: LMState, word: str, is_last_word: bool = False
     ) -> tuple[float, LMState]:
-        log10, state = self.lm.score_word(prev_state, word)
-        if word not in self.lm:
-            log10 += self.unk_score_offset
+        # pyctcdecode ends every beam with a call for its last partial word, which is
+        # empty when the text ended at a word break: no word, only the end.
+        log10, state, bonus = 0.0, prev_state, 0.0
+        if word:
+            log10, state = self.lm.score_word(prev_state, word)
+            bonus = self.beta
+            if word not in self.lm:
+                log10 += self.unk_score_offset
         if is_last_word and self.score_boundary:
             end, _ = self.lm.score_word(state, "</s>")
             log10 += end
-        return self.alpha * log10 * LN10 + self.beta, state
+        return self.alpha * log10 * LN10 + bonus, state
 
     def reset_params(self, **params: Any) -> None:
         """alpha, beta, unk_score_offset, score_boundary: as pyctcdecode's KenLM model."""

@@ -121,12 +121,31 @@ def _ngram_records(kenlm_ratio: float, bpc: float, est_s: float, mix: float) -> 
     ]  # fmt: skip
 
 
+def _asr_records(nbest: float, ctc: float, pct: float) -> list[dict]:
+    wer = {"none": 0.1, "oracle": 0.01, "kenlm": 0.05}
+    return [
+        {"bench": "asr_nbest", "rnnlm_to_kenlm": nbest, "wer": {**wer, "rnnlm": 0.05 * nbest},
+         "utterances_test": 3, "hypotheses_test": 30, "reference_words_test": 40},
+        {"bench": "asr_ctc", "rnnlm_to_kenlm": ctc, "wer": {**wer, "rnnlm": 0.05 * ctc},
+         "sentences_test": 3, "reference_words_test": 30, "beam_width": 24},
+        {"bench": "beam_states", "states": 64, "pct_of_gemm_bound": pct, "states_per_s": 10.0,
+         "gemm_bound_states_per_s": 1000 / pct, "ms_per_round": 6.4,
+         "gemm_gflops_1_thread": 90.0},
+    ]  # fmt: skip
+
+
 def test_goals_say_pass_and_missed_plainly():
-    records = _records(60.0, 55.0, 16.0) + _ngram_records(1.002, 0.8, 9.5, 0.9)
+    records = (
+        _records(60.0, 55.0, 16.0)
+        + _ngram_records(1.002, 0.8, 9.5, 0.9)
+        + _asr_records(0.6, 0.7, 55.0)
+    )
     good = {g["goal"]: g["result"] for g in report.goals(records)}
     assert set(good.values()) == {"PASS"}, good
     bad = report.goals(
-        _records(70.0, 40.0, 11.3, budget=240.0) + _ngram_records(1.02, 0.9, 75.0, 0.7)
+        _records(70.0, 40.0, 11.3, budget=240.0)
+        + _ngram_records(1.02, 0.9, 75.0, 0.7)
+        + _asr_records(0.9, 0.71, 30.0)
     )
     results = {g["goal"].split(" (")[0]: g["result"] for g in bad}
     assert results["rnnlm word-level defaults beat the KenLM 5-gram"] == "PASS"
@@ -144,10 +163,17 @@ def test_goals_say_pass_and_missed_plainly():
     assert results["32 streams at least 15x one stream"] == "MISSED"
     assert results["/score at batch 64 at least 60% of the GEMM-bound rate"] == "MISSED"  # 48%
     assert results["`make bench` runs end to end in under 30 minutes"] == "PASS"
+    assert results["n-best rescoring: rnnlm's WER at most 0.70x KenLM 5-gram's"] == "MISSED"
+    assert results["CTC beam search: rnnlm's WER at most 0.70x KenLM 5-gram's"] == "MISSED"
+    assert results["64 beam-search states' next log-probs at least 50% of the GEMM bound"] == (
+        "MISSED"
+    )
     assert "240 s" in bad[0]["note"] and "600 s" in bad[0]["note"]
     text = report.render(_records(70.0, 40.0, 11.3) + _ngram_records(1.02, 0.9, 75.0, 0.7) + bad)
     assert "**MISSED**" in text and "**PASS**" in text and "11.3x" in text
     assert "rnnlm's own character 10-gram" in text and "its RNN alone" in text
+    text = report.render(_asr_records(0.9, 0.71, 30.0))
+    assert "| n-best rescoring | 10.00% | 5.00% | 4.50% | 0.900x | 1.00% |" in text
 
 
 def test_missing_measurements_are_not_measured():
@@ -308,3 +334,51 @@ def test_maxent_trains_both_arms_and_mixes_them(tmp_path: Path, text_file: Path)
         assert r["steps"] > 0 and r["test_ppl_rnn"] > 1 and 0 <= r["lambda"] <= 1
         assert r["test_ppl_mixture"] <= max(r["test_ppl_rnn"], r["test_ppl_ngram"]) * 1.01
     assert rows["0"]["test_ppl_ngram"] == rows["3"]["test_ppl_ngram"]  # the same n-gram
+
+
+def test_beam_speed_measures_states_against_the_bound(tmp_path: Path) -> None:
+    from tests.conftest import make_checkpoint
+
+    model = make_checkpoint(tmp_path / "m", "word", ngram_order=3)
+    (row,) = _script(str(BENCH / "beam_speed.py"), str(model), "--states", "8",
+                     "--seconds", "0.2", "--length", "4")  # fmt: skip
+    assert row["bench"] == "beam_states" and row["states"] == 8 and row["rounds"] >= 3
+    assert row["states_per_s"] > 0 and row["gemm_bound_states_per_s"] > 0
+    assert row["pct_of_gemm_bound"] == pytest.approx(  # rounded to 0.1
+        100 * row["states_per_s"] / row["gemm_bound_states_per_s"], abs=0.06
+    )
+
+
+def test_asr_bench_runs_both_halves_at_a_toy_size(tmp_path: Path) -> None:
+    import numpy as np
+
+    from rnnlm.models.tokenizers import BOS, EOS, SPECIALS, WordTokenizer
+    from rnnlm.training.arpa import token_words, write_arpa
+    from rnnlm.training.ngram import estimate
+    from tests.conftest import make_checkpoint
+
+    words = ["the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "to", "big", "red", "hat"]
+    rng = np.random.default_rng(0)
+    data = tmp_path / "ptb"
+    data.mkdir()
+    for split, n in (("train", 300), ("valid", 20), ("test", 20)):
+        lines = [" ".join(rng.choice(words, size=int(rng.integers(4, 9)))) for _ in range(n)]
+        (data / f"{split}.txt").write_text("\n".join(lines) + "\n")
+    tok = WordTokenizer(SPECIALS + words, pretokenized=True)
+    seqs = [tok.encode(line) + [EOS] for line in (data / "train.txt").read_text().splitlines()]
+    ngram, _ = estimate(np.concatenate(seqs), np.cumsum([0] + [len(x) for x in seqs]), 3,
+                        tok.vocab_size, BOS)  # fmt: skip
+    write_arpa(ngram, token_words(tok), tmp_path / "w3.arpa")
+    model = make_checkpoint(tmp_path / "m", "word", ngram_order=3)
+    rows = _script(str(BENCH / "asr.py"), "--model", str(model), "--arpa",
+                   str(tmp_path / "w3.arpa"), "--data", str(data), "--work", str(tmp_path / "w"),
+                   "--nbest-sentences", "10", "--ctc-sentences", "4", "--ctc-tune-sentences",
+                   "2", "--alphas", "0.5", "--betas", "1.0", "--beam-width", "8")  # fmt: skip
+    nbest, ctc = rows
+    assert nbest["bench"] == "asr_nbest" and ctc["bench"] == "asr_ctc"
+    for r in rows:
+        assert set(r["wer"]) == {"none", "oracle", "kenlm", "rnnlm"}
+        assert all(0 <= w <= 2 for w in r["wer"].values())
+        assert r["wer"]["oracle"] <= r["wer"]["none"]
+    assert nbest["cli_matches"] and nbest["utterances_test"] == 10
+    assert (tmp_path / "w" / "nbest.txt").is_file()

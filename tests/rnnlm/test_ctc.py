@@ -94,6 +94,10 @@ def test_the_adapters_knobs(models: dict[str, Path]) -> None:
     a.reset_params(alpha=2.0, beta=1.0, score_boundary=False)
     assert a.score(start, "the")[0] == pytest.approx(2 * score + 1.0)
     assert a.get_start_state() == lm.start_state(sentence=False)
+    b = RnnlmLanguageModel(lm, alpha=2.0, beta=1.0)
+    end, same = b.score(start, "", is_last_word=True)  # pyctcdecode's last call: no word
+    assert same == start and end == pytest.approx(2 * lm.score("") * np.log(10), abs=1e-4)
+    assert b.score(start, "")[0] == 0.0
     unknown, _ = a.score(start, "zebra")
     assert unknown < a.score(start, "the")[0] - 10 * 2  # the unknown word's offset, weighted
     with pytest.raises(ValueError, match="whole model"):
