@@ -55,6 +55,7 @@ class LMState:
     __slots__ = ("_hash", "history", "sentence")
     history: tuple[int, ...]
     sentence: bool
+    _hash: int
 
     def __init__(self, history: tuple[int, ...] = (), sentence: bool = True, _hash: int = 0):
         object.__setattr__(self, "history", tuple(history))
