@@ -36,7 +36,7 @@ run: install
 bench: install
 	@$(BIN)/python bench/run.py
 
-# The same with the issue's full 10-minute training budgets (~55 min).
+# The same with 10-minute training budgets for every model (~55 min).
 bench-quality: install
 	@BENCH_BUDGET=600 BENCH_CHAR_BUDGET=600 $(BIN)/python bench/run.py
 

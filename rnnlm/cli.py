@@ -122,7 +122,7 @@ def _add_train(sub: argparse._SubParsersAction[_Parser]) -> None:
         dest="adaptive",
         choices=["auto", "on", "off"],
         default="auto",
-        help="adaptive softmax (auto: on for vocabularies over 5000)",
+        help="adaptive softmax (auto: on for vocabularies over 20,000)",
     )
     p.add_argument(
         "--bidirectional",

@@ -177,3 +177,33 @@ def test_checker_reports_what_is_missing(tmp_path: Path) -> None:
         "README.md:5: link (docs/a.md#not-a-heading-x-nowheremd): "
         "docs/a.md has no heading with the anchor #not-a-heading-x-nowheremd",
     ]
+
+
+def test_every_sub_command_and_flag_is_in_the_cli_docs() -> None:
+    """docs/cli.md names every sub-command and every long flag `--help` shows, and the
+    README's sub-command list names every sub-command."""
+    import argparse
+
+    from rnnlm.cli import build_parser
+
+    doc = (DOCS / "cli.md").read_text(encoding="utf-8")
+    readme = README.read_text(encoding="utf-8")
+
+    def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                return dict(action.choices)
+        return {}
+
+    missing = []
+    for name, sub in subcommands(build_parser()).items():
+        if f"`{name}`" not in doc:
+            missing.append(f"sub-command {name} (docs/cli.md)")
+        if f"`{name}`" not in readme:
+            missing.append(f"sub-command {name} (README)")
+        for parser in [sub, *subcommands(sub).values()]:
+            for action in parser._actions:
+                for flag in action.option_strings:
+                    if flag.startswith("--") and flag != "--help" and flag not in doc:
+                        missing.append(f"{name} {flag}")
+    assert not missing, missing

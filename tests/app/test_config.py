@@ -98,3 +98,19 @@ def test_the_stream_interval_reaches_the_workers(app_models_dir: Path) -> None:
     for bad in (-0.1, 2):
         with pytest.raises(ValidationError, match="stream_interval_s"):
             Settings(stream_interval_s=bad)
+
+
+def test_every_setting_is_documented_with_its_default() -> None:
+    """docs/service.md's settings table is the Settings class: every field, its default."""
+    import re
+
+    from rnnlm.app.config import Settings
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "service.md").read_text()
+    rows = dict(re.findall(r"^\| `RNNLM_(\w+)` \| ([^|]+) \|", doc, re.M))
+    fields = Settings.model_fields
+    assert set(rows) == {name.upper() for name in fields}
+    for name, f in fields.items():
+        default = f.default if f.default_factory is None else f.default_factory()
+        shown = "none" if default is None else ("`[]`" if default == [] else f"`{default}`")
+        assert rows[name.upper()].strip() == shown, name
