@@ -84,7 +84,7 @@ class Batch:
         else:
             state, last = self._prefill(inputs)
             contexts = self._start_contexts(inputs)
-            lp = self.engine.mix(self.engine.output_logprobs(last), contexts)  # (B_new, V)
+            lp = self.engine.next_logprobs(last, contexts)  # (B_new, V)
         self.gens.extend(gens)
         self._knobs = None
         knobs = [(x.temperature, x.top_k, x.top_p, x.min_p) for x in (g.params for g in gens)]
@@ -120,7 +120,7 @@ class Batch:
             start = np.full(1, engine.start_id, dtype=np.int64)
             feats, state = engine.decode(start, model.init_state(1, dev))
             ctx = self._start_contexts([[engine.start_id]])
-            engine.start = (state, engine.mix(engine.output_logprobs(feats), ctx), ctx)
+            engine.start = (state, engine.next_logprobs(feats, ctx), ctx)
         state, lp, contexts = engine.start
         # Copies (clone; `repeat` costs four times as much), so the start point stays as it is.
         fmt = torch.contiguous_format
@@ -271,7 +271,7 @@ class Batch:
             feats, self.state = self.engine.decode(going, self.state)  # (B, F)
             if self.contexts is not None:
                 self.contexts = self.engine.advance_contexts(self.contexts, going)
-            self.next_logprobs = self.engine.mix(self.engine.output_logprobs(feats), self.contexts)
+            self.next_logprobs = self.engine.next_logprobs(feats, self.contexts)
         return finished
 
     def _record_tops(self, top_v: Tensor, top_i: Tensor) -> None:

@@ -402,13 +402,6 @@ class Engine:
     # The distribution after a step: one implementation, for sampling (models/batch.py)
     # and for beam-search states (models/states.py).
 
-    def output_logprobs(self, feats: Tensor) -> Tensor:
-        """The RNN's next-token log-probs (B, V) from a step's features (B, F)."""
-        host = self.host_step
-        if host is not None and host.output is not None:
-            return host.log_probs(feats)
-        return self.model.log_probs(feats, self.decode_output)
-
     def ngram_contexts(
         self, histories: np.ndarray[Any, np.dtype[np.int64]]
     ) -> np.ndarray[Any, np.dtype[np.int64]] | None:
@@ -425,24 +418,42 @@ class Engine:
         assert self.ngram is not None
         return self.ngram.next_tokens.advance(contexts, tokens)
 
-    def mix(self, rnn: Tensor, contexts: np.ndarray[Any, np.dtype[np.int64]] | None) -> Tensor:
-        """The model's next-token log-probs (B, V): the RNN's `rnn` (B, V), or its mixture
-        with the n-gram at each row's `contexts`, each row's λ its history's bucket's."""
-        ngram, table = self.ngram, self.mix_table
+    def next_logprobs(
+        self, feats: Tensor, contexts: np.ndarray[Any, np.dtype[np.int64]] | None
+    ) -> Tensor:
+        """The model's next-token log-probs (B, V) after a step's features (B, F): the
+        RNN's, or (with each row's n-gram `contexts`) the mixture λ·P_rnn + (1−λ)·P_ngram,
+        each row's λ its history's bucket's. A new tensor each call (callers keep it)."""
+        ngram, table, host = self.ngram, self.mix_table, self.host_step
+        out_host = host is not None and host.output is not None
         if ngram is None or contexts is None or table is None or self.rnn_only:
-            return rnn
-        # (1-λ)·P_ngram + λ·P_rnn, then the log: three passes over (B, V), in the
-        # RNN's own precision (a sample's logprob agrees with its score to ~1e-6).
-        dtype = np.float32 if rnn.dtype == torch.float32 else np.float64
-        part, bucket = ngram.mixture_part_at(contexts, table, dtype)  # (B, V), (B,)
-        weight = table[bucket].astype(dtype)[:, None]  # (B, 1)
-        if rnn.device.type == "cpu":
-            # On the host in numpy, where `part` already is: torch's CPU exp and log took
-            # 266 and 326 µs on a (32, 10000) block, numpy's 142 and 119 (one thread).
+            if out_host:
+                assert host is not None
+                return host.log_probs(feats)
+            return self.model.log_probs(feats, self.decode_output)
+        dtype = np.float32 if feats.dtype == torch.float32 else np.float64
+        part, bucket = ngram.mixture_part_at(contexts, table, dtype)  # (B, V): (1-λ)·P_ngram
+        weight = table[bucket].astype(dtype)[:, None]  # (B, 1): λ
+        if out_host:
+            assert host is not None and host.output is not None
+            # On the host, in place in the output product's own new array: the softmax,
+            # the mixture, the log. Fewer passes over (B, V) than log-softmax, exp, mix
+            # and log, and no other (B, V) array to allocate.
+            x = host.output(np.ascontiguousarray(feats.numpy()))  # logits (B, V), new
+            x -= x.max(axis=1, keepdims=True)
+            np.exp(x, out=x)
+            x *= weight / x.sum(axis=1, keepdims=True)
+            x += part
+            with np.errstate(divide="ignore"):  # ln 0 = -inf where neither model goes
+                return torch.from_numpy(np.log(x, out=x))
+        rnn = self.model.log_probs(feats, self.decode_output)
+        if rnn.device.type == "cpu":  # no host output layer (an adaptive softmax)
+            # numpy's exp and log: torch's CPU ones took 266 and 326 µs on a (32, 10000)
+            # block, numpy's 142 and 119 (one thread).
             mixed = np.exp(rnn.numpy())
             mixed *= weight
             mixed += part
-            with np.errstate(divide="ignore"):  # ln 0 = -inf where neither model goes
+            with np.errstate(divide="ignore"):
                 return torch.from_numpy(np.log(mixed, out=mixed))
         w = torch.from_numpy(weight).to(rnn.device)
         return torch.from_numpy(part).to(rnn.device).add_(rnn.exp().mul_(w)).log_()

@@ -14,7 +14,7 @@ hypotheses reach it, and for many states in one batched decoding step:
     lp = table.next_logprobs([t, u, ...])      # one step for every state not yet known
 
 The maths is the engine's, the path sampling takes (models/engine.py): `Engine.decode`
-for the step, `Engine.output_logprobs` and `Engine.mix` for the distribution,
+for the step, `Engine.next_logprobs` for the distribution,
 `NextTokens.advance` for the n-gram's contexts. So a sentence scored token by token
 through states gives what `score_batch` gives, to float32 rounding (tested).
 
@@ -52,12 +52,19 @@ class LMState:
     out once, from its parent's and its last token, so a dictionary of states costs
     the same whatever the length of their histories."""
 
-    __slots__ = ("_hash", "history", "sentence")
+    __slots__ = ("_hash", "_parent", "history", "sentence")
     history: tuple[int, ...]
     sentence: bool
     _hash: int
+    _parent: LMState | None  # kept by child(): parent() in O(1), not O(history)
 
-    def __init__(self, history: tuple[int, ...] = (), sentence: bool = True, _hash: int = 0):
+    def __init__(
+        self,
+        history: tuple[int, ...] = (),
+        sentence: bool = True,
+        _hash: int = 0,
+        _parent: LMState | None = None,
+    ) -> None:
         object.__setattr__(self, "history", tuple(history))
         object.__setattr__(self, "sentence", bool(sentence))
         if not _hash:
@@ -65,6 +72,7 @@ class LMState:
             for t in self.history:
                 _hash = hash((_hash, t))
         object.__setattr__(self, "_hash", _hash)
+        object.__setattr__(self, "_parent", _parent)
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError("LMState is immutable")
@@ -90,20 +98,45 @@ class LMState:
         return (LMState, (self.history, self.sentence))
 
     def parent(self) -> LMState:
+        if self._parent is not None:
+            return self._parent
         return LMState(self.history[:-1], self.sentence)
 
     def child(self, token: int) -> LMState:
-        return LMState((*self.history, token), self.sentence, hash((self._hash, token)))
+        return LMState((*self.history, token), self.sentence, hash((self._hash, token)), self)
 
 
 @dataclass(eq=False, slots=True)
 class _Entry:
-    state: tuple[torch.Tensor, ...]  # each (layers, hidden): the RNN after the history
-    contexts: np.ndarray[Any, np.dtype[np.int64]] | None  # (order-1,) the n-gram's
-    logprobs: Floats  # (V,) the next token's, natural log
+    """A history's numbers: its column `col` of the step that computed it (the step's
+    recurrent state and distribution are kept whole, shared by the step's entries, and
+    live as long as one of them does: no per-row copies)."""
 
-    def nbytes(self) -> int:
-        return sum(s.numel() * s.element_size() for s in self.state) + self.logprobs.nbytes
+    block: tuple[torch.Tensor, ...]  # each (layers, B, hidden): the RNN after the histories
+    col: int
+    contexts: np.ndarray[Any, np.dtype[np.int64]] | None  # (order-1,) the n-gram's
+    logprobs: Floats  # (V,) the next token's, natural log: a row of the step's (B, V)
+    nbytes: int  # this entry's share of its step's memory
+
+
+def _gather(parents: list[_Entry]) -> State:
+    """The parents' recurrent states side by side, (layers, B, hidden) each: one
+    index_select per step they came from (in a beam search, usually one)."""
+    groups: dict[int, list[int]] = {}
+    for j, p in enumerate(parents):
+        groups.setdefault(id(p.block), []).append(j)
+    parts, order = [], []
+    for rows in groups.values():
+        block = parents[rows[0]].block
+        idx = torch.tensor([parents[j].col for j in rows], device=block[0].device)
+        parts.append(tuple(z.index_select(1, idx) for z in block))
+        order += rows
+    if len(parts) == 1:
+        return parts[0]
+    joined = tuple(torch.cat(zs, dim=1) for zs in zip(*parts, strict=True))
+    back = torch.empty(len(order), dtype=torch.long)
+    back[torch.tensor(order)] = torch.arange(len(order))  # joined column of each parent
+    return tuple(z.index_select(1, back.to(z.device)) for z in joined)
 
 
 class StateTable:
@@ -169,7 +202,7 @@ class StateTable:
             level = [s for s in missing if len(s.history) == depth]
             for s, entry in zip(level, self._step(level, depth), strict=True):
                 self._entries[s] = entry
-                self._bytes += entry.nbytes()
+                self._bytes += entry.nbytes
             self.computed += len(level)
 
     @torch.inference_mode()
@@ -187,27 +220,26 @@ class StateTable:
             contexts = engine.ngram_contexts(np.array(rows, np.int64).reshape(len(level), width))
         else:
             parents = [self._entries[s.parent()] for s in level]
-            prev: State = tuple(
-                torch.stack([p.state[k] for p in parents], dim=1)  # (layers, B, hidden)
-                for k in range(len(parents[0].state))
-            )
+            prev = _gather(parents)  # each (layers, B, hidden)
             tokens = np.array([s.history[-1] for s in level], dtype=np.int64)
             feats, state = engine.decode(tokens, prev)
             contexts = None
             if parents[0].contexts is not None:
                 before = np.stack([p.contexts for p in parents if p.contexts is not None])
                 contexts = engine.advance_contexts(before, tokens)
-        lp = engine.mix(engine.output_logprobs(feats), contexts)  # (B, V)
-        # One copy of the block (the engine may reuse its buffers); each entry keeps a
-        # row of it, and the block lives as long as one of its rows does.
-        block = np.array(lp.float().cpu().numpy(), dtype=np.float32, copy=True)
-        columns = [tuple(z[:, j].clone() for z in state) for j in range(len(level))]
+        # A new tensor each step (log-softmax's, or the mixture's): its rows are kept as
+        # they are. The state too is the step's own (`decode` never writes in place).
+        lp = engine.next_logprobs(feats, contexts)  # (B, V)
+        block = lp.float().cpu().numpy()
+        share = block.nbytes // len(level) + sum(
+            z.numel() * z.element_size() for z in state
+        ) // len(level)
         return [
-            _Entry(columns[j], None if contexts is None else contexts[j], block[j])
+            _Entry(state, j, None if contexts is None else contexts[j], block[j], share)
             for j in range(len(level))
         ]
 
     def _evict(self) -> None:
         while self._bytes > self.max_bytes and len(self._entries) > 1:
             _, entry = self._entries.popitem(last=False)
-            self._bytes -= entry.nbytes()
+            self._bytes -= entry.nbytes
