@@ -34,8 +34,10 @@ Floats = np.ndarray[Any, np.dtype[np.float64]]
 LN10 = math.log(10)
 SCORE_BATCH = 256  # hypotheses scored together
 WEIGHTS = [round(0.1 * i, 2) for i in range(0, 31)]  # lm_weight grid, 0 to 3
-# word_bonus grid, -2 to 4, nearest 0 first: of equal WERs the tuning keeps the first
-BONUSES = sorted((round(0.25 * i, 2) for i in range(-8, 17)), key=abs)
+# word_bonus grid, -4 to 8, nearest 0 first: of equal WERs the tuning keeps the first. A
+# word costs about 5 nats of LM log-probability at weight 1, so the best bonus grows with
+# the weight; the grid reaches past what weight 3 wants on fortunes' n-best lists.
+BONUSES = sorted((round(0.25 * i, 2) for i in range(-16, 33)), key=abs)
 
 
 @dataclass
