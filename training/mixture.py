@@ -159,9 +159,10 @@ def perplexities(
     with `bucket_weights`, `mixture` at those, `mixture_one_weight` at `weight`)."""
     rnn, ngram, bucket = parts
     if not len(rnn):
-        return {"rnn": None, "ngram": None, "mixture": None}
+        return {"tokens": 0, "rnn": None, "ngram": None, "mixture": None}
     single = math.exp(-float(np.mean(mix_logprobs(rnn, ngram, weight))))
     out: dict[str, float | None] = {
+        "tokens": len(rnn),
         "rnn": math.exp(-float(np.mean(rnn))),
         "ngram": math.exp(-float(np.mean(ngram))),
         "mixture": single,
@@ -208,9 +209,12 @@ def attach_ngram(
     corpus: Path | None = None,
     weight: float | None = None,
     max_tokens: int | None = None,
+    metrics: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Put `ngram` into the checkpoint at `directory`, with λ fit on the corpus's
-    validation split (or `weight` as given); perplexities on valid and test recorded."""
+    validation split (or `weight` as given); perplexities on valid and test recorded
+    (the model's, the mixture, as `test_ppl`; each part's beside it), with `metrics`
+    added to config.json's in the same write."""
     ck = load_checkpoint(directory)
     splits = {}
     if corpus is not None:
@@ -238,13 +242,14 @@ def attach_ngram(
         "memory_bytes": ngram.nbytes(),
     }
     extra = _extra_config(directory)
-    metrics = extra.setdefault("metrics", {})
+    recorded = extra.setdefault("metrics", {})
+    recorded |= metrics or {}
     if "test" in report["perplexity"]:
         test = report["perplexity"]["test"]
-        metrics |= {"test_ppl": test["mixture"], "test_ppl_rnn": test["rnn"],
-                    "test_ppl_ngram": test["ngram"]}  # fmt: skip
+        recorded |= {"test_ppl": test["mixture"], "test_ppl_rnn": test["rnn"],
+                     "test_ppl_ngram": test["ngram"]}  # fmt: skip
     if "valid" in report["perplexity"]:
-        metrics["valid_ppl_mixture"] = report["perplexity"]["valid"]["mixture"]
+        recorded["valid_ppl_mixture"] = report["perplexity"]["valid"]["mixture"]
     save_checkpoint(directory, ck.model, ck.tokenizer, ngram, report, **extra)
     return report
 

@@ -518,6 +518,13 @@ def _finish(
     last_metrics: dict[str, Any],
     dev: torch.device,
 ) -> dict[str, Any]:
+    """The end of a run, on rank 0: the test split scored once and best/ written once.
+
+    With an n-gram (the default) that one evaluation is `attach_ngram`'s, which scores
+    each part on every test token and writes best/ with the n-gram: `test_ppl` is then
+    the model's (the mixture's) and `test_ppl_rnn` the RNN's alone, in the summary and
+    in best/config.json alike. Without one, the RNN is the model and `test_ppl` its.
+    """
     summary: dict[str, Any] = {
         "stopped": stopped,
         "steps": st.step,
@@ -527,43 +534,49 @@ def _finish(
     }
     if not is_main():
         return summary
-    best = load_checkpoint(out / "best", device=dev)
-    summary["best_valid_ppl"] = best.config.get("metrics", {}).get("valid_ppl")
+    config = read_config(out / "best")
+    summary["best_valid_ppl"] = config.get("metrics", {}).get("valid_ppl")
     if cfg.bidirectional:
-        summary["best_valid_ppl_backward"] = best.config.get("metrics", {}).get(
-            "valid_ppl_backward"
-        )
-    summary["best_step"] = best.config.get("training", {}).get("step")
-    if len(splits["test"]) and stopped != "interrupted":
+        summary["best_valid_ppl_backward"] = config.get("metrics", {}).get("valid_ppl_backward")
+    summary["best_step"] = config.get("training", {}).get("step")
+    finishing = stopped != "interrupted"
+    test = len(splits["test"]) > 0 and finishing
+    # What the RNN alone gives and the n-gram does not change: the backward direction.
+    metrics: dict[str, Any] = {}
+    best = load_checkpoint(out / "best", device=dev) if test else None
+    if best is not None and cfg.bidirectional:
+        nll, n = evaluate_split(best.model, tok, splits["test"], cfg.mode, backward=True)
+        metrics["test_ppl_backward"] = summary["test_ppl_backward"] = math.exp(nll / n)
+    if finishing and (cfg.ngram_order or cfg.ngram_arpa):
+        summary |= _add_ngram(out, corpus, tok, cfg, metrics)
+    elif best is not None:
         nll, n = evaluate_split(best.model, tok, splits["test"], cfg.mode)
-        summary["test_ppl"] = math.exp(nll / n)
+        summary["test_ppl"] = metrics["test_ppl"] = math.exp(nll / n)
         summary["test_tokens"] = n
-        config = read_config(out / "best")
-        config.setdefault("metrics", {})["test_ppl"] = summary["test_ppl"]
-        if cfg.bidirectional:
-            nll, n = evaluate_split(best.model, tok, splits["test"], cfg.mode, backward=True)
-            summary["test_ppl_backward"] = math.exp(nll / n)
-            config["metrics"]["test_ppl_backward"] = summary["test_ppl_backward"]
+        config.setdefault("metrics", {}).update(metrics)
         with atomic_directory(out / "best") as tmp:
             write_checkpoint_files(
                 tmp, best.model, tok, training=config["training"], metrics=config["metrics"]
             )
-    if stopped != "interrupted" and (cfg.ngram_order or cfg.ngram_arpa):
-        summary |= _add_ngram(out, corpus, tok, cfg)
     summary["tokens_per_s"] = last_metrics.get("tokens_per_s")
     write_json(out / "summary.json", summary)
     return summary
 
 
-def _add_ngram(out: Path, corpus: Path, tok: Tokenizer, cfg: TrainConfig) -> dict[str, Any]:
-    """Estimate (or import) the n-gram, fit λ on the validation split, put both in best/."""
+def _add_ngram(
+    out: Path, corpus: Path, tok: Tokenizer, cfg: TrainConfig, metrics: dict[str, Any]
+) -> dict[str, Any]:
+    """Estimate (or import) the n-gram, fit λ on the validation split, put both in best/
+    (with `metrics` added to its config), scoring the test split once, part by part."""
     arpa = Path(cfg.ngram_arpa) if cfg.ngram_arpa else None
     ngram, info = build_ngram(tok, corpus, cfg.mode, cfg.ngram_order or 0, arpa, note=log)
     log(
         f"n-gram: order {ngram.order}, {sum(ngram.counts()):,} n-grams, "
         f"{ngram.nbytes() / 1e6:.1f} MB, {info['source']} in {info['seconds']:.1f} s"
     )
-    report = attach_ngram(out / "best", ngram, info, corpus, max_tokens=cfg.max_eval_tokens)
+    report = attach_ngram(
+        out / "best", ngram, info, corpus, max_tokens=cfg.max_eval_tokens, metrics=metrics
+    )
     ppl = report["perplexity"]
     buckets = report["lambda_buckets"]
     log(
@@ -591,6 +604,7 @@ def _add_ngram(out: Path, corpus: Path, tok: Tokenizer, cfg: TrainConfig) -> dic
             "test_ppl": ppl["test"]["mixture"],
             "test_ppl_rnn": ppl["test"]["rnn"],
             "test_ppl_ngram": ppl["test"]["ngram"],
+            "test_tokens": ppl["test"]["tokens"],
         }
         if "mixture_one_weight" in ppl["test"]:
             summary["test_ppl_one_weight"] = ppl["test"]["mixture_one_weight"]

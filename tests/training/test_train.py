@@ -353,3 +353,60 @@ def test_the_ngram_default_depends_on_the_tokenizer():
     assert TrainConfig().resolve("word", 10_000).ngram_order == 5
     assert TrainConfig().resolve("sentencepiece", 8000).ngram_order == 5
     assert TrainConfig(ngram_order=0).resolve("char", 100).ngram_order == 0
+
+
+@pytest.mark.parametrize("ngram_order", [3, 0])
+def test_the_end_of_a_run_scores_the_test_split_once_and_writes_best_once(
+    tmp_path: Path, corpus: Path, monkeypatch: pytest.MonkeyPatch, ngram_order: int
+) -> None:
+    from rnnlm.training import mixture
+    from rnnlm.training import train as train_module
+
+    test_split = TokenSplit(corpus, "test")
+    scored: list[str] = []
+    writes: list[str] = []
+    evaluate, components = train_module.evaluate_split, mixture.component_logprobs
+    write, save = train_module.write_checkpoint_files, mixture.save_checkpoint
+
+    def counting_evaluate(model, tok, split, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if len(split) == len(test_split):
+            scored.append("evaluate_split")
+        return evaluate(model, tok, split, *args, **kwargs)
+
+    def counting_components(ck, ngram, split, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if len(split) == len(test_split):
+            scored.append("component_logprobs")
+        return components(ck, ngram, split, *args, **kwargs)
+
+    def counting_write(*args, **kwargs):  # type: ignore[no-untyped-def]
+        writes.append("best or latest")
+        return write(*args, **kwargs)
+
+    def counting_save(*args, **kwargs):  # type: ignore[no-untyped-def]
+        writes.append("best, with the n-gram")
+        return save(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "evaluate_split", counting_evaluate)
+    monkeypatch.setattr(mixture, "component_logprobs", counting_components)
+    monkeypatch.setattr(mixture, "save_checkpoint", counting_save)
+    cfg = TrainConfig(max_steps=20, ngram_order=ngram_order, **{**SMALL, "eval_every": 1000})
+    finish = train_module._finish
+
+    def counted_finish(*args, **kwargs):  # type: ignore[no-untyped-def]
+        writes.clear()  # what the loop wrote (best/ and latest/ at its evaluation) aside
+        monkeypatch.setattr(train_module, "write_checkpoint_files", counting_write)
+        return finish(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "_finish", counted_finish)
+    summary = train(cfg, corpus, tmp_path / "run", progress=False)
+    assert len(scored) == 1, scored  # the test split once
+    assert len(writes) == 1, writes  # best/ once
+    metrics = load_checkpoint(tmp_path / "run" / "best").config["metrics"]
+    assert metrics["test_ppl"] == pytest.approx(summary["test_ppl"])
+    assert summary["test_tokens"] > 0
+    if ngram_order:  # the model is the mixture; the RNN's figure is named as such
+        assert scored == ["component_logprobs"] and writes == ["best, with the n-gram"]
+        assert metrics["test_ppl_rnn"] == pytest.approx(summary["test_ppl_rnn"])
+        assert summary["test_ppl"] != summary["test_ppl_rnn"]
+    else:
+        assert scored == ["evaluate_split"] and "test_ppl_rnn" not in summary
