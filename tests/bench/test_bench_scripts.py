@@ -382,3 +382,14 @@ def test_asr_bench_runs_both_halves_at_a_toy_size(tmp_path: Path) -> None:
         assert r["wer"]["oracle"] <= r["wer"]["none"]
     assert nbest["cli_matches"] and nbest["utterances_test"] == 10
     assert (tmp_path / "w" / "nbest.txt").is_file()
+
+
+def test_api_speed_compares_the_api_with_the_service(tmp_path: Path) -> None:
+    from tests.conftest import make_checkpoint
+
+    model = make_checkpoint(tmp_path / "m", "char", ngram_order=3)
+    api, served, summary = _script(str(BENCH / "api_speed.py"), str(model), "--batch", "8",
+                                   "--seconds", "0.3")  # fmt: skip
+    assert api["bench"] == "api_score" and served["bench"] == "score"
+    assert summary["bench"] == "api_vs_service" and summary["ratio"] > 0
+    assert summary["api_tokens_per_s"] > 0 and summary["service_tokens_per_s"] > 0
