@@ -49,7 +49,7 @@ from rnnlm.training.config import TrainConfig, TrainState  # noqa: E402
 from rnnlm.training.corpus import TokenSplit, load_corpus_tokenizer  # noqa: E402
 from rnnlm.training.data import sentence_batches, sentence_windows  # noqa: E402
 from rnnlm.training.mixture import choose_weights, component_logprobs  # noqa: E402
-from rnnlm.training.train import _lr  # noqa: E402  (the trainer's schedule, warm-up included)
+from rnnlm.training.train import learning_rate  # noqa: E402  (the trainer's schedule, warm-up included)
 
 _P = 2_147_483_647  # 2**31 - 1: hashes stay below 2**31, so products fit in int64
 _MIX = 2_654_435_761  # Knuth's multiplicative constant
@@ -135,7 +135,7 @@ def main() -> None:
     torch.manual_seed(a.seed)
     tok = load_corpus_tokenizer(a.corpus)
     V = tok.vocab_size
-    # The limits make `_lr`'s cosine follow the clock, or the steps when those end first.
+    # The limits make `learning_rate`'s cosine follow the clock, or the steps when those end first.
     cfg = TrainConfig(time_budget=a.budget, max_steps=a.max_steps or None).resolve(tok.kind, V)
     assert cfg.lr and cfg.batch_size and cfg.bptt and cfg.clip
     model = RNNLM(cfg.model_config(V))
@@ -156,7 +156,8 @@ def main() -> None:
             state, prev = None, torch.full((len(idx), max(K - 1, 0)), -1)
             for inp, tgt in wins:
                 st = TrainState(step=step, elapsed=time.monotonic() - t0)
-                lr = _lr(cfg, st, units_per_epoch=1)  # no epoch limit: the unit count is unused
+                # No epoch limit: the unit count is unused.
+                lr = learning_rate(cfg, st, units_per_epoch=1)
                 for g in opt.param_groups:
                     g["lr"] = lr
                 feats, state = model.features(inp, state)

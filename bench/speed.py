@@ -65,7 +65,7 @@ def train_speed(
     from rnnlm.models.model import RNNLM
     from rnnlm.training.corpus import TokenSplit, load_corpus_tokenizer, read_corpus_meta
     from rnnlm.training.data import sentence_batches, sentence_windows
-    from rnnlm.training.train import LossModule, TrainConfig, _optimizer
+    from rnnlm.training.train import LossModule, TrainConfig, make_optimizer
 
     torch.set_num_threads(threads)
     meta = read_corpus_meta(corpus)
@@ -77,7 +77,7 @@ def train_speed(
     model_cfg = cfg.model_config(tok.vocab_size)
     model = RNNLM(model_cfg)
     net = LossModule(model).train()
-    opt = _optimizer(cfg, model)  # the default's (SGD for words)
+    opt = make_optimizer(cfg, model)  # the default's (SGD for words)
     split = TokenSplit(corpus, "train")
     model_dict = model_cfg.to_dict()
     tails = flops.tail_fractions(model_dict, np.asarray(split.tokens).tolist())

@@ -67,10 +67,11 @@ from rnnlm.training.objective import LossModule, evaluate_split
 from rnnlm.training.plot import plot_curve
 from rnnlm.training.state import load_latest, resume_config, save_latest
 
-__all__ = ["LossModule", "TrainConfig", "train", "train_command"]
+__all__ = ["LossModule", "TrainConfig", "learning_rate", "make_optimizer", "train", "train_command"]
 
 
-def _optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """The run's optimizer: SGD or AdamW at the resolved rate and weight decay."""
     assert cfg.lr is not None and cfg.weight_decay is not None
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -89,7 +90,9 @@ def _progress(cfg: TrainConfig, st: TrainState, units_per_epoch: int) -> float:
     return min(1.0, p)
 
 
-def _lr(cfg: TrainConfig, st: TrainState, units_per_epoch: int) -> float:
+def learning_rate(cfg: TrainConfig, st: TrainState, units_per_epoch: int) -> float:
+    """The rate at this step: warm-up, then the schedule (cosine by the run's progress,
+    plateau cuts, or constant)."""
     assert cfg.lr is not None
     warm = min(1.0, (st.step + 1) / cfg.warmup) if cfg.warmup else 1.0
     if cfg.schedule == "cosine":
@@ -254,7 +257,7 @@ def _train(
     except ValueError as e:  # e.g. a corpus whose vocabulary is the special tokens alone
         raise RnnlmError(f"{corpus}: no model can be built for this corpus ({e})") from None
     model = RNNLM(model_cfg).to(dev)
-    opt = _optimizer(cfg, model)
+    opt = make_optimizer(cfg, model)
     st, carried = TrainState(), None
     if resume:
         st, carried, saved_world = load_latest(out, model, opt, dev)
@@ -326,7 +329,7 @@ def _train(
             for inp, tgt in wins:
                 inp, tgt = inp.to(dev), tgt.to(dev)
                 for group in opt.param_groups:
-                    group["lr"] = _lr(cfg, st, units_per_epoch)
+                    group["lr"] = learning_rate(cfg, st, units_per_epoch)
                 nll, n_t, new_state = net(inp, tgt, state)  # nll (directions,)
                 total = n_t
                 if world > 1:
