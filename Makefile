@@ -23,7 +23,7 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy -p rnnlm
 
-# Builds the demo model once (1,000 steps from a fixed seed: about 3 minutes on 2 CPU
+# Builds the demo model once (1,000 steps from a fixed seed: 2-3 minutes on 2 CPU
 # cores), then serves it.
 run: install
 	$(BIN)/rnnlm demo --out checkpoints
