@@ -33,7 +33,7 @@ writes them to OUT/results.jsonl and a Markdown summary to OUT/RESULTS.md
 Budgets (seconds of training per run, evaluation included): `--budget` (env
 BENCH_BUDGET, default 240) for the two word-level runs, `--char-budget` (env
 BENCH_CHAR_BUDGET, default half of --budget) for char and sentencepiece. The
-issue's quality goal is stated for 600 s: `make bench-quality` runs that.
+quality goals are stated for 600 s: `make bench-quality` runs that.
 Everything lands under data/bench/ (git-ignored); logs in data/bench/logs/.
 """
 
@@ -69,7 +69,7 @@ KENLM_HINT = (
 )
 # The PyTorch word_language_model example (main.py: --lr 20 --clip 0.25
 # --batch_size 20 --bptt 35 --dropout 0.2, 2 layers, --tied optional) at 2x256
-# tied, as the issue names it. The adaptive softmax must be off for tying:
+# tied, as the quality goal names it. The adaptive softmax must be off for tying:
 # the example has a full softmax.
 PYTORCH_RECIPE = [
     "--mode", "stream", "--layers", "2", "--hidden", "256", "--embedding", "256", "--tied",
