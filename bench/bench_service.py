@@ -196,7 +196,11 @@ async def score_load(base: str, batch: int, seconds: float) -> dict:
     }  # fmt: skip
 
 
-def start_server(checkpoint: Path, threads: int) -> tuple[subprocess.Popen[bytes], str, Path]:
+def start_server(
+    checkpoint: Path, threads: int, source: Path | None = None
+) -> tuple[subprocess.Popen[bytes], str, Path]:
+    """A server of `checkpoint` on a free loopback port; `source`: a source tree (a git
+    worktree) whose `rnnlm` it runs instead of the installed one."""
     root = Path(tempfile.mkdtemp(prefix="rnnlm-bench-"))
     (root / "bench").symlink_to(checkpoint.resolve())
     with socket.socket() as s:
@@ -205,10 +209,13 @@ def start_server(checkpoint: Path, threads: int) -> tuple[subprocess.Popen[bytes
     env = {**os.environ, "RNNLM_TORCH_THREADS": str(threads), "RNNLM_MAX_QUEUE": "1024",
            "RNNLM_LOG_LEVEL": "warning"}  # fmt: skip
     exe = Path(sys.executable).parent / "rnnlm"
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "rnnlm.cli"]
+    cmd = [str(exe)] if exe.exists() and source is None else [sys.executable, "-m", "rnnlm.cli"]
+    if source is not None:
+        env["PYTHONPATH"] = str(source.resolve())
     proc = subprocess.Popen(
         [*cmd, "serve", "--models", str(root), "--host", "127.0.0.1", "--port", str(port)],
         env=env,
+        cwd=None if source is None else root,  # `-m` puts the working directory first
     )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120

@@ -193,9 +193,12 @@ def ngram_goals(records: list[Rec]) -> list[Rec]:
 
 
 def serving_goals(records: list[Rec]) -> list[Rec]:
-    """The serving issue's goals, from bench/serving.py (server pinned to one core, the
-    load on the other): per token at one stream, 32 streams against one and against the
-    GEMM bound, and scoring against the GEMM bound."""
+    """The serving goals, from bench/serving.py (server pinned to one core, the load on
+    the other), each a fraction of a limit measured in the same run: per token at one
+    stream, 32 streams against the GEMM bound and against the engine alone (no HTTP),
+    and scoring against the GEMM bound. (An earlier "32 streams at least 15x one
+    stream" asked for more than the GEMM bound allows on a CPU where one stream is
+    fast: docs/measured.md, 2026-12-05.)"""
     out: list[Rec] = []
     summaries = _all(records, "serving_summary") or [{"model": "untrained"}]
     for s in summaries:
@@ -203,11 +206,12 @@ def serving_goals(records: list[Rec]) -> list[Rec]:
         ms = s.get("service_1_ms_per_token")
         out.append(_goal(f"one stream at most 0.25 ms per token through HTTP ({label})", ms,
                          0.25, "<=", f"{ms:.3f} ms" if ms else "–", "<= 0.25 ms"))  # fmt: skip
-        sp = s.get("speedup_32")
-        shown = (f"{sp:.1f}x ({s['service_32_tokens_per_s']:,.0f} vs "
-                 f"{s['service_1_tokens_per_s']:,.0f} tok/s)") if sp else "–"  # fmt: skip
-        out.append(_goal(f"32 streams at least 15x one stream ({label})", sp, 15.0, ">=",
-                         shown, ">= 15x"))  # fmt: skip
+        share, sp = s.get("service_share_of_engine_32"), s.get("speedup_32")
+        shown = (f"{100 * share:.1f}% ({s['service_32_tokens_per_s']:,.0f} of "
+                 f"{s['engine_32_tokens_per_s']:,.0f} tok/s; {sp:.1f}x one stream)"
+                 ) if share else "–"  # fmt: skip
+        out.append(_goal(f"the service at 32 streams at least 85% of the engine alone ({label})",
+                         100 * share if share else None, 85.0, ">=", shown, ">= 85%"))  # fmt: skip
         pct = s.get("pct_of_gemm_bound_32")
         shown = (f"{pct:.1f}% ({s['service_32_tokens_per_s']:,.0f} of "
                  f"{s['gemm_bound_tokens_per_s']:,.0f} tok/s)") if pct else "–"  # fmt: skip

@@ -3,6 +3,8 @@
     python bench/settings_ab.py CHECKPOINT RNNLM_BLAS=torch RNNLM_BLAS=auto
                                 [--clients 1,32] [--rounds 4] [--seconds 6]
     python bench/settings_ab.py --untrained RNNLM_BLAS=torch RNNLM_BLAS=auto
+    python bench/settings_ab.py CHECKPOINT RNNLM_LOG_LEVEL=warning RNNLM_LOG_LEVEL=warning \
+                                --source-a /tmp/before --source-b .
 
 On this kind of shared VM one run's speed moves by ±15–30% from one minute to
 the next, so two `serving.py` runs minutes apart cannot tell a 5% change. Here
@@ -10,7 +12,9 @@ both servers are started at once on CPU 0 (one torch thread each; an idle one
 only waits), and the load generator on CPU 1 sends /sample requests to A, then to
 B, then to B, then to A, ..., for --rounds rounds of each client count. Prints
 one JSON object per load, then per client count both series and the ratio of
-their medians (B over A).
+their medians (B over A). `--source-a`/`--source-b`: the servers run the `rnnlm` of
+two source trees (git worktrees of two commits) instead of the installed one, for
+a change that must not be a step back (bench/source_ab.py does the engine alone).
 """
 
 from __future__ import annotations
@@ -47,6 +51,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--seconds", type=float, default=6.0)
     p.add_argument("--max-tokens", type=int, default=200)
+    p.add_argument("--source-a", type=Path, help="server A runs this tree's rnnlm")
+    p.add_argument("--source-b", type=Path, help="server B runs this tree's rnnlm")
     args = p.parse_args()
     clients = [int(c) for c in args.clients.split(",")]
     tmp = Path(tempfile.mkdtemp(prefix="rnnlm-ab-"))
@@ -57,7 +63,8 @@ def main() -> None:
         for label, (name, value) in (("A", args.a), ("B", args.b)):
             saved = os.environ.get(name)
             os.environ[name] = value
-            servers[label] = bench_service.start_server(ckpt, threads=1)
+            source = args.source_a if label == "A" else args.source_b
+            servers[label] = bench_service.start_server(ckpt, threads=1, source=source)
             if saved is None:
                 del os.environ[name]
             else:
@@ -79,6 +86,7 @@ def main() -> None:
             print(json.dumps({
                 "bench": "settings_ab_summary", "clients": c,
                 "a": "=".join(args.a), "b": "=".join(args.b),
+                "source_a": str(args.source_a or ""), "source_b": str(args.source_b or ""),
                 "a_tokens_per_s": a, "b_tokens_per_s": b,
                 "b_over_a_median": round(statistics.median(b) / statistics.median(a), 3),
             }), flush=True)  # fmt: skip

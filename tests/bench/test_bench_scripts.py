@@ -93,6 +93,7 @@ def _records(
          "speedup_8": 2.0, "speedup_32": speedup, "speedup_64": 3.0},
         {"model": "untrained", "bench": "serving_summary", "service_1_ms_per_token": 4 / speedup,
          "speedup_32": speedup, "service_32_tokens_per_s": 20.0 * speedup,
+         "engine_32_tokens_per_s": 20.0 * 17.7, "service_share_of_engine_32": speedup / 17.7,
          "service_1_tokens_per_s": 20.0, "pct_of_gemm_bound_32": pct64,
          "gemm_bound_tokens_per_s": 1000.0, "score_64_pct_of_gemm_bound": pct64 + 8,
          "score_64_tokens_per_s": 10.0 * (pct64 + 8)},
@@ -160,7 +161,7 @@ def test_goals_say_pass_and_missed_plainly():
     assert results["... using under 4 GB"] == "PASS"
     assert results["mixing in the n-gram keeps >= 80% of tokens/s"] == "MISSED"
     assert results["one stream at most 0.25 ms per token through HTTP"] == "MISSED"  # 0.35 ms
-    assert results["32 streams at least 15x one stream"] == "MISSED"
+    assert results["the service at 32 streams at least 85% of the engine alone"] == "MISSED"  # 64%
     assert results["/score at batch 64 at least 60% of the GEMM-bound rate"] == "MISSED"  # 48%
     assert results["`make bench` runs end to end in under 30 minutes"] == "PASS"
     assert results["n-best rescoring: rnnlm's WER at most 0.70x KenLM 5-gram's"] == "MISSED"
@@ -273,7 +274,7 @@ def test_settings_ab_loads_two_servers_in_turn(tmp_path: Path) -> None:
     model = make_checkpoint(tmp_path / "m", "char")
     rows = _script(str(BENCH / "settings_ab.py"), str(model), "RNNLM_BLAS=torch",
                    "RNNLM_BLAS=numpy", "--clients", "1", "--rounds", "2", "--seconds", "0.3",
-                   "--max-tokens", "10")  # fmt: skip
+                   "--max-tokens", "10", "--source-b", str(BENCH.parent))  # fmt: skip
     loads = [r for r in rows if r["bench"] == "settings_ab"]
     assert [r["server"] for r in loads] == ["A", "B", "B", "A"]  # neither always first
     assert all(r["tokens_per_s"] > 0 and r["concurrency"] == 1 for r in loads)
@@ -281,6 +282,29 @@ def test_settings_ab_loads_two_servers_in_turn(tmp_path: Path) -> None:
     assert summary["bench"] == "settings_ab_summary" and summary["clients"] == 1
     assert (summary["a"], summary["b"]) == ("RNNLM_BLAS=torch", "RNNLM_BLAS=numpy")
     assert len(summary["a_tokens_per_s"]) == 2 and summary["b_over_a_median"] > 0
+
+
+def test_source_ab_measures_each_tree_in_turn(tmp_path: Path) -> None:
+    import subprocess
+
+    from tests.conftest import make_checkpoint
+
+    model = make_checkpoint(tmp_path / "m", "char")
+    tree_a = tmp_path / "a"  # another tree: its own path to the same package
+    tree_a.mkdir()
+    (tree_a / "rnnlm").symlink_to(BENCH.parent / "rnnlm")
+    rows = _script(str(BENCH / "source_ab.py"), str(tree_a), str(BENCH.parent), str(model),
+                   "--rounds", "2", "--seconds", "0.05")  # fmt: skip
+    runs = [r for r in rows if r["bench"] == "source_ab"]
+    assert [r["tree"] for r in runs] == ["A", "B", "B", "A"]  # neither always first
+    # Each measurement imported rnnlm from its own tree.
+    assert {r["source"] for r in runs if r["tree"] == "A"} == {str(tree_a)}
+    assert {r["source"] for r in runs if r["tree"] == "B"} == {str(BENCH.parent)}
+    summary = {r["figure"]: r for r in rows if r["bench"] == "source_ab_summary"}
+    assert set(summary) == {"sample_1_ms", "sample_32_tps", "prefill_32_ms", "score_64_tps"}
+    assert all(r["a_median"] > 0 and r["b_over_a"] > 0 for r in summary.values())
+    with pytest.raises(subprocess.CalledProcessError):  # not a tree with the package
+        _script(str(BENCH / "source_ab.py"), str(tmp_path), str(BENCH.parent), str(model))
 
 
 maxent = _load("maxent")
