@@ -28,6 +28,7 @@ from typing import Any, cast
 
 from rnnlm.app.errors import Overloaded
 from rnnlm.app.metrics import Metrics
+from rnnlm.models.batch import Batch
 from rnnlm.models.engine import Engine
 from rnnlm.models.results import SampleResult, ScoreResult
 from rnnlm.models.sampling import Generation
@@ -149,7 +150,7 @@ class ModelWorker:
         self._cancelled: list[SampleJob] = []
         self._stopping = False
         self._retiring = False  # replaced by a reload: finish what it holds, then end
-        self._batch = engine.new_batch()
+        self._batch = Batch(engine)
         self._streaming: set[SampleJob] = set()  # running jobs that stream their text
         # The metrics of this model, looked up once (a labels() call per step adds up).
         self._m_step = metrics.step_seconds.labels(name)
@@ -375,7 +376,7 @@ class ModelWorker:
     ) -> None:
         running = {id(job): job for job, _ in map(_owner, self._batch.gens)}
         every = {id(j): j for j in jobs} | running
-        self._batch = self.engine.new_batch()
+        self._batch = Batch(self.engine)
         self._streaming.clear()
         self._send([(job, Failed(error)) for job in every.values()])
         for s in scores:

@@ -68,13 +68,14 @@ def engine_rate(
     """Tokens/s of the engine's Batch kept at `rows` sequences, no HTTP."""
     import torch
 
+    from rnnlm.models.batch import Batch
     from rnnlm.models.checkpoint import load_checkpoint
     from rnnlm.models.engine import Engine
     from rnnlm.models.sampling import SampleParams
 
     torch.set_num_threads(1)
     engine = Engine(load_checkpoint(checkpoint), blas=blas)
-    batch = engine.new_batch()
+    batch = Batch(engine)
     seed = 0
 
     def fill() -> None:
@@ -97,12 +98,24 @@ def engine_rate(
         steps += 1
         fill()
     elapsed = time.perf_counter() - t0
-    hs = engine.host_step  # which library each product took (models/blas.py)
-    products = {} if hs is None else {n: p.describe() for n, p in hs.products().items()}
     return {"bench": "engine", "rows": rows, "steps": steps, "tokens": tokens,
-            "blas": blas, "products": products,
+            "blas": blas, "products": products_of(engine),
             "tokens_per_s": round(tokens / elapsed, 1),
             "ms_per_step": round(1000 * elapsed / steps, 4)}  # fmt: skip
+
+
+def products_of(engine: Any) -> dict[str, str]:
+    """Which library each product of the engine's host step took (models/blas.py), by
+    name: layer0.ih, layer0.hh, ..., proj, output."""
+    hs = engine.host_step
+    if hs is None:
+        return {}
+    named = {f"layer{k}.{n}": p for k, layer in enumerate(hs.layers)
+             for n, p in (("ih", layer.ih), ("hh", layer.hh))}  # fmt: skip
+    named |= {n: p for n, p in (("proj", hs.proj), ("output", hs.output)) if p is not None}
+    lib = {True: "numpy", False: "torch"}
+    return {n: f"{lib[p.numpy_few]} for few rows, {lib[p.numpy_many]} for many"
+            for n, p in named.items()}  # fmt: skip
 
 
 def profile(pid: int, seconds: float, out: Path) -> list[dict[str, Any]]:
@@ -214,8 +227,8 @@ def main() -> None:
             engine_32_pct_of_gemm_bound=round(100 * engine[32]["tokens_per_s"] / bound, 1),
             score_64_tokens_per_s=score["tokens_per_s"],
             score_64_pct_of_gemm_bound=round(100 * score["tokens_per_s"] / bound, 1),
-            goals={"ms_per_token_1": 0.25, "speedup_32": 15, "pct_of_gemm_bound_32": 50,
-                   "score_64_pct_of_gemm_bound": 60},
+            goals={"ms_per_token_1": 0.25, "pct_of_gemm_bound_32": 50,
+                   "service_share_of_engine_32": 0.85, "score_64_pct_of_gemm_bound": 60},
         )  # fmt: skip
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

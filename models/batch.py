@@ -5,7 +5,9 @@ its own parameters and its own random generator (one uniform number per step,
 drawn whether or not it is needed), so a sequence gives the same tokens alone or
 beside any others. `add()` prefills new prompts into the batch, `step()` picks
 one token for every sequence and advances the model once for all that continue,
-and finished sequences leave at once. With an n-gram, each step's distribution
+and finished sequences leave at once. A batch holds only its rows' bookkeeping (ids,
+states, parameters, random numbers, stop strings); every step, prefill and
+distribution is the engine's (models/engine.py). With an n-gram, each step's distribution
 is the mixture, each row's λ that of its history's mixing bucket; each row
 carries where its history stands in the n-gram (its stored contexts), advanced
 by one search per step instead of a walk down the n-gram's orders.
@@ -13,20 +15,17 @@ by one search per step instead of a walk down the n-gram's orders.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
-from torch.nn.utils.rnn import pack_padded_sequence
 
+from rnnlm.models.engine import Engine
 from rnnlm.models.model import State
-from rnnlm.models.ngram import NO_TOKEN
-from rnnlm.models.sampling import Generation, SamplingPlan, choose_tokens, choose_tokens_host
-from rnnlm.models.tokenizers import EOS, PAD
-
-if TYPE_CHECKING:
-    from rnnlm.models.engine import Engine
+from rnnlm.models.results import SampleResult
+from rnnlm.models.sampling import Generation, SampleParams, SamplingPlan, choose_tokens
+from rnnlm.models.tokenizers import EOS
 
 _UNIFORM_BLOCK = 64  # uniforms each sequence draws from its generator at a time
 
@@ -48,9 +47,10 @@ class Batch:
         # (models/ngram_next.py; -1 past the longest stored).
         self.contexts: np.ndarray[Any, np.dtype[np.int64]] | None = None
         # Per-row temperature, top_k, top_p, min_p: (B, 4), kept up to date as rows come
-        # and go, and as tensors, (B,) each, made from it when the members change.
+        # and go, and (for a batch sampled in torch) as a tensor on the device, made from
+        # it when the members change.
         self._knob_rows = np.zeros((0, 4), dtype=np.float32)
-        self._knobs: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
+        self._knobs: Tensor | None = None
         # Every row's uniforms for the next steps, drawn from its own generator a block at
         # a time (the same numbers, in the same order, as one draw per step): (block, B),
         # one line per step, all rows at the same line `_col`. A row that joins mid-block
@@ -78,15 +78,16 @@ class Batch:
         gens = [g for g in gens if g.params.max_tokens > 0]
         if not gens:
             return done
-        inputs = [[self.engine.start_id] + g.prompt_ids for g in gens]
+        engine = self.engine
+        inputs = [[engine.start_id] + g.prompt_ids for g in gens]
         if all(len(x) == 1 for x in inputs):  # no prompts: all start from the same point
             state, lp, contexts = self._from_start(len(gens))
         else:
-            state, last = self._prefill(inputs)
-            contexts = self._start_contexts(inputs)
-            lp = self.engine.next_logprobs(last, contexts)  # (B_new, V)
+            state, last = engine.prefill(inputs)
+            contexts = engine.contexts_after(inputs)
+            lp = engine.next_logprobs(last, contexts)  # (B_new, V)
         self.gens.extend(gens)
-        self._knobs = None
+        self._plan = None
         knobs = [(x.temperature, x.top_k, x.top_p, x.min_p) for x in (g.params for g in gens)]
         self._knob_rows = np.concatenate([self._knob_rows, np.array(knobs, dtype=np.float32)])
         fresh = np.zeros((_UNIFORM_BLOCK, len(gens)))
@@ -111,17 +112,9 @@ class Batch:
         self, n: int
     ) -> tuple[State, Tensor, np.ndarray[Any, np.dtype[np.int64]] | None]:
         """n sequences with no prompt: copies of the engine's start point (the state after
-        the start token from a zero state, the next-token log-probs there, the n-gram's
-        contexts), worked out once as a decoding step of one row. Admitting a request then
-        costs no model work: about a third of what a step of one row did per arrival."""
-        engine = self.engine
-        if engine.start is None:
-            model, dev = engine.model, engine.device
-            start = np.full(1, engine.start_id, dtype=np.int64)
-            feats, state = engine.decode(start, model.init_state(1, dev))
-            ctx = self._start_contexts([[engine.start_id]])
-            engine.start = (state, engine.next_logprobs(feats, ctx), ctx)
-        state, lp, contexts = engine.start
+        the start token, the next-token log-probs there, the n-gram's contexts). Admitting
+        a request then costs no model work."""
+        state, lp, contexts = self.engine.start_point()
         # Copies (clone; `repeat` costs four times as much), so the start point stays as it is.
         fmt = torch.contiguous_format
         return (
@@ -130,51 +123,13 @@ class Batch:
             None if contexts is None else contexts.repeat(n, axis=0),
         )
 
-    def _prefill(self, inputs: list[list[int]]) -> tuple[State, Tensor]:
-        """The start token and prompt of each sequence through the recurrent layers at once:
-        each row's state after its own last token, and its features there (B, F)."""
-        model, dev = self.engine.model, self.engine.device
-        lengths = torch.tensor([len(x) for x in inputs])
-        ids = torch.full((len(inputs), int(lengths.max())), PAD, dtype=torch.long)
-        for row, x in enumerate(inputs):
-            ids[row, : len(x)] = torch.tensor(x)
-        ids = ids.to(dev)
-        # Packing makes the returned state each row's state after its own last
-        # token, not after the padding.
-        emb = model.embed(ids)  # (B, T, E); dropout is off at inference
-        packed = pack_padded_sequence(emb, lengths, batch_first=True, enforce_sorted=False)
-        zero = model.init_state(len(inputs), dev)
-        if len(zero) == 2:  # (h, c)
-            out_packed, (h, c) = model.rnn(packed, (zero[0], zero[1]))
-            state: State = (h, c)
-        else:
-            out_packed, h = model.rnn(packed, zero[0])
-            state = (h,)
-        out, _ = torch.nn.utils.rnn.pad_packed_sequence(out_packed, batch_first=True)
-        last = out[torch.arange(len(inputs)), lengths.to(dev) - 1]  # (B_new, H)
-        if model.proj is not None:
-            last = model.proj(last)
-        return state, last
-
-    def _start_contexts(
-        self, inputs: list[list[int]]
-    ) -> np.ndarray[Any, np.dtype[np.int64]] | None:
-        """The n-gram's contexts after each prompt (start token included): (B, N-1)."""
-        ngram = self.engine.ngram
-        if ngram is None:
-            return None
-        width = ngram.order - 1
-        rows = [([NO_TOKEN] * width + x)[len(x) :] if width else [] for x in inputs]
-        history = np.array(rows, dtype=np.int64).reshape(len(inputs), width)
-        return self.engine.ngram_contexts(history)
-
     def remove(self, keep: list[int]) -> None:
         """Keep only the rows in `keep` (indices into the batch)."""
         if len(keep) == len(self.gens):
             return
         self.gens = [self.gens[i] for i in keep]
         rows = np.array(keep, dtype=np.int64)  # one conversion for every array below
-        self._knobs = None
+        self._plan = None
         self._knob_rows = self._knob_rows[rows]
         self._uniforms = self._uniforms[:, rows]
         self._left = self._left[rows]
@@ -202,16 +157,18 @@ class Batch:
         self._col += 1
         return u
 
-    def _members_changed(self) -> None:
-        """What depends on which rows the batch holds: their knobs as tensors, the sampling
-        plan, the rows with stop strings or top_logprobs."""
+    def _members_changed(self) -> SamplingPlan:
+        """What depends on which rows the batch holds: the sampling plan, the knobs as a
+        tensor (a torch batch), the rows with stop strings or top_logprobs."""
         p = [g.params for g in self.gens]
-        t, k, tp, mp = torch.from_numpy(self._knob_rows).to(self.engine.device).unbind(1)
-        self._knobs = (t, k, tp, mp)
+        host = self.engine.host_sampling
+        dev = None if host else self.engine.device
+        self._knobs = None if host else torch.from_numpy(self._knob_rows).to(dev)
         self._want_top = max(x.top_logprobs for x in p)
-        self._plan = SamplingPlan.of_rows(self._knob_rows, self.engine.device)
+        self._plan = SamplingPlan.of_rows(self._knob_rows, dev)
         self._stop_rows = [row for row, x in enumerate(p) if x.stop]
         self._rows = np.arange(len(self.gens))
+        return self._plan
 
     @torch.inference_mode()
     def step(self) -> list[Generation]:
@@ -223,20 +180,17 @@ class Batch:
             return []
         assert self.state is not None and self.next_logprobs is not None
         gens, lp = self.gens, self.next_logprobs
-        dev = lp.device
-        if self._knobs is None:  # rebuilt only when the batch's members change
-            self._members_changed()
-        assert self._knobs is not None
+        plan = self._plan or self._members_changed()  # rebuilt only when the members change
         u = self._draw()  # float64: rounded to float32 on the host (cheaper than a torch op)
-        if self.engine.host_sampling:
-            assert self._plan is not None
+        # One sampler (models/sampling.py), on numpy's arrays or torch's (see there).
+        if self._knobs is None:  # numpy on the host
             lp_np = lp.numpy()  # (B, V), the same memory
-            tok_np = choose_tokens_host(lp_np, self._knob_rows, u, self._plan)  # (B,)
+            tok_np = choose_tokens(lp_np, self._knob_rows, u, plan)  # (B,)
             chosen_lp = lp_np[self._rows, tok_np].tolist()
         else:
             uniform = torch.from_numpy(u.astype(np.float32) if lp.dtype == torch.float32 else u)
-            uniform = uniform.to(device=dev, dtype=lp.dtype)  # a no-op on the CPU in float32
-            tokens = choose_tokens(lp, *self._knobs, uniform, plan=self._plan)  # (B,)
+            uniform = uniform.to(device=lp.device, dtype=lp.dtype)  # a no-op on the CPU
+            tokens = choose_tokens(lp, self._knobs, uniform, plan)  # (B,)
             chosen_lp = lp.gather(1, tokens.unsqueeze(1)).squeeze(1).tolist()
             tok_np = tokens.cpu().numpy()
         tok_list = tok_np.tolist()
@@ -254,7 +208,7 @@ class Batch:
         at_eos = tok_np == EOS
         ending = at_eos | (self._left <= 0)
         for row in self._stop_rows:
-            if not at_eos[row] and self._stopped(gens[row]):
+            if not at_eos[row] and gens[row].stopped():
                 ending[row] = True
         finished = []
         going = tok_np
@@ -268,7 +222,7 @@ class Batch:
             self.remove(keep)
             going = tok_np[keep]
         if self.gens:
-            feats, self.state = self.engine.decode(going, self.state)  # (B, F)
+            feats, self.state = self.engine.step(going, self.state)  # (B, F)
             if self.contexts is not None:
                 self.contexts = self.engine.advance_contexts(self.contexts, going)
             self.next_logprobs = self.engine.next_logprobs(feats, self.contexts)
@@ -283,34 +237,14 @@ class Batch:
                                                    top_v[row, :k].tolist(), strict=True)]
                 )  # fmt: skip
 
-    def _stopped(self, g: Generation) -> bool:
-        """Whether the token just added completed a stop string; if so, cut there."""
-        text = g.text
-        longest = max(len(s) for s in g.params.stop)
-        lo = max(0, g._stop_scanned - longest + 1)  # a stop may start in the text before
-        g._stop_scanned = len(text)
-        hits = [i for s in g.params.stop if (i := text.find(s, lo)) >= 0]
-        if hits:
-            self._cut_at(g, min(hits))
-            return True
-        return False
 
-    def _cut_at(self, g: Generation, pos: int) -> None:
-        """End `g` at a stop string found at `pos`: keep the tokens wholly before it."""
-        text = g.text[:pos]
-        k = len(g.ids)
-        while k > 0 and not text.startswith(self._completion(g, g.ids[:k])):
-            k -= 1
-        del g.ids[k:]
-        del g.logprobs[k:]
-        del g.tops[k:]
-        g.text = text
-        g.finish_reason = "stop"
-
-    def _completion(self, g: Generation, ids: list[int]) -> str:
-        """The text of `ids` as it continues the prompt (spacing decided in context)."""
-        tok = self.engine.tokenizer
-        full = tok.decode(g.prompt_ids + ids)
-        if full.startswith(g.prompt_text):
-            return full[len(g.prompt_text) :]
-        return tok.decode(ids)
+def sample(engine: Engine, prompt: str, params: SampleParams, n: int = 1) -> list[SampleResult]:
+    """Run n samples of `prompt` to completion in batches of the engine's size: sample i
+    uses seed `(params.seed + i) mod 2**63`."""
+    batch = Batch(engine)
+    gens = [engine.generation(prompt, params, i) for i in range(n)]
+    for s in range(0, n, engine.max_batch):
+        batch.add(gens[s : s + engine.max_batch])
+        while len(batch):
+            batch.step()
+    return [engine.result(g) for g in gens]

@@ -2,28 +2,21 @@
 
 torch's CPU wheel multiplies with MKL; numpy's wheel carries OpenBLAS. Which of the
 two runs a decoding step's shapes faster depends on the CPU: on the AMD EPYC of this
-project's benches (AVX2, one thread, the best of repeats) OpenBLAS was the faster or
-even everywhere:
-
-    (1, 256) @ (256, 1024), one row of a 256-wide LSTM     MKL 34 µs    OpenBLAS 24 µs
-    (32, 256) @ (256, 1024)                                MKL 294 µs   OpenBLAS 292 µs
-    (1, 256) @ (256, 10004), a word vocabulary's output    MKL 374 µs   OpenBLAS 266 µs
-    (32, 256) @ (256, 10004)                               MKL 5.2–6.1 ms  OpenBLAS 3.1–4.2
-
-while MKL is Intel's own library and may well be the faster on an Intel CPU. So a
-`Product` times its weight both ways once, when it is built (a few milliseconds), at
-one row and at 32, and each call then takes the faster for its number of rows. The
-two agree to float32 rounding (about 1e-7 relative), as products of different shapes
-already do; a row's numbers never depend on the other rows.
+project's benches OpenBLAS was the faster or even on every shape, while MKL is
+Intel's own library and may well be the faster on an Intel CPU (docs/measured.md,
+"Why the CPU path is shaped as it is", has the timings). So a `Product` times its
+weight both ways once, when it is built (a few milliseconds), at one row and at 32,
+and each call then takes the faster for its number of rows. The two agree to float32
+rounding (about 1e-7 relative), as products of different shapes already do; a row's
+numbers never depend on the other rows.
 
 numpy's BLAS is kept to one thread (through threadpoolctl), whatever torch's
 count: two pools of threads that each spin for a while after their work, torch's
 OpenMP and OpenBLAS's own, fight over the same cores when a step alternates
-between them; with both at 2 threads on the 2-core EPYC a (32, 256) @ (256, 1024)
-product by each, one after the other, took 10.5 ms against 0.3 ms for either alone.
-At one thread OpenBLAS runs on the calling thread, torch's pool is left alone, and
-the timing compares torch's threads with OpenBLAS's one (torch at 2 threads was
-still the slower on every shape above there).
+between them (a product by each in turn ran 30 times slower than either alone at
+2 threads each on 2 cores). At one thread OpenBLAS runs on the calling thread,
+torch's pool is left alone, and the timing compares torch's threads with
+OpenBLAS's one.
 """
 
 from __future__ import annotations
@@ -125,8 +118,3 @@ class Product:
                     fn()
                 best[fn] = min(best[fn], time.perf_counter() - t0)
         return best[with_numpy] < _MARGIN * best[with_torch]
-
-    def describe(self) -> str:
-        """Which library each row count uses, for logs and tests."""
-        name = {True: "numpy", False: "torch"}
-        return f"{name[self.numpy_few]} for <= {_FEW_ROWS} rows, {name[self.numpy_many]} above"

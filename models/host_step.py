@@ -1,14 +1,21 @@
 """A decoding step of the fused recurrent cells on the CPU, with as few torch calls as it takes.
 
+The one CPU implementation of a recurrent layer's step (`_layer_step`): sampling
+steps every layer with it (`step`), and scoring and prefill run the first layer
+of a window with it (`run`). Training, and every other device, use torch's fused
+modules (models/model.py); models/cells.py has the reference equations that the
+tests hold both to.
+
 On the CPU a decoding step is, per layer, one or two small matrix products and a
 dozen elementwise operations on (B, H) blocks. For a few rows the products are
 the only real work, and torch's per-call cost (dispatch, a fresh tensor, the GIL
-let go and taken back) was most of the rest: several microseconds a call inside
-the serving loop on the slower EPYC. So here each layer is its products (torch's
-BLAS or numpy's, whichever ran that weight faster on this CPU: models/blas.py),
-one sigmoid over all its sigmoid gates (torch's kernel, in place on the same
-memory), and numpy for the rest, in place where it can be: its calls cost a
-fraction of torch's. The output layer's product is chosen the same way.
+let go and taken back) was most of the rest. So here each layer is its products
+(torch's BLAS or numpy's, whichever ran that weight faster on this CPU:
+models/blas.py), one sigmoid over all its sigmoid gates (torch's kernel, in place
+on the same memory), and numpy for the rest, in place where it can be: its calls
+cost a fraction of torch's. The output layer's product is chosen the same way.
+docs/measured.md ("Why the CPU path is shaped as it is") has the timings behind
+each of these choices.
 
 The weights are prepared once per loaded checkpoint: transposed contiguous copies
 (torch's product is 20–30% faster on a contiguous right operand), an LSTM's gates
@@ -35,6 +42,7 @@ from rnnlm.models.blas import Choice, Product
 from rnnlm.models.model import RNNLM, State
 
 _TABLE_MAX_BYTES = 8 << 20  # the first layer's input table: small vocabularies only
+_OUTPUT_MAX_BYTES = 64 << 20  # the output layer's transposed copy: not for huge vocabularies
 
 
 @dataclass
@@ -47,7 +55,8 @@ class _Layer:
 
 
 class HostStep:
-    """`RNNLM.step` for a fused RNN, GRU or LSTM on the CPU (see the module's docstring)."""
+    """The CPU's step of a fused RNN, GRU or LSTM, and its pass over a window (see the
+    module's docstring), from a model's weights prepared once."""
 
     def __init__(self, model: RNNLM, blas: Choice = "auto") -> None:
         """`blas`: which library multiplies (models/blas.py): timed per weight ("auto"),
@@ -90,10 +99,12 @@ class HostStep:
                 None if proj is None else Product(proj.weight.t().contiguous(), proj.bias, blas)
             )
             # The output layer (F, V), transposed: None with the adaptive softmax, or for a
-            # vocabulary too large to copy (`RNNLM.decode_output`).
-            out_t = model.decode_output()
+            # vocabulary too large to copy (the engine then uses `RNNLM.log_probs`).
             dec = model.decoder
-            self.output = None if out_t is None or dec is None else Product(out_t, dec.bias, blas)
+            big = dec is None or dec.weight.numel() * dec.weight.element_size() > _OUTPUT_MAX_BYTES
+            self.output = (
+                None if dec is None or big else Product(dec.weight.t().contiguous(), dec.bias, blas)
+            )
         # Scoring's upper layers (`run`): each a one-layer fused module over the stored
         # weights themselves (no copy), which multiplies a window's inputs in one product
         # and loops in C++ (layer 1 of the demo's two: about as fast as the stack's own call).
@@ -107,32 +118,22 @@ class HostStep:
     @property
     def scores(self) -> bool:
         """Whether scoring's windows of many rows are faster through `run` than through
-        the fused layer: where the table replaces an input product at least as large as
-        the hidden one (embedding ≥ hidden). 64 rows of the untrained 1×256 LSTM
-        (embedding 256): 636–809 against 909–1,045 µs a step on the slower EPYC; the
-        demo's 2×256 (embedding 64: a quarter of that product saved) even, 1,639–1,655
-        against 1,556–1,593, so it keeps the fused layer."""
+        torch's fused layer: where the table replaces an input product at least as large
+        as the hidden one (embedding >= hidden). With a narrower embedding the two were
+        even, and the fused layer is kept (docs/measured.md)."""
         return self.table is not None and self.embed.shape[1] >= self.hidden
-
-    def products(self) -> dict[str, Product]:
-        """Every product of a decoding step by name (layer0.ih, ..., proj, output): which
-        library each took, for benches and tests."""
-        named = {f"layer{k}.{n}": p for k, layer in enumerate(self.layers)
-                 for n, p in (("ih", layer.ih), ("hh", layer.hh))}  # fmt: skip
-        extra = {"proj": self.proj, "output": self.output}
-        return named | {n: p for n, p in extra.items() if p is not None}
 
     @classmethod
     def of(cls, model: RNNLM, blas: Choice = "auto") -> HostStep | None:
         """The host step for `model`, or None where it does not apply (not a fused cell, or
-        not on the CPU): the engine then decodes with `RNNLM.step`."""
+        not on the CPU): the engine then runs the model's own modules."""
         if not isinstance(model.rnn, nn.RNN | nn.GRU | nn.LSTM):
             return None
         if next(model.parameters()).device.type != "cpu":
             return None
         return cls(model, blas)
 
-    def __call__(self, ids: np.ndarray[Any, Any], state: State) -> tuple[Tensor, State]:
+    def step(self, ids: np.ndarray[Any, Any], state: State) -> tuple[Tensor, State]:
         """ids (B,) -> features (B, out_features), the new state (each (layers, B, H))."""
         h_prev = state[0].numpy()  # (L, B, H), shared with the tensor
         c_prev = state[1].numpy() if self.kind == "lstm" else None
@@ -145,16 +146,10 @@ class HostStep:
             else:
                 inp = self.embed[ids] if x is None else x  # the layer below's output after 0
                 gi = layer.ih(inp)
-            h = h_prev[k]
-            if self.kind == "lstm":
-                assert c_prev is not None and new_c is not None
-                layer.hh.add_to(gi, h)
-                x = _lstm_gates(gi, c_prev[k], new_h[k], new_c[k], self.hidden)
-            elif self.kind == "gru":
-                x = _gru_gates(gi, layer.hh(h), h, new_h[k], self.hidden)
-            else:
-                layer.hh.add_to(gi, h)
-                x = _tanh(gi, new_h[k])
+            c_k, new_c_k = (
+                (None, None) if c_prev is None or new_c is None else (c_prev[k], new_c[k])
+            )
+            x = self._layer_step(layer, gi, h_prev[k], c_k, new_h[k], new_c_k)
         assert x is not None
         feats = torch.from_numpy(x)  # (B, H): the last layer's, a view of the new state
         if self.proj is not None:
@@ -162,6 +157,27 @@ class HostStep:
         if new_c is None:
             return feats, (torch.from_numpy(new_h),)
         return feats, (torch.from_numpy(new_h), torch.from_numpy(new_c))
+
+    def _layer_step(
+        self,
+        layer: _Layer,
+        gi: np.ndarray[Any, Any],
+        h_prev: np.ndarray[Any, Any],
+        c_prev: np.ndarray[Any, Any] | None,
+        h: np.ndarray[Any, Any],
+        c: np.ndarray[Any, Any] | None,
+    ) -> np.ndarray[Any, Any]:
+        """One layer, one time step: the input's part of the gates gi (B, G·H)
+        (overwritten), the previous h (and an LSTM's c) (B, H) -> the new h (and c),
+        written in place; returns h. The one CPU step, for `step` and `run` alike."""
+        if self.kind == "lstm":
+            assert c_prev is not None and c is not None
+            layer.hh.add_to(gi, h_prev)
+            return _lstm_gates(gi, c_prev, h, c, self.hidden)
+        if self.kind == "gru":
+            return _gru_gates(gi, layer.hh(h_prev), h_prev, h, self.hidden)
+        layer.hh.add_to(gi, h_prev)
+        return _tanh(gi, h)
 
     def log_probs(self, feats: Tensor) -> Tensor:
         """features (B, F) -> the next token's log-probabilities (B, V): the output layer's
@@ -173,37 +189,33 @@ class HostStep:
     def run(self, ids: np.ndarray[Any, Any], state: State) -> tuple[Tensor, State]:
         """ids (B, T) -> features (B, T, out_features), the state after the last step.
 
-        Scoring's pass over a window of time steps, for a model with the table: the
-        first layer step by step, its input part every step's table row (the fused layer
-        would multiply the embeddings by W_ih: as much work again as the hidden
-        products), the upper layers by their fused modules on the window at once.
+        A pass over a window of time steps, for scoring and prefill: the first layer
+        step by step (`_layer_step`), its input part every step's table row (torch's
+        fused layer would multiply the embeddings by W_ih: as much work again as the
+        hidden products) or, without the table, one product over the window; the upper
+        layers by torch's fused modules on the window at once (their input products are
+        one product over the window there, and the loop is in C++).
         """
-        assert self.table is not None, "run() needs the first layer's input table"
         B, T = ids.shape
         H, lstm = self.hidden, self.kind == "lstm"
         layer = self.layers[0]
-        gi = self.table[np.ascontiguousarray(ids.T)]  # (T, B, G·H): time-major, a copy
+        time_major = np.ascontiguousarray(ids.T)  # (T, B)
+        if self.table is not None:
+            gi = self.table[time_major]  # (T, B, G·H), a copy
+        else:
+            gi = layer.ih(self.embed[time_major.reshape(-1)]).reshape(T, B, -1)
         out = np.empty((T, B, H), np.float32)  # the first layer's outputs
         h_prev = state[0][0].numpy()  # (B, H)
-        if lstm:
-            cells = (np.empty((B, H), np.float32), np.empty((B, H), np.float32))
-            c_prev = state[1][0].numpy()
+        c_prev = state[1][0].numpy() if lstm else None
+        # A step reads the last cell while it writes this one: two buffers, in turn.
+        cells = (np.empty((B, H), np.float32), np.empty((B, H), np.float32)) if lstm else None
         for t in range(T):
-            g = gi[t]
-            if lstm:
-                layer.hh.add_to(g, h_prev)
-                c = cells[t % 2]  # a step reads the last cell while it writes this one
-                _lstm_gates(g, c_prev, out[t], c, H)
-                c_prev = c
-            elif self.kind == "gru":
-                _gru_gates(g, layer.hh(h_prev), h_prev, out[t], H)
-            else:
-                layer.hh.add_to(g, h_prev)
-                _tanh(g, out[t])
-            h_prev = out[t]
+            c = None if cells is None else cells[t % 2]
+            self._layer_step(layer, gi[t], h_prev, c_prev, out[t], c)
+            h_prev, c_prev = out[t], c
         x = torch.from_numpy(out)  # (T, B, H)
         hs = [torch.from_numpy(h_prev.copy())]
-        cs = [torch.from_numpy(c_prev.copy())] if lstm else []
+        cs = [torch.from_numpy(c_prev.copy())] if c_prev is not None else []
         for k, one in enumerate(self.upper, start=1):
             if lstm:
                 x, (hk, ck) = one(x, (state[0][k : k + 1], state[1][k : k + 1]))
@@ -221,15 +233,12 @@ class HostStep:
 
 def _sigmoid_(a: np.ndarray[Any, Any]) -> None:
     """a <- sigmoid(a), in place, with torch's kernel on the same memory: numpy's
-    1/(1 + exp(-x)) over a (32, 768) gate block took 65–106 µs against torch's 31 on the
-    slower EPYC (numpy's exp has no wide SIMD path without AVX-512, and four calls)."""
+    1/(1 + exp(-x)) is four calls, and its exp has no wide SIMD path without AVX-512."""
     torch.from_numpy(a).sigmoid_()
 
 
 def _tanh(a: np.ndarray[Any, Any], out: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
-    """out <- tanh(a), numpy's: the cheaper on both EPYCs measured, 30 against 40 µs on a
-    (32, 256) block without AVX-512 and 6 against 32 with it; the engine's step of 32
-    rows 690–761 µs against 887–914 with torch's tanh (one row 196–275 against 224–283)."""
+    """out <- tanh(a), numpy's: the cheaper of the two on every CPU measured."""
     np.tanh(a, out=out)
     return out
 

@@ -21,6 +21,9 @@ The recurrent state is a tuple of tensors, each (layers, B, hidden): `(h, c)`
 for an LSTM, `(h,)` otherwise, so code that batches sequences can treat every
 cell alike along dimension 1.
 
+Training and every device but the CPU run these modules; on the CPU the engine
+decodes and scores with models/host_step.py, written from the same weights.
+
 `gru-simple` and `lstm-peephole`, which torch lacks, run the reference cells of
 `models/cells.py` instead: slower, called the same way, same state layout.
 
@@ -122,6 +125,8 @@ class RNNLM(nn.Module):
         self.rnn = self._recurrent_stack()
         self.proj = self._projection()
         self.adaptive: nn.AdaptiveLogSoftmaxWithLoss | None = None
+        # The output layer (features -> logits): `decoder` as in PyTorch's word language
+        # model example, and the name its weights have in every checkpoint's file.
         self.decoder: nn.Linear | None = None
         if c.adaptive_cutoffs:
             self.adaptive = nn.AdaptiveLogSoftmaxWithLoss(
@@ -197,106 +202,6 @@ class RNNLM(nn.Module):
             out = proj(out)  # (B, T, E)
         return out, new_state
 
-    def input_gate_table(self, max_bytes: int = 8 << 20) -> Tensor | None:
-        """The first layer's input projection of every token, embedding @ W_ih^T + b_ih:
-        (V, gates·H), or None where it would take more than `max_bytes` (large
-        vocabularies) or the cell is not a fused one. With it a decoding step looks up
-        a row instead of multiplying by W_ih: half the weights read per step (a
-        1×256 LSTM on one row: 73 µs a step against 32 µs, measured here)."""
-        rnn = self.rnn
-        if not isinstance(rnn, nn.RNN | nn.GRU | nn.LSTM):
-            return None
-        w_ih, b_ih = getattr(rnn, "weight_ih_l0"), getattr(rnn, "bias_ih_l0")  # noqa: B009
-        if self.config.vocab_size * w_ih.shape[0] * w_ih.element_size() > max_bytes:
-            return None
-        with torch.no_grad():
-            return torch.addmm(b_ih, self.embed.weight, w_ih.t())  # (V, G·H)
-
-    def decode_weights(self) -> list[tuple[Tensor, Tensor]] | None:
-        """Per layer of a fused stack, (W_ihᵀ, W_hhᵀ) as contiguous copies, for `step`:
-        torch's addmm runs 20-30% faster on a contiguous right operand than on the
-        transposed view of the stored weight (a 1×256 LSTM's hidden-to-hidden product:
-        27 against 18 µs on one row, 187 against 151 µs on 32, one thread, measured
-        here). None for the reference cells. Copies: they do not follow later
-        changes to the weights (the engine makes them once per loaded checkpoint)."""
-        rnn = self.rnn
-        if not isinstance(rnn, nn.RNN | nn.GRU | nn.LSTM):
-            return None
-        with torch.no_grad():
-            return [
-                (
-                    getattr(rnn, f"weight_ih_l{k}").t().contiguous(),
-                    getattr(rnn, f"weight_hh_l{k}").t().contiguous(),
-                )
-                for k in range(self.config.layers)
-            ]
-
-    def step(
-        self,
-        ids: Tensor,
-        state: State,
-        input_gates: Tensor | None = None,
-        weights: list[tuple[Tensor, Tensor]] | None = None,
-    ) -> tuple[Tensor, State]:
-        """One token for every row, for decoding: ids (B,) -> features (B, out_features), state.
-
-        The same maths as `features` on a (B, 1) input, at inference, but for the fused
-        cells written out layer by layer, two matrix products and the gates' arithmetic
-        each: a fused multi-step layer pays a set-up cost per call that dwarfs one
-        step's work (measured here: 400 µs against 66 µs for a 1×256 LSTM on one row,
-        811 against 314 µs on 32 rows), and torch's single-step `lstm_cell` was slower
-        still than the products and gates written out (540 against ~240 µs on 32 rows).
-        `input_gates` (from `input_gate_table`) replaces the first layer's input
-        projection; `weights` (from `decode_weights`) are its transposed weights.
-        The engine takes this path off the CPU; on the CPU, models/host_step.py's.
-        """
-        rnn = self.rnn
-        if self.training or not isinstance(rnn, nn.RNN | nn.GRU | nn.LSTM):
-            feats, new_state = self.features(ids.unsqueeze(1), state)
-            return feats[:, -1], new_state
-        lstm, gru = isinstance(rnn, nn.LSTM), isinstance(rnn, nn.GRU)
-        x = self.embed(ids) if input_gates is None else ids  # (B, E)
-        hs, cs = [], []
-        for k in range(self.config.layers):
-            b_ih, b_hh = getattr(rnn, f"bias_ih_l{k}"), getattr(rnn, f"bias_hh_l{k}")
-            if weights is not None:
-                w_ih_t, w_hh_t = weights[k]
-            else:
-                w_ih_t = getattr(rnn, f"weight_ih_l{k}").t()
-                w_hh_t = getattr(rnn, f"weight_hh_l{k}").t()
-            h_prev = state[0][k]  # (B, H)
-            if k == 0 and input_gates is not None:
-                # (B, G·H): the input's share of every gate, b_ih included (index_select:
-                # a third of the time of input_gates[ids] on 32 rows).
-                gi = torch.index_select(input_gates, 0, ids)
-            else:
-                gi = torch.addmm(b_ih, x, w_ih_t)  # (B, G·H)
-            gh = torch.addmm(b_hh, h_prev, w_hh_t)  # (B, G·H)
-            if lstm:
-                i, f, g, o = gi.add_(gh).chunk(4, 1)
-                c = torch.addcmul(torch.sigmoid(f) * state[1][k], torch.sigmoid(i), torch.tanh(g))
-                h = torch.sigmoid(o) * torch.tanh(c)
-                cs.append(c)
-            elif gru:
-                i_r, i_z, i_n = gi.chunk(3, 1)
-                h_r, h_z, h_n = gh.chunk(3, 1)
-                r, z = torch.sigmoid(i_r + h_r), torch.sigmoid(i_z + h_z)
-                n = torch.tanh(i_n + r * h_n)
-                h = n + z * (h_prev - n)  # (1 - z)·n + z·h
-            else:
-                h = torch.tanh(gi.add_(gh))
-            hs.append(h)
-            x = h  # (B, H); no dropout between layers at inference
-        if self.config.layers == 1:  # (1, B, H) views, no copy
-            next_state: State = (
-                (hs[0].unsqueeze(0), cs[0].unsqueeze(0)) if cs else (hs[0].unsqueeze(0),)
-            )
-        else:
-            next_state = (torch.stack(hs), torch.stack(cs)) if cs else (torch.stack(hs),)
-        if self.proj is not None:
-            x = self.proj(x)  # (B, E)
-        return x, next_state
-
     def recurrent_weight_names(self) -> list[str]:
         """The hidden-to-hidden matrices of a recurrent stack, one per layer (both
         stacks of a bidirectional model have the same names)."""
@@ -312,32 +217,15 @@ class RNNLM(nn.Module):
         mask = x.new_empty(x.shape[0], 1, x.shape[2]).bernoulli_(1 - p) / (1 - p)
         return x * mask
 
-    def log_probs(self, feats: Tensor, output_t: Tensor | None = None) -> Tensor:
-        """features (..., F) -> normalised log-probabilities (..., V). `output_t` (from
-        `decode_output`): the output layer's transposed weight, for decoding's (B, F)."""
+    def log_probs(self, feats: Tensor) -> Tensor:
+        """features (..., F) -> normalised log-probabilities (..., V)."""
         if self.adaptive is not None:
             flat = feats.reshape(-1, feats.shape[-1])
             return self.adaptive.log_prob(flat).reshape(*feats.shape[:-1], -1)
         assert self.decoder is not None
-        if output_t is not None and feats.dim() == 2:
-            return F.log_softmax(torch.addmm(self.decoder.bias, feats, output_t), dim=-1)
         # F.linear rather than the module's call: a decoding step of one row pays the
         # module machinery's few microseconds on every token.
         return F.log_softmax(F.linear(feats, self.decoder.weight, self.decoder.bias), dim=-1)
-
-    def decode_output(self, max_bytes: int = 64 << 20) -> Tensor | None:
-        """The output layer's weight transposed, (F, V), as a contiguous copy for decoding
-        (see `decode_weights`: the same 20-40% on the product): for a 10,004-word
-        vocabulary at 256 features, 275 against 169 µs on one row, 2.56 against 2.24 ms
-        on 32 (one thread, measured here). None with the adaptive softmax, or where the
-        copy would take more than `max_bytes`. A copy: it does not follow later changes."""
-        if self.decoder is None:
-            return None
-        w = self.decoder.weight
-        if w.numel() * w.element_size() > max_bytes:
-            return None
-        with torch.no_grad():
-            return w.t().contiguous()
 
     def token_log_probs(self, feats: Tensor, targets: Tensor) -> Tensor:
         """log P(target) at each position: feats (N, F), targets (N,) -> (N,).

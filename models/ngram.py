@@ -39,18 +39,14 @@ has no more tokens (the start, or a text scored without `<bos>`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from rnnlm.models.errors import CheckpointError
-
-if TYPE_CHECKING:
-    from rnnlm.models.ngram_next import NextTokens
 
 NGRAM_FILE = "ngram.safetensors"
 NGRAM_FORMAT = "rnnlm-ngram-1"
@@ -72,6 +68,9 @@ class NgramModel:
     logprob: list[Floats]
     backoff: list[Floats]
     _children: list[tuple[Int64s, Int64s]] = field(default_factory=list, repr=False)
+    # The layout for next-token distributions (models/ngram_next.py `layout_of`), built
+    # there on first use and kept here: scoring never needs it.
+    layout: Any = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.check()
@@ -130,9 +129,9 @@ class NgramModel:
 
     def memory_bytes(self) -> int:
         """What it holds in memory now: its arrays, the index of n-grams by context, and the
-        layout for sampling once something has sampled from it (`next_tokens`)."""
+        layout for sampling once something has sampled from it (`layout`)."""
         index = sum(a.nbytes + b.nbytes for a, b in self._children)
-        built = self.__dict__.get("next_tokens")
+        built = self.layout
         return self.nbytes() + int(index) + (built.nbytes() if built is not None else 0)
 
     # ---------------------------------------------------------------- lookups
@@ -278,43 +277,6 @@ class NgramModel:
             bucket[rows[seen]] = j * KID_BINS + kid_bin(kids[seen])
         return best, bucket
 
-    def distribution(
-        self, histories: Int64s, scale: float = 1.0, dtype: type = np.float64
-    ) -> np.ndarray[Any, Any]:
-        """scale · P(· | history) over the whole vocabulary: histories (B, order-1) -> (B, V).
-
-        Each row sums to `scale` (ids never predicted have 0)."""
-        nt = self.next_tokens
-        probs, factor, _ = nt.distribution(nt.contexts(histories), dtype)
-        probs *= (factor * scale).astype(dtype)[:, None]
-        return probs
-
-    def mixture_part(
-        self, histories: Int64s, weights: Floats, dtype: type = np.float64
-    ) -> tuple[np.ndarray[Any, Any], Int64s]:
-        """The n-gram's share of a mixture whose λ (the RNN's share) is `weights[bucket]`:
-        ((1 − λ) · P(· | history) (B, V), each row's bucket (B,)), for histories (B, order-1)."""
-        nt = self.next_tokens
-        return self.mixture_part_at(nt.contexts(histories), weights, dtype)
-
-    def mixture_part_at(
-        self, contexts: Int64s, weights: Floats, dtype: type = np.float64
-    ) -> tuple[np.ndarray[Any, Any], Int64s]:
-        """`mixture_part` from the rows' contexts (`next_tokens.contexts` of the histories,
-        or `next_tokens.advance`d from the last ones): what sampling asks after each token."""
-        probs, factor, bucket = self.next_tokens.distribution(contexts, dtype)
-        lam = np.asarray(weights, np.float64)[bucket]
-        probs *= (factor * (1.0 - lam)).astype(dtype)[:, None]
-        return probs, bucket
-
-    @cached_property
-    def next_tokens(self) -> NextTokens:
-        """The layout for next-token distributions (models/ngram_next.py), built on first use:
-        scoring never needs it."""
-        from rnnlm.models.ngram_next import NextTokens  # it builds on this module
-
-        return NextTokens(self)
-
     # ------------------------------------------------------------------ files
 
     def save(self, path: Path) -> None:
@@ -406,15 +368,40 @@ def histories_of(inputs: Int64s, order: int) -> Int64s:
     return out
 
 
-def mix_logprobs(rnn: Floats, ngram: Floats, weight: float | Floats) -> Floats:
-    """ln(λ·P_rnn + (1-λ)·P_ngram), from the two log-probabilities (natural log);
-    `weight` λ one number, or one per position."""
-    lam = np.asarray(weight, np.float64)
+def mix_(
+    rnn: np.ndarray[Any, Any], weight: Floats, part: np.ndarray[Any, Any], logits: bool = False
+) -> np.ndarray[Any, Any]:
+    """The mixture, in place: rnn <- ln(λ·P_rnn + part), where part = (1-λ)·P_ngram.
+
+    The one implementation of the mixture, for scoring, sampling and beam search alike.
+    rnn: the RNN's log-probabilities (natural log), or with `logits` its output layer's
+    logits, whose softmax is then taken here (one pass fewer over a (B, V) block than
+    a log-softmax before); either (N,) (one token each) or (B, V) (whole distributions),
+    float32 or float64, written in place and returned. weight λ: one number or one per
+    row, (N,) or (B,); part: shaped as rnn. ln 0 = -inf where neither model goes.
+    """
+    lam = np.asarray(weight, dtype=rnn.dtype)
+    if rnn.ndim == 2 and lam.ndim == 1:
+        lam = lam[:, None]  # (B, 1): one λ per row
+    if logits:
+        rnn -= rnn.max(axis=-1, keepdims=True)
+        np.exp(rnn, out=rnn)
+        rnn *= lam / rnn.sum(axis=-1, keepdims=True)
+    else:
+        np.exp(rnn, out=rnn)
+        rnn *= lam
+    rnn += part
     with np.errstate(divide="ignore"):
-        a = rnn + np.log(lam)
-        b = ngram + np.log1p(-lam)
-    out: Floats = np.logaddexp(a, b)
-    return out
+        np.log(rnn, out=rnn)
+    return rnn
+
+
+def mix_logprobs(rnn: Floats, ngram: Floats, weight: float | Floats) -> Floats:
+    """ln(λ·P_rnn + (1-λ)·P_ngram) of single tokens, from the two log-probabilities
+    (natural log, float64); `weight` λ one number, or one per position. `mix_` on them."""
+    lam = np.asarray(weight, np.float64)
+    mixed = np.array(rnn, dtype=np.float64)  # a copy: mix_ works in place
+    return mix_(mixed, lam, (1.0 - lam) * np.exp(np.asarray(ngram, np.float64)))
 
 
 def kid_bin(kids: Int64s) -> Int64s:

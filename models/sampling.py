@@ -9,8 +9,9 @@ gives the same tokens alone or in any batch (models/batch.py keeps them).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -27,6 +28,7 @@ _NEVER_SAMPLED = [PAD, UNK, BOS]
 _NEVER_SLICE = slice(min(_NEVER_SAMPLED), max(_NEVER_SAMPLED) + 1)
 assert list(range(_NEVER_SLICE.start, _NEVER_SLICE.stop)) == sorted(_NEVER_SAMPLED)
 SEED_SPACE = 2**63  # seeds are in [0, 2**63): a non-negative int64
+A = TypeVar("A", Tensor, np.ndarray[Any, Any])  # a batch's arrays: numpy's or torch's
 
 
 @dataclass
@@ -117,6 +119,32 @@ class Generation:
         self.sent = max(self.sent, end)
         return out
 
+    def stopped(self) -> bool:
+        """Whether the token just added completed a stop string; if so, cut the text
+        there, keep the tokens wholly before it, and finish with "stop". Searches only
+        the text added since the last call (and a stop's length before it)."""
+        text = self.text
+        longest = max(len(s) for s in self.params.stop)
+        lo = max(0, self._stop_scanned - longest + 1)  # a stop may start in the text before
+        self._stop_scanned = len(text)
+        hits = [i for s in self.params.stop if (i := text.find(s, lo)) >= 0]
+        if not hits:
+            return False
+        cut = text[: min(hits)]
+        k = len(self.ids)
+        while (
+            k > 0
+            and self.decoder is not None
+            and not cut.startswith(self.decoder.text(self.ids[:k]))
+        ):
+            k -= 1
+        del self.ids[k:]
+        del self.logprobs[k:]
+        del self.tops[k:]
+        self.text = cut
+        self.finish_reason = "stop"
+        return True
+
     def result(self) -> SampleResult:
         assert self.finish_reason is not None
         return SampleResult(
@@ -128,42 +156,62 @@ class Generation:
         )
 
 
-def choose_tokens(
-    logprobs: Tensor,
-    temperature: Tensor,
-    top_k: Tensor,
-    top_p: Tensor,
-    min_p: Tensor,
-    uniform: Tensor,
-    plan: SamplingPlan | None = None,
-) -> Tensor:
+def choose_tokens(logprobs: A, knobs: A, uniform: A, plan: SamplingPlan | None = None) -> A:
     """Pick one token per row by inverse-CDF sampling with each row's parameters.
 
-    logprobs (B, V); the rest (B,). Rows are computed independently, so a
-    row's choice never depends on its neighbours: `plan` only skips work that
-    would leave every row as it is (dividing by a temperature of 1, truncating
-    rows that ask for no truncation, taking the argmax for rows that are not
-    greedy), never a different arithmetic for some rows.
+    logprobs (B, V); knobs (B, 4): each row's temperature, top_k, top_p, min_p;
+    uniform (B,): each row's uniform number. All three numpy arrays on the host or all
+    torch tensors on one device: the same arithmetic either way, written once (numpy's
+    calls cost a fraction of torch's, which wins on a small vocabulary; torch's are
+    the faster on a large one's (B, V) blocks, and the only ones on a GPU: the engine
+    picks by the vocabulary, models/engine.py). Returns the ids (B,), int64, the same kind.
+
+    Rows are computed independently, so a row's choice never depends on its neighbours:
+    `plan` only skips work that would leave every row as it is (dividing by a
+    temperature of 1, truncating rows that ask for no truncation, taking the argmax for
+    rows that are not greedy), never a different arithmetic for some rows.
     """
-    plan = plan or SamplingPlan.of(temperature, top_k, top_p, min_p)
-    lp = logprobs + _never_sampled_mask(logprobs)  # -inf where sampling never goes
-    scaled = lp / temperature.clamp(min=1e-6).unsqueeze(1) if plan.scale else lp
-    probs = torch.softmax(scaled, dim=-1)  # (B, V)
-    # Rows without truncation draw from the CDF in vocabulary order, rows with it
-    # from the sorted one; each row takes its own path, whatever its neighbours do.
-    chosen = _inverse_cdf(probs.cumsum(-1), uniform)
-    if plan.truncated is not None and plan.truncated.numel():
-        t = plan.truncated
-        sorted_p, order = probs[t].sort(dim=-1, descending=True)
-        rank = torch.arange(probs.shape[1], device=probs.device).unsqueeze(0)
-        keep = (top_k[t].unsqueeze(1) == 0) | (rank < top_k[t].unsqueeze(1))
-        keep &= (sorted_p.cumsum(-1) - sorted_p) < top_p[t].unsqueeze(1)  # the top one always
-        keep &= sorted_p >= min_p[t].unsqueeze(1) * sorted_p[:, :1]
-        pos = _inverse_cdf((sorted_p * keep).cumsum(-1), uniform[t])
-        chosen = chosen.index_copy(0, t, order.gather(1, pos.unsqueeze(1)).squeeze(1))
-    if plan.greedy is not None:
-        chosen = torch.where(plan.greedy, lp.argmax(-1), chosen)
-    return chosen
+    host = isinstance(logprobs, np.ndarray)
+    xp: Any = np if host else torch
+    lp_: Any = logprobs  # the few calls whose spelling differs are below, by kind
+    knobs_: Any = knobs
+    if plan is None:
+        plan = SamplingPlan.of_rows(
+            knobs_ if host else knobs_.float().cpu().numpy(), None if host else lp_.device
+        )
+    logprobs, knobs = lp_, knobs_
+    if plan.scale:
+        scaled = logprobs / knobs[:, 0].clip(min=1e-6)[:, None]  # (B, V)
+        scaled[:, _NEVER_SLICE] = -math.inf
+        scaled -= _row_max(scaled)  # a low temperature must not overflow
+        probs = xp.exp(scaled)  # unnormalised: the inverse CDF scales by the total
+    else:
+        probs = xp.exp(logprobs)  # log-probabilities: at most 1, no overflow
+    probs[:, _NEVER_SLICE] = 0.0
+    un: Any = uniform
+    u = un.astype(probs.dtype) if host else un.to(probs.dtype)
+    # Rows without truncation draw from the CDF in vocabulary order, rows with it from
+    # the sorted and truncated one; each row takes its own path, whatever its neighbours do.
+    chosen = _inverse_cdf(probs.cumsum(1), u)
+    t = plan.truncated_rows if host else plan.truncated
+    if t is not None and len(t):
+        p = probs[t]
+        p /= p.sum(1)[:, None]  # top-p and min-p are stated on the normalised distribution
+        sorted_p, order = _sort_descending(p)  # (T, V): most likely first
+        rank = _arange_like(p, p.shape[1])[None, :]
+        k, top_p, min_p = knobs[t, 1:2], knobs[t, 2:3], knobs[t, 3:4]
+        keep = (k == 0) | (rank < k)
+        keep &= (sorted_p.cumsum(1) - sorted_p) < top_p  # the top one always
+        keep &= sorted_p >= min_p * sorted_p[:, :1]
+        pos = _inverse_cdf((sorted_p * keep).cumsum(1), u[t])
+        chosen[t] = order[_arange_like(pos, len(pos)), pos]
+    g = plan.greedy_rows if host else plan.greedy
+    if g is not None and len(g):
+        lp = logprobs[g]  # (G, V), a copy
+        lp[:, _NEVER_SLICE] = -math.inf
+        chosen[g] = lp.argmax(1)
+    out: A = chosen
+    return out
 
 
 @dataclass
@@ -171,119 +219,73 @@ class SamplingPlan:
     """What a batch's sampling parameters need, worked out once when its rows change."""
 
     scale: bool  # some row's temperature is not 1 (0 included)
-    truncated: Tensor | None  # rows with top-k, top-p or min-p: their indices
-    greedy: Tensor | None  # (B,) True where temperature is 0; None if no row is greedy
-    # The same two as indices on the host, for `choose_tokens_host` (empty if none).
+    # Rows with top-k, top-p or min-p, and greedy rows (temperature 0): their indices on
+    # the host (empty if none), and for a torch batch on its device (None if none).
     truncated_rows: np.ndarray[Any, np.dtype[np.int64]]
     greedy_rows: np.ndarray[Any, np.dtype[np.int64]]
+    truncated: Tensor | None = None
+    greedy: Tensor | None = None
 
     @classmethod
-    def of(cls, temperature: Tensor, top_k: Tensor, top_p: Tensor, min_p: Tensor) -> SamplingPlan:
-        knobs = torch.stack([x.to(torch.float32) for x in (temperature, top_k, top_p, min_p)], 1)
-        return cls.of_rows(knobs.cpu().numpy(), temperature.device)
-
-    @classmethod
-    def of_rows(cls, knobs: np.ndarray[Any, Any], dev: torch.device) -> SamplingPlan:
-        """From each row's (temperature, top_k, top_p, min_p), (B, 4) on the host."""
+    def of_rows(cls, knobs: np.ndarray[Any, Any], dev: torch.device | None = None) -> SamplingPlan:
+        """From each row's (temperature, top_k, top_p, min_p), (B, 4) on the host; `dev`:
+        the device of a torch batch (None: a numpy one)."""
         # Worked out in numpy on the host: the same checks as eight tiny torch ops cost
         # a quarter as much (and the batch redoes them whenever a row comes or goes).
         t, k, p, m = knobs.T
         truncated = np.flatnonzero((k > 0) | (p < 1) | (m > 0))
-        greedy = t == 0
+        greedy = np.flatnonzero(t == 0)
+
+        def on_device(rows: np.ndarray[Any, np.dtype[np.int64]]) -> Tensor | None:
+            return torch.from_numpy(rows).to(dev) if dev is not None and rows.size else None
+
         return cls(
             scale=bool((t != 1).any()),
-            truncated=torch.from_numpy(truncated).to(dev) if truncated.size else None,
-            greedy=torch.from_numpy(greedy).to(dev) if greedy.any() else None,
             truncated_rows=truncated,
-            greedy_rows=np.flatnonzero(greedy),
+            greedy_rows=greedy,
+            truncated=on_device(truncated),
+            greedy=on_device(greedy),
         )
 
 
-_MASKS: dict[tuple[int, torch.dtype, torch.device], Tensor] = {}
+def _row_max(x: Any) -> Any:
+    """Each row's largest value, (B, 1)."""
+    if isinstance(x, np.ndarray):
+        return np.max(x, axis=1, keepdims=True)
+    return x.amax(1, keepdim=True)
 
 
-def _never_sampled_mask(logprobs: Tensor) -> Tensor:
-    """(V,): -inf at the ids sampling never emits, 0 elsewhere (cached per shape)."""
-    key = (logprobs.shape[-1], logprobs.dtype, logprobs.device)
-    mask = _MASKS.get(key)
-    if mask is None:
-        mask = torch.zeros(key[0], dtype=key[1], device=key[2])
-        mask[_NEVER_SAMPLED] = float("-inf")
-        _MASKS[key] = mask
-    return mask
+def _sort_descending(p: Any) -> tuple[Any, Any]:
+    """Each row's values from the largest, and where they were: (B, V) each (stable)."""
+    if isinstance(p, np.ndarray):
+        order = np.argsort(-p, axis=1, kind="stable")
+        return np.take_along_axis(p, order, axis=1), order
+    values, order = p.sort(dim=1, descending=True, stable=True)
+    return values, order
 
 
-def _inverse_cdf(cdf: Tensor, uniform: Tensor) -> Tensor:
-    """cdf (B, V), uniform (B,) -> the position (B,) where each row's mass passes u × total."""
-    target = (uniform * cdf[:, -1]).unsqueeze(1)
-    # right=True: the first position whose cumulative mass exceeds the target,
-    # which always carries positive probability.
-    pos = torch.searchsorted(cdf, target, right=True).clamp(max=cdf.shape[1] - 1)
-    return pos.squeeze(1)
+def _arange_like(x: Any, n: int) -> Any:
+    if isinstance(x, np.ndarray):
+        return np.arange(n)
+    return torch.arange(n, device=x.device)
 
 
-# Vocabularies up to this size sample on the host in numpy (`choose_tokens_host`) when
-# the model runs on the CPU; larger ones with torch, whose cumulative sum is about four
-# times as fast per element (numpy's 1.3 ms against torch's 0.35 on a (32, 10000) block,
-# one thread, the slower EPYC), while on a character vocabulary numpy's cheaper calls
-# win: one row of 79 ids 13 against 25 µs, 32 rows even. Decided by the vocabulary,
-# never by the batch, so a row's arithmetic does not depend on its neighbours.
-HOST_SAMPLING_MAX_VOCAB = 1024
-
-
-def choose_tokens_host(
-    logprobs: np.ndarray[Any, Any],
-    knobs: np.ndarray[Any, Any],
-    uniform: np.ndarray[Any, Any],
-    plan: SamplingPlan,
-) -> np.ndarray[Any, np.dtype[np.int64]]:
-    """`choose_tokens` in numpy, for a batch whose distributions are on the host.
-
-    logprobs (B, V); knobs (B, 4): each row's temperature, top_k, top_p, min_p;
-    uniform (B,). The same choice, row by row, as `choose_tokens` up to rounding:
-    inverse-CDF sampling from the (tempered) distribution, from the sorted and
-    truncated one for rows with top-k, top-p or min-p, the argmax for greedy rows.
-    """
-    B, V = logprobs.shape
-    if plan.scale:
-        scaled = logprobs / np.maximum(knobs[:, :1], 1e-6)  # (B, V)
-        scaled[:, _NEVER_SLICE] = -np.inf
-        scaled -= scaled.max(axis=1, keepdims=True)  # a low temperature must not underflow
-        probs = np.exp(scaled)  # unnormalised: the inverse CDF scales by the total
-    else:
-        probs = np.exp(logprobs)  # log-probabilities: at most 1, no overflow
-    probs[:, _NEVER_SLICE] = 0.0
-    u = uniform.astype(probs.dtype)
-    # np.add's own methods: np.cumsum and .sum add a Python wrapper's microseconds.
-    chosen = _inverse_cdf_host(np.add.accumulate(probs, axis=1), u)
-    t = plan.truncated_rows
-    if t.size:
-        p = probs[t]
-        p /= p.sum(axis=1, keepdims=True)  # top-p and min-p are stated on the normalised
-        order = np.argsort(-p, axis=1, kind="stable")  # (T, V): most likely first
-        sorted_p = np.take_along_axis(p, order, axis=1)
-        k, top_p, min_p = knobs[t, 1:2], knobs[t, 2:3], knobs[t, 3:4]
-        rank = np.arange(V)
-        keep = (k == 0) | (rank < k)
-        keep &= (np.cumsum(sorted_p, axis=1) - sorted_p) < top_p  # the top one always
-        keep &= sorted_p >= min_p * sorted_p[:, :1]
-        pos = _inverse_cdf_host(np.cumsum(sorted_p * keep, axis=1), u[t])
-        chosen[t] = order[np.arange(len(t)), pos]
-    g = plan.greedy_rows
-    if g.size:
-        lp = logprobs[g]  # (G, V)
-        lp[:, _NEVER_SLICE] = -np.inf
-        chosen[g] = lp.argmax(axis=1)
-    return chosen
-
-
-def _inverse_cdf_host(
-    cdf: np.ndarray[Any, Any], uniform: np.ndarray[Any, Any]
-) -> np.ndarray[Any, np.dtype[np.int64]]:
+def _inverse_cdf(cdf: Any, uniform: Any) -> Any:
     """cdf (B, V), uniform (B,) -> the first position (B,) whose cumulative mass exceeds
-    u × total: the count of positions at or below it (the CDF never decreases)."""
+    u × total (right-continuous: it always carries positive probability). On the host
+    the count of positions at or below the target (the CDF never decreases), a sum of
+    booleans: np.count_nonzero with an axis is Python code, and numpy has no batched
+    binary search; torch's searchsorted is that search."""
     target = (uniform * cdf[:, -1])[:, None]  # (B, 1)
-    # A sum of booleans: np.count_nonzero with an axis is Python code, five times slower.
-    pos = np.add.reduce(cdf <= target, axis=1)
-    out: np.ndarray[Any, np.dtype[np.int64]] = np.minimum(pos, cdf.shape[1] - 1)
-    return out
+    if isinstance(cdf, np.ndarray):
+        pos = np.add.reduce(cdf <= target, axis=1)
+        return np.minimum(pos, cdf.shape[1] - 1)
+    found = torch.searchsorted(cdf, target, right=True).clamp(max=cdf.shape[1] - 1)
+    return found.squeeze(1)
+
+
+# Vocabularies up to this size choose their tokens in numpy on the host when the model
+# runs on the CPU, larger ones in torch (see `choose_tokens`; docs/measured.md has the
+# timings). Decided by the vocabulary, never by the batch, so a row's arithmetic does not
+# depend on its neighbours.
+HOST_SAMPLING_MAX_VOCAB = 1024

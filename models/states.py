@@ -212,7 +212,7 @@ class StateTable:
         dev = engine.device
         if depth == 0:
             start = np.full(len(level), engine.start_id, dtype=np.int64)
-            feats, state = engine.decode(start, engine.model.init_state(len(level), dev))
+            feats, state = engine.step(start, engine.model.init_state(len(level), dev))
             width = engine.ngram.order - 1 if engine.ngram is not None else 0
             # The n-gram's history: the start token, or nothing (a null context).
             rows = [([NO_TOKEN] * width + ([engine.start_id] if s.sentence else []))[-width:]
@@ -222,7 +222,7 @@ class StateTable:
             parents = [self._entries[s.parent()] for s in level]
             prev = _gather(parents)  # each (layers, B, hidden)
             tokens = np.array([s.history[-1] for s in level], dtype=np.int64)
-            feats, state = engine.decode(tokens, prev)
+            feats, state = engine.step(tokens, prev)
             contexts = None
             if parents[0].contexts is not None:
                 before = np.stack([p.contexts for p in parents if p.contexts is not None])

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from rnnlm.models.batch import sample
 from rnnlm.models.checkpoint import load_checkpoint
 from rnnlm.models.engine import Engine
 from rnnlm.models.errors import RnnlmError
@@ -80,7 +81,7 @@ def sample_command(args: argparse.Namespace) -> None:
     except ValueError as e:
         raise RnnlmError(str(e)) from None
     engine = Engine(load_checkpoint(args.model, device=args.device))
-    for s in engine.sample(args.prompt, params, n=args.n):
+    for s in sample(engine, args.prompt, params, n=args.n):
         if args.json:
             row = {
                 "text": s.text,

@@ -32,6 +32,7 @@ import numpy as np
 
 from rnnlm.beam import FullScoreReturn, State, StateMethods
 from rnnlm.loaded import Loaded, load_model
+from rnnlm.models.batch import sample as draw_samples
 from rnnlm.models.engine import Engine
 from rnnlm.models.errors import CheckpointError
 from rnnlm.models.ngram import histories_of
@@ -226,7 +227,7 @@ class LanguageModel(StateMethods):
         params = SampleParams(max_tokens, temperature, top_k, top_p, seed=seed, stop=list(stop))
         loaded = self._loaded
         with loaded.lock:
-            return loaded.engine.sample(prompt, params, n)
+            return draw_samples(loaded.engine, prompt, params, n)
 
 
 def _unpickle(path: str, device: str, digest: str, part: Part) -> LanguageModel:

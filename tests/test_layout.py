@@ -57,6 +57,27 @@ def test_dependencies_point_one_way(package: str, forbidden: tuple[str, ...]) ->
     assert not shallow, shallow
 
 
+@pytest.mark.parametrize("package", PACKAGES)
+def test_no_module_imports_itself_round_a_cycle(package: str) -> None:
+    """Within a package the imports form no cycle, counting those made only for type
+    checking: a cycle means two modules that are one object in two files."""
+    inside = f"rnnlm.{package}."
+    graph = {inside + p.stem: {m for m in _imports(p) if m.startswith(inside)}
+             for p in (ROOT / package).glob("*.py")}  # fmt: skip
+    done: set[str] = set()
+
+    def visit(node: str, path: tuple[str, ...]) -> None:
+        assert node not in path, " -> ".join((*path[path.index(node) :], node))
+        if node in done:
+            return
+        for nxt in graph.get(node, ()):
+            visit(nxt, (*path, node))
+        done.add(node)
+
+    for node in graph:
+        visit(node, ())
+
+
 def test_the_installed_distribution_is_rnnlm_alone(tmp_path: Path) -> None:
     # A copy of the tracked tree (links kept as links), built as `pip install .` builds it.
     src = tmp_path / "src"

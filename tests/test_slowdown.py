@@ -33,7 +33,7 @@ def best(fn):
 
 marks = [getattr(f, "rnnlm_slowdown", None) for f in (Batch.step, Batch.add, Engine._score)]
 engine = Engine(load_checkpoint(sys.argv[1]))
-batch = engine.new_batch()
+batch = Batch(engine)
 batch.add([engine.generation("", SampleParams(max_tokens=10**6, seed=s)) for s in range(8)])
 out = {"sitecustomize": sys.modules["sitecustomize"].__file__, "marks": marks,
        "started_clean": started_clean, "helper": "rnnlm_slowdown" in sys.modules}

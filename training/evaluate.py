@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from rnnlm.models.batch import sample
 from rnnlm.models.checkpoint import load_checkpoint
 from rnnlm.models.engine import Engine
 from rnnlm.models.errors import RnnlmError
@@ -123,7 +124,7 @@ def free_running_stats(
     reference = [engine.tokenizer.encode(line) for line in lines]
     cap = max_tokens or 2 * max(len(r) for r in reference) + 1
     params = SampleParams(max_tokens=cap, temperature=1.0, seed=seed, logprobs=True)
-    samples = engine.sample("", params, n=n)
+    samples = sample(engine, "", params, n=n)
     ids = [[t.id for t in s.tokens or [] if t.id != EOS] for s in samples]
     scored = sum(s.num_tokens for s in samples)
     return {

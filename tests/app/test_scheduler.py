@@ -11,6 +11,7 @@ import pytest
 from rnnlm.app.errors import Overloaded
 from rnnlm.app.metrics import Metrics
 from rnnlm.app.scheduler import Delta, Finished, ModelWorker, SampleJob
+from rnnlm.models.batch import sample
 from rnnlm.models.checkpoint import load_checkpoint
 from rnnlm.models.engine import Engine
 from rnnlm.models.results import SampleResult
@@ -87,7 +88,7 @@ def test_concurrent_requests_give_exactly_what_they_give_alone(engine: Engine) -
     _same(alone, together)
     _same(alone, shared)
     # ... and what the engine gives with no scheduler at all.
-    _same([engine.sample(pr, p, n=2) for pr, p in REQUESTS], alone)
+    _same([sample(engine, pr, p, n=2) for pr, p in REQUESTS], alone)
     # The held run really shared decoding steps.
     reg = held.metrics.registry
     steps = reg.get_sample_value("rnnlm_batch_size_count", {"model": "m"})
@@ -121,7 +122,7 @@ def test_streamed_deltas_add_up_to_the_text(engine: Engine) -> None:
     finally:
         worker.stop()
     assert texts == [r.text for r in results]
-    direct = engine.sample("th", SampleParams(max_tokens=60, seed=11, stop=["e ", "at"]), n=3)
+    direct = sample(engine, "th", SampleParams(max_tokens=60, seed=11, stop=["e ", "at"]), n=3)
     _same([results], [direct])
 
 
@@ -149,7 +150,7 @@ def test_stream_interval_coalesces_text_not_changes_it(
         deltas = asyncio.run(_streamed(worker, engine, p))
     finally:
         worker.stop()
-    text = engine.sample("", p)[0].text
+    text = sample(engine, "", p)[0].text
     assert "".join(d.text for d in deltas) == text
     if interval:
         assert len(deltas) == 2 and len(deltas[0].text) == 1

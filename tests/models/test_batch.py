@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from rnnlm.models.batch import _UNIFORM_BLOCK
+from rnnlm.models.batch import _UNIFORM_BLOCK, Batch, sample
 from rnnlm.models.checkpoint import load_checkpoint
 from rnnlm.models.engine import Engine
 from rnnlm.models.sampling import SampleParams
@@ -28,7 +28,7 @@ def _after_start(engine: Engine) -> torch.Tensor:
 
 def test_rows_without_a_prompt_start_from_the_start_token(engine: Engine) -> None:
     assert engine.start is None  # worked out when first needed
-    batch = engine.new_batch()
+    batch = Batch(engine)
     batch.add([engine.generation("", SampleParams(seed=s)) for s in range(3)])
     assert engine.start is not None
     assert batch.next_logprobs is not None and batch.state is not None
@@ -38,11 +38,11 @@ def test_rows_without_a_prompt_start_from_the_start_token(engine: Engine) -> Non
 
 
 def test_the_start_point_is_copied_never_changed(engine: Engine) -> None:
-    first = engine.sample("", SampleParams(max_tokens=30, seed=5))[0]
+    first = sample(engine, "", SampleParams(max_tokens=30, seed=5))[0]
     assert engine.start is not None
     saved = [t.clone() for t in (*engine.start[0], engine.start[1])]
     # Rows that start from it, step, leave and join again, alone and beside prompts.
-    batch = engine.new_batch()
+    batch = Batch(engine)
     batch.add([engine.generation("", SampleParams(max_tokens=n, seed=n)) for n in range(1, 6)])
     batch.add([engine.generation("the", SampleParams(max_tokens=4, seed=9))])
     for step in range(40):
@@ -52,14 +52,14 @@ def test_the_start_point_is_copied_never_changed(engine: Engine) -> None:
     assert not len(batch)
     for a, b in zip(saved, (*engine.start[0], engine.start[1]), strict=True):
         assert torch.equal(a, b)
-    again = engine.sample("", SampleParams(max_tokens=30, seed=5))[0]
+    again = sample(engine, "", SampleParams(max_tokens=30, seed=5))[0]
     assert again.text == first.text and again.logprob == first.logprob
 
 
 def test_a_model_with_an_ngram_starts_from_the_mixture(tmp_path: Path) -> None:
     make_checkpoint(tmp_path / "m", "char", "lstm", ngram_order=3, mix_weight=0.5)
     engine = Engine(load_checkpoint(tmp_path / "m"))
-    batch = engine.new_batch()
+    batch = Batch(engine)
     batch.add([engine.generation("", SampleParams(seed=0))])
     assert batch.next_logprobs is not None and batch.contexts is not None
     # The first token's distribution is the mixture (not the RNN's alone) and sums to 1.
@@ -72,7 +72,7 @@ def test_a_model_with_an_ngram_starts_from_the_mixture(tmp_path: Path) -> None:
 def test_each_row_draws_its_own_generators_numbers_in_order(engine: Engine) -> None:
     """Rows join and leave at different steps; each still takes the uniforms of its own
     generator one per step, across the block refills, as one draw per step would."""
-    batch = engine.new_batch()
+    batch = Batch(engine)
     gens = [engine.generation("", SampleParams(max_tokens=10**6, seed=s)) for s in range(5)]
     batch.add(gens[:2])
     taken: dict[int, list[float]] = {g.seed: [] for g in gens}

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from rnnlm.models.batch import sample
 from rnnlm.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from rnnlm.models.engine import Engine
 from rnnlm.models.errors import CheckpointError
@@ -129,7 +130,7 @@ def test_score_results_gain_backward_and_average_logprobs(tmp_path: Path) -> Non
 
 def test_sampling_uses_the_forward_model(tmp_path: Path) -> None:
     engine = Engine(load_checkpoint(make_checkpoint(tmp_path / "bi", bidirectional=True)))
-    samples = engine.sample("the ", SampleParams(max_tokens=25, seed=3), n=4)
+    samples = sample(engine, "the ", SampleParams(max_tokens=25, seed=3), n=4)
     prompt = engine.score_batch(["the "], eos=False)[0].logprob
     for s in samples:
         scored = engine.score_batch(["the " + s.text], eos=s.finish_reason == "eos")[0]

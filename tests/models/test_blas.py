@@ -57,7 +57,6 @@ def test_a_shape_is_timed_once(monkeypatch: pytest.MonkeyPatch) -> None:
     b = Product(*_weights(16, 48, True))  # the same shape: decided already
     assert calls == [1, 32]
     assert (a.numpy_few, a.numpy_many) == (b.numpy_few, b.numpy_many) == (True, False)
-    assert a.describe() == "numpy for <= 4 rows, torch above"
     Product(*_weights(16, 48, False))  # the bias is not multiplied: the same shape
     Product(*_weights(48, 16, True))  # another shape: timed
     assert calls == [1, 32, 1, 32]

@@ -1,9 +1,11 @@
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
+from rnnlm.models.batch import Batch, sample
 from rnnlm.models.checkpoint import load_checkpoint
 from rnnlm.models.engine import Engine
 from rnnlm.models.sampling import SampleParams
@@ -144,7 +146,7 @@ def test_top_alternatives(engine: Engine):
 @pytest.mark.parametrize("temperature", [1.0, 0.7, 0.0])
 def test_sample_logprob_equals_the_score_of_its_text(engine: Engine, temperature: float):
     params = SampleParams(max_tokens=30, temperature=temperature, seed=7)
-    for s in engine.sample("", params, n=6):
+    for s in sample(engine, "", params, n=6):
         r = engine.score_batch([s.text], eos=s.finish_reason == "eos")[0]
         assert s.logprob == pytest.approx(r.logprob, abs=1e-3)
         assert s.num_tokens == r.num_tokens
@@ -152,12 +154,12 @@ def test_sample_logprob_equals_the_score_of_its_text(engine: Engine, temperature
 
 def test_same_seed_same_samples_alone_or_in_a_batch(engine: Engine):
     params = SampleParams(max_tokens=25, seed=11, top_k=5, top_p=0.9)
-    together = engine.sample("the", params, n=5)  # seeds 11..15, batched
+    together = sample(engine, "the", params, n=5)  # seeds 11..15, batched
     for i, s in enumerate(together):
-        alone = engine.sample("the", SampleParams(max_tokens=25, seed=11 + i, top_k=5, top_p=0.9))
+        alone = sample(engine, "the", SampleParams(max_tokens=25, seed=11 + i, top_k=5, top_p=0.9))
         assert alone[0].text == s.text
         assert alone[0].logprob == pytest.approx(s.logprob, abs=1e-4)
-    other = engine.sample("the", SampleParams(max_tokens=25, seed=99, top_k=5, top_p=0.9))
+    other = sample(engine, "the", SampleParams(max_tokens=25, seed=99, top_k=5, top_p=0.9))
     assert [s.seed for s in together] == [11, 12, 13, 14, 15]
     assert other[0].seed == 99
 
@@ -173,7 +175,7 @@ def test_the_torch_decoding_path_samples_what_the_host_path_does(name: str, mode
     plain = SampleParams(max_tokens=40, seed=5)
     knobs = SampleParams(max_tokens=40, seed=9, temperature=0.8, top_k=6, top_p=0.9)
     for params in (plain, knobs):
-        a, b = host.sample("the", params, n=5), torch_ops.sample("the", params, n=5)
+        a, b = sample(host, "the", params, n=5), sample(torch_ops, "the", params, n=5)
         assert [x.text for x in a] == [x.text for x in b]
         for x, y in zip(a, b, strict=True):
             assert x.logprob == pytest.approx(y.logprob, abs=1e-4)
@@ -181,16 +183,16 @@ def test_the_torch_decoding_path_samples_what_the_host_path_does(name: str, mode
 
 def test_seeds_wrap_around_at_two_to_the_63(engine: Engine):
     last = 2**63 - 1
-    wrapped = engine.sample("the", SampleParams(max_tokens=10, seed=last), n=3)
+    wrapped = sample(engine, "the", SampleParams(max_tokens=10, seed=last), n=3)
     assert [s.seed for s in wrapped] == [last, 0, 1]
-    first = engine.sample("the", SampleParams(max_tokens=10, seed=0))[0]
+    first = sample(engine, "the", SampleParams(max_tokens=10, seed=0))[0]
     assert wrapped[1].text == first.text
 
 
 def test_joining_a_running_batch_changes_nothing(engine: Engine):
     params = SampleParams(max_tokens=20, seed=3)
-    solo = engine.sample("", params)[0]
-    batch = engine.new_batch()
+    solo = sample(engine, "", params)[0]
+    batch = Batch(engine)
     first = engine.generation("", params)
     batch.add([first])
     batch.step()
@@ -202,13 +204,13 @@ def test_joining_a_running_batch_changes_nothing(engine: Engine):
 
 
 def test_greedy_and_top_k_1_agree(engine: Engine):
-    g = engine.sample("the", SampleParams(max_tokens=15, temperature=0.0), n=2)
-    k = engine.sample("the", SampleParams(max_tokens=15, top_k=1, seed=5))
+    g = sample(engine, "the", SampleParams(max_tokens=15, temperature=0.0), n=2)
+    k = sample(engine, "the", SampleParams(max_tokens=15, top_k=1, seed=5))
     assert g[0].text == g[1].text == k[0].text
 
 
 def test_stop_strings_cut_the_text(engine: Engine):
-    for s in engine.sample("", SampleParams(max_tokens=60, seed=1, stop=["e", "t"]), n=8):
+    for s in sample(engine, "", SampleParams(max_tokens=60, seed=1, stop=["e", "t"]), n=8):
         assert "e" not in s.text and "t" not in s.text
         # A char model's stop strings start on a token boundary, so the kept text is
         # exactly its kept tokens. (A word model may stop inside a word: its logprob
@@ -219,10 +221,10 @@ def test_stop_strings_cut_the_text(engine: Engine):
 
 
 def test_length_limit_and_zero_tokens(engine: Engine):
-    for s in engine.sample("", SampleParams(max_tokens=3, seed=2), n=4):
+    for s in sample(engine, "", SampleParams(max_tokens=3, seed=2), n=4):
         assert s.num_tokens <= 3
         assert s.finish_reason in ("eos", "length")
-    s = engine.sample("the", SampleParams(max_tokens=0))[0]
+    s = sample(engine, "the", SampleParams(max_tokens=0))[0]
     assert (s.text, s.num_tokens, s.finish_reason, s.logprob) == ("", 0, "length", 0.0)
 
 
@@ -235,3 +237,42 @@ def test_stream_mode_models_condition_on_eos(tmp_path: Path):
         lp, _ = engine.model(torch.tensor([ids[:-1]]))
     expected = sum(lp[0, i, ids[i + 1]].item() for i in range(len(ids) - 1))
     assert engine.score_batch(["the"])[0].logprob == pytest.approx(expected, abs=1e-4)
+
+
+@pytest.mark.parametrize("rows", [3, 20])  # 20: windows through the host step's `run`
+def test_prefill_leaves_each_row_where_its_own_tokens_end(
+    engine: Engine, rows: int, monkeypatch: pytest.MonkeyPatch
+):
+    """Prompts of many lengths at once: each row's state and features are those of its
+    own ids stepped one at a time from a zero state, whatever its neighbours' lengths."""
+    if engine.host_step is not None:  # every window of 16 rows or more through `run`
+        monkeypatch.setattr(type(engine.host_step), "scores", property(lambda s: True))
+    ids = engine.tokenizer.encode("the cat sat on the mat and the dog " * 3)
+    inputs = [[engine.start_id] + ids[: (7 * r) % 40] for r in range(rows)]
+    inputs[0] = [engine.start_id]  # the start token alone
+    with torch.inference_mode():
+        state, feats = engine.prefill(inputs)
+        assert [s.shape[1] for s in state] == [rows] * len(state)
+        assert feats.shape[0] == rows
+        for r, x in enumerate(inputs):
+            one = engine.model.init_state(1, engine.device)
+            for t in x:
+                f, one = engine.step(np.array([t], dtype=np.int64), one)
+            torch.testing.assert_close(feats[r], f[0], atol=1e-5, rtol=1e-5)
+            for a, b in zip(state, one, strict=True):
+                torch.testing.assert_close(a[:, r], b[:, 0], atol=1e-5, rtol=1e-5)
+
+
+def test_the_torch_step_is_the_host_step(models_dir: Path):
+    """`Engine.step` off the host (torch's fused module on one token, as on a GPU) and
+    on it (models/host_step.py) advance the same state to the same features."""
+    host = Engine(load_checkpoint(models_dir / "char"))
+    torch_ops = Engine(load_checkpoint(models_dir / "char"), host=False)
+    ids = np.array([5, 9, 13], dtype=np.int64)
+    with torch.inference_mode():
+        a_state = b_state = host.model.init_state(3)
+        for _ in range(4):
+            a, a_state = host.step(ids, a_state)
+            b, b_state = torch_ops.step(ids, b_state)
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+            ids = (ids + 7) % host.model.config.vocab_size

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from rnnlm.models.batch import Batch, sample
 from rnnlm.models.checkpoint import Checkpoint, load_checkpoint
 from rnnlm.models.engine import Engine
 from rnnlm.models.sampling import SampleParams
@@ -74,7 +75,7 @@ def test_without_bos_the_first_token_is_context_only(engine: Engine) -> None:
 
 
 def test_the_next_token_distribution_is_a_distribution(engine: Engine) -> None:
-    batch = engine.new_batch()
+    batch = Batch(engine)
     gens = [engine.generation(p, SampleParams(max_tokens=5, seed=1)) for p in ("", "the c", "a")]
     batch.add(gens)
     for _ in range(3):
@@ -86,12 +87,12 @@ def test_the_next_token_distribution_is_a_distribution(engine: Engine) -> None:
 
 def test_a_sample_scores_back_to_its_logprob_and_reproduces_in_any_batch(engine: Engine) -> None:
     params = SampleParams(max_tokens=40, seed=11, temperature=0.9, top_k=20)
-    alone = engine.sample("the ", params, n=3)
+    alone = sample(engine, "the ", params, n=3)
     p1 = SampleParams(max_tokens=40, seed=11, temperature=0.9, top_k=20)
-    crowd = engine.sample("the ", p1, n=3)  # the same three, side by side
+    crowd = sample(engine, "the ", p1, n=3)  # the same three, side by side
     assert [s.text for s in alone] == [s.text for s in crowd]
     for i, s in enumerate(alone):
-        solo = engine.sample("the ", SampleParams(**{**params.__dict__, "seed": 11 + i}), n=1)[0]
+        solo = sample(engine, "the ", SampleParams(**{**params.__dict__, "seed": 11 + i}), n=1)[0]
         assert solo.text == s.text and solo.logprob == pytest.approx(s.logprob, abs=1e-4)
         # A sample's logprob is under the model's own distribution: the mixture.
         prompt = engine.score_batch(["the "], eos=False)[0].logprob
@@ -100,7 +101,7 @@ def test_a_sample_scores_back_to_its_logprob_and_reproduces_in_any_batch(engine:
 
 
 def test_greedy_follows_the_mixture(engine: Engine) -> None:
-    s = engine.sample("", SampleParams(max_tokens=8, temperature=0, logprobs=True), n=1)[0]
+    s = sample(engine, "", SampleParams(max_tokens=8, temperature=0, logprobs=True), n=1)[0]
     assert s.tokens is not None and s.num_tokens >= 1
     # Each greedy token is the argmax of the mixture at its position.
     ids = [t.id for t in s.tokens]
@@ -127,7 +128,7 @@ def test_lambda_one_is_the_rnn_alone(tmp_path: Path) -> None:
     for a, b in zip(mixed.score_batch(TEXTS), plain.score_batch(TEXTS), strict=True):
         assert a.logprob == pytest.approx(b.logprob, abs=1e-5)
     p = SampleParams(max_tokens=30, seed=5)
-    assert [s.text for s in mixed.sample("", p, 2)] == [s.text for s in plain.sample("", p, 2)]
+    assert [s.text for s in sample(mixed, "", p, 2)] == [s.text for s in sample(plain, "", p, 2)]
 
 
 def test_a_stream_mode_model_mixes_after_eos(tmp_path: Path) -> None:
@@ -135,7 +136,7 @@ def test_a_stream_mode_model_mixes_after_eos(tmp_path: Path) -> None:
     engine = Engine(ck)
     r = engine.score_batch(["the cat"])[0]
     assert r.rnn_logprob is not None and r.ngram_logprob is not None
-    s = engine.sample("", SampleParams(max_tokens=20, seed=2), n=1)[0]
+    s = sample(engine, "", SampleParams(max_tokens=20, seed=2), n=1)[0]
     scored = engine.score_batch([s.text], eos=s.finish_reason == "eos")[0]
     assert s.logprob == pytest.approx(scored.logprob, abs=1e-3)
 
@@ -144,12 +145,12 @@ def test_the_sampling_layout_is_built_for_sampling_only(tmp_path: Path) -> None:
     path = make_checkpoint(tmp_path / "m", "char", ngram_order=4, mix_weight=0.5)
     scorer = Engine(load_checkpoint(path))
     scorer.score_batch(TEXTS)
-    assert "next_tokens" not in vars(scorer.ngram)  # scoring never builds it
-    first = scorer.sample("the", SampleParams(max_tokens=12, seed=3))[0]  # built on first use
+    assert scorer.ngram is not None and scorer.ngram.layout is None  # scoring never builds it
+    first = sample(scorer, "the", SampleParams(max_tokens=12, seed=3))[0]  # built on first use
     server = Engine(load_checkpoint(path))
     server.prepare_sampling()
-    assert server.ngram is not None and "next_tokens" in vars(server.ngram)
-    again = server.sample("the", SampleParams(max_tokens=12, seed=3))[0]
+    assert server.ngram is not None and server.ngram.layout is not None
+    again = sample(server, "the", SampleParams(max_tokens=12, seed=3))[0]
     assert again.text == first.text and again.logprob == first.logprob
     plain = Engine(load_checkpoint(make_checkpoint(tmp_path / "p", "char")))
     plain.prepare_sampling()  # nothing to build

@@ -1,5 +1,5 @@
-"""The CPU's decoding step (products by torch's or numpy's BLAS, gates in numpy) against the
-fused layer."""
+"""The CPU's step and window pass (products by torch's or numpy's BLAS, gates in numpy)
+against torch's fused layer."""
 
 import warnings
 
@@ -50,7 +50,7 @@ def test_a_host_step_is_the_layer_on_one_token(
         for t in range(4, 7):
             want, want_state = m.features(ids[:, t : t + 1], state)
             before = [s.clone() for s in state]
-            got, got_state = step(ids[:, t].numpy().copy(), state)
+            got, got_state = step.step(ids[:, t].numpy().copy(), state)
             assert got.shape == want[:, 0].shape and got.dtype == torch.float32
             torch.testing.assert_close(got, want[:, 0], atol=1e-5, rtol=1e-5)
             assert len(got_state) == len(want_state)
@@ -68,9 +68,9 @@ def test_a_row_steps_the_same_alone_as_beside_others() -> None:
     ids = np.array([5, 9, 13, 21], dtype=np.int64)
     state = tuple(torch.randn(2, 4, 12) * 0.5 for _ in range(2))
     with torch.inference_mode():
-        together, _ = step(ids, state)
+        together, _ = step.step(ids, state)
         for r in range(4):
-            alone, _ = step(ids[r : r + 1], tuple(s[:, r : r + 1].contiguous() for s in state))
+            alone, _ = step.step(ids[r : r + 1], tuple(s[:, r : r + 1].contiguous() for s in state))
             torch.testing.assert_close(alone[0], together[r], atol=1e-6, rtol=1e-6)
 
 
@@ -117,7 +117,7 @@ def test_a_saturated_gate_is_exact_and_quiet() -> None:
     state = (torch.zeros(1, 2, 12), torch.ones(1, 2, 12))
     with warnings.catch_warnings(), torch.inference_mode():
         warnings.simplefilter("error")  # numpy's overflow warning would raise here
-        feats, (h, c) = step(np.array([3, 4]), state)
+        feats, (h, c) = step.step(np.array([3, 4]), state)
     assert torch.isfinite(feats).all() and torch.isfinite(c).all()
     # Row 0: every gate shut: i = f = o = 0 -> c 0, h 0. Row 1: all open: c = 1 + tanh(big).
     assert torch.equal(c[0, 0], torch.zeros(12)) and torch.equal(h[0, 0], torch.zeros(12))
@@ -128,13 +128,17 @@ def test_a_saturated_gate_is_exact_and_quiet() -> None:
 @pytest.mark.parametrize("layers", [1, 3])
 @pytest.mark.parametrize("tied", [True, False])
 @pytest.mark.parametrize("blas", ["torch", "numpy"])
+@pytest.mark.parametrize("table", [True, False])
 def test_a_window_run_is_the_stack_over_it(
-    cell: str, layers: int, tied: bool, blas: Choice
+    cell: str, layers: int, tied: bool, blas: Choice, table: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Scoring's `run`: a window of steps from a given state, as the fused stack runs it."""
+    """Scoring's and prefill's `run`: a window of steps from a given state, as the fused
+    stack runs it, with the first layer's input from the table or one product."""
+    if not table:
+        monkeypatch.setattr(host_step, "_TABLE_MAX_BYTES", 0)
     m = _model(cell, layers, tied)
     step = HostStep.of(m, blas)
-    assert step is not None and step.table is not None
+    assert step is not None and (step.table is not None) == table
     ids = torch.randint(4, 30, (5, 11))
     with torch.inference_mode():
         _, state = m.features(ids[:, :3])
@@ -168,15 +172,6 @@ def test_only_a_table_that_replaces_a_large_input_product_scores() -> None:
     wide = RNNLM(ModelConfig(vocab_size=30, cell="lstm", embedding=12, hidden=12)).eval()
     narrow = RNNLM(ModelConfig(vocab_size=30, cell="lstm", embedding=8, hidden=12)).eval()
     assert HostStep(wide).scores and not HostStep(narrow).scores
-    with pytest.raises(AssertionError, match="table"):
-        no_table = HostStep(wide)
-        no_table.table = None
-        no_table.run(np.zeros((1, 2), np.int64), wide.init_state(1))
-
-
-def test_the_products_are_named_by_place() -> None:
-    step = HostStep.of(_model("lstm", 2, True), "torch")
-    assert step is not None
-    names = ["layer0.ih", "layer0.hh", "layer1.ih", "layer1.hh", "proj", "output"]
-    assert list(step.products()) == names  # tied, hidden 12 -> embedding 8: a projection
-    assert step.products()["layer1.hh"] is step.layers[1].hh
+    no_table = HostStep(wide)
+    no_table.table = None  # as for a vocabulary too large for one
+    assert not no_table.scores

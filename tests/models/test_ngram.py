@@ -12,7 +12,7 @@ from safetensors.numpy import load_file, save_file
 
 from rnnlm.models.checkpoint import CONFIG, load_checkpoint
 from rnnlm.models.errors import CheckpointError
-from rnnlm.models.ngram import NGRAM_FILE, NgramModel, mix_logprobs
+from rnnlm.models.ngram import NGRAM_FILE, NgramModel, mix_, mix_logprobs
 from tests.conftest import make_checkpoint
 
 
@@ -152,3 +152,30 @@ def test_mixing_is_a_mixture_of_probabilities() -> None:
     assert mix_logprobs(np.array([-math.inf]), np.array([-2.0]), 0.5)[0] == pytest.approx(
         -2.0 + math.log(0.5)
     )
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_one_mixture_takes_log_probs_or_logits_in_place(dtype: type) -> None:
+    """`mix_`: from the RNN's log-probs or its logits (the softmax folded in), one λ per
+    row; every mixed row sums to 1, in the array given."""
+    rng = np.random.default_rng(2)
+    logits = (rng.standard_normal((6, 40)) * 3).astype(dtype)
+    p_rnn = np.exp(logits - logits.max(1, keepdims=True))
+    p_rnn /= p_rnn.sum(1, keepdims=True)
+    q = rng.dirichlet(np.ones(40), size=6).astype(dtype)
+    lam = rng.uniform(0, 1, size=6)
+    part = ((1 - lam)[:, None] * q).astype(dtype)
+    want = np.log(lam[:, None] * p_rnn + part)
+    x = logits.copy()
+    out = mix_(x, lam, part, logits=True)
+    assert out is x and out.dtype == dtype
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(out, want, rtol=tol, atol=tol)
+    y = np.log(p_rnn)
+    np.testing.assert_allclose(mix_(y, lam, part), want, rtol=tol, atol=tol)
+    np.testing.assert_allclose(np.exp(out).sum(1), 1.0, rtol=tol)
+    # Where neither model goes: ln 0 = -inf, quietly.
+    z = np.array([[-np.inf, 0.0]], dtype)
+    with np.errstate(all="raise"):
+        got = mix_(z, np.array([0.5]), np.array([[0.0, 0.5]], dtype))
+    assert got[0, 0] == -np.inf and got[0, 1] == pytest.approx(0.0)

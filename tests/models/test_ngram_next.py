@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from rnnlm.models.ngram import NgramModel
+from rnnlm.models.ngram_next import layout_of
 from rnnlm.models.tokenizers import BOS, EOS, SPECIALS
 from rnnlm.training.ngram import estimate
 
@@ -37,7 +38,7 @@ def _windows(seq: list[int], width: int) -> np.ndarray:
 @pytest.mark.parametrize("order", [1, 2, 3, 5])
 def test_advancing_by_a_token_is_walking_the_longer_history(order: int) -> None:
     model, seqs = _zipf(order)
-    nt = model.next_tokens
+    nt = layout_of(model)
     rng = np.random.default_rng(order)
     # Sentences of the corpus (long matches), and random ids (backing off to nothing).
     texts = [[BOS, *s.tolist()] for s in seqs[:40]]
@@ -63,7 +64,7 @@ def test_advancing_by_a_token_is_walking_the_longer_history(order: int) -> None:
 @pytest.mark.parametrize("order", [2, 3, 5])
 def test_the_distribution_is_every_tokens_backed_off_probability(order: int) -> None:
     model, seqs = _zipf(order)
-    nt = model.next_tokens
+    nt = layout_of(model)
     rng = np.random.default_rng(0)
     texts = [[BOS, *s.tolist()] for s in seqs[:30]]
     hist = np.concatenate([_windows(t, order - 1) for t in texts])
@@ -90,7 +91,7 @@ def test_the_distribution_is_every_tokens_backed_off_probability(order: int) -> 
 
 def test_nothing_stored_falls_back_to_the_unigram() -> None:
     model, _ = _zipf(3)
-    nt = model.next_tokens
+    nt = layout_of(model)
     none = np.full((2, 2), -1, np.int64)
     probs, factor, bucket = nt.distribution(none, np.float64)
     np.testing.assert_allclose(probs, np.exp(model.logprob[0])[None, :].repeat(2, 0), rtol=1e-6)
@@ -102,5 +103,5 @@ def test_memory_counts_the_sampling_layout_once_built() -> None:
     model, _ = _zipf(3)
     before = model.memory_bytes()
     assert before > model.nbytes()  # the index of n-grams by context
-    layout = model.next_tokens  # built on first use
+    layout = layout_of(model)  # built on first use
     assert model.memory_bytes() == before + layout.nbytes()

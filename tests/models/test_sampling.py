@@ -4,26 +4,35 @@ import numpy as np
 import pytest
 import torch
 
-from rnnlm.models.sampling import (
-    Generation,
-    SampleParams,
-    SamplingPlan,
-    choose_tokens,
-    choose_tokens_host,
-)
+from rnnlm.models.sampling import Generation, SampleParams, SamplingPlan, choose_tokens
 from rnnlm.models.tokenizers import BOS, PAD, UNK
 
 
+def _rows(temperature, top_k, top_p, min_p):
+    """Each row's (temperature, top_k, top_p, min_p): (B, 4), float32, as a batch keeps them."""
+    return torch.stack([x.float() for x in (temperature, top_k, top_p, min_p)], 1)
+
+
+def _plan(*knobs) -> SamplingPlan:
+    return SamplingPlan.of_rows(_rows(*knobs).numpy(), torch.device("cpu"))
+
+
+def _torch(lp, temperature, top_k, top_p, min_p, uniform, plan=None):
+    """`choose_tokens` on torch's tensors."""
+    return choose_tokens(lp, _rows(temperature, top_k, top_p, min_p), uniform, plan)
+
+
 def _host(lp, temperature, top_k, top_p, min_p, uniform, plan=None):
-    """`choose_tokens_host` called as `choose_tokens` is: the same tests hold for both."""
-    knobs = torch.stack([temperature, top_k.float(), top_p, min_p], 1).numpy()
-    plan = plan or SamplingPlan.of(temperature, top_k, top_p, min_p)
-    return torch.from_numpy(choose_tokens_host(lp.numpy(), knobs, uniform.numpy(), plan))
+    """`choose_tokens` on numpy's arrays: the same tests hold for both kinds."""
+    knobs = _rows(temperature, top_k, top_p, min_p).numpy()
+    out = choose_tokens(lp.numpy(), knobs, uniform.numpy(), plan)
+    assert isinstance(out, np.ndarray)
+    return torch.from_numpy(out)
 
 
 @pytest.fixture(params=["torch", "host"])
 def choose(request: pytest.FixtureRequest):
-    return choose_tokens if request.param == "torch" else _host
+    return _torch if request.param == "torch" else _host
 
 
 def _knobs(
@@ -106,7 +115,7 @@ def test_a_row_chooses_the_same_whatever_its_neighbours_ask_for(choose):
     # Neighbours that truncate, scale and decode greedily change the plan, not row 0.
     t, k, p, m = _knobs(4)
     t[1], k[2], p[3] = 0.0, 5, 0.5
-    mixed = choose(lp, t, k, p, m, u, plan=SamplingPlan.of(t, k, p, m))
+    mixed = choose(lp, t, k, p, m, u, plan=_plan(t, k, p, m))
     assert mixed[0].item() == alone[0]
 
 
@@ -123,10 +132,10 @@ def test_the_host_and_torch_choose_the_same_tokens(dtype: torch.dtype):
     m = torch.where(kinds == 5, 0.05, 0.0).to(dtype)
     t[6::7] = 1.4
     u = torch.rand(n, dtype=dtype)
-    plan = SamplingPlan.of(t, k, p, m)
-    want = choose_tokens(lp, t, k, p, m, u, plan=plan)
-    got = _host(lp, t.float(), k, p.float(), m.float(), u, plan=plan)
-    # Rounding differs (numpy's exp against torch's softmax), so a uniform within an ulp
+    plan = _plan(t, k, p, m)
+    want = _torch(lp, t, k, p, m, u, plan=plan)
+    got = _host(lp, t, k, p, m, u, plan=plan)
+    # Rounding differs (numpy's exp and sums against torch's), so a uniform within an ulp
     # of a boundary may fall either side: a handful of rows at most, never a pattern.
     assert (got != want).sum().item() <= 3
     assert got.dtype == torch.int64

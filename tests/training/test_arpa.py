@@ -10,6 +10,7 @@ import kenlm
 import numpy as np
 import pytest
 
+from rnnlm.models.ngram_next import layout_of
 from rnnlm.models.tokenizers import BOS, EOS, SPECIALS, CharTokenizer, WordTokenizer
 from rnnlm.training.arpa import (
     ArpaError,
@@ -100,9 +101,9 @@ def test_import_maps_onto_another_vocabulary_and_stays_a_distribution(tmp_path: 
     hist = rng.integers(3, tok.vocab_size, size=(200, 2))
     hist[:20, 0] = -1
     hist[:10] = [-1, BOS]
-    np.testing.assert_allclose(model.distribution(hist).sum(axis=1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(layout_of(model).probabilities(hist).sum(axis=1), 1.0, atol=1e-6)
     unk, zebra = tok.index["<unk>"], tok.index["zebra"]
-    dist = model.distribution(np.array([[-1, BOS]]))[0]
+    dist = layout_of(model).probabilities(np.array([[-1, BOS]]))[0]
     assert dist[zebra] == pytest.approx(dist[unk])  # both the file's <unk>
 
 
@@ -131,7 +132,7 @@ def test_holes_of_a_pruned_file_are_filled(tmp_path: Path) -> None:
     assert report["filled_ngrams"][1] > 0
     hist = np.array([[-1, BOS]] + [[tok.index[a], tok.index[b]] for a, b, *_ in
                                     (ln for ln in lines if len(ln) >= 2)][:100])  # fmt: skip
-    np.testing.assert_allclose(model.distribution(hist).sum(axis=1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(layout_of(model).probabilities(hist).sum(axis=1), 1.0, atol=1e-6)
 
 
 # ------------------------------------------------------------ hostile files

@@ -10,6 +10,7 @@ import pytest
 
 from rnnlm.models.errors import RnnlmError
 from rnnlm.models.ngram import KID_BINS, NgramModel
+from rnnlm.models.ngram_next import layout_of
 from rnnlm.models.tokenizers import BOS, EOS, SPECIALS
 from rnnlm.training.ngram import FALLBACK, discounts, estimate
 
@@ -124,12 +125,14 @@ def test_distributions_sum_to_one_and_agree_with_single_queries() -> None:
     hists = [s[max(0, p - 3) : p] for s in seen for p in range(1, len(s))]
     hists += [rng.integers(1, len(vocab), size=rng.integers(0, 4)) for _ in range(200)]
     h = np.array([[-1] * (3 - len(x)) + list(x) for x in hists], dtype=np.int64)
-    dist = model.distribution(h)
+    dist = layout_of(model).probabilities(h)
     assert dist.shape == (len(h), len(vocab))
     np.testing.assert_allclose(dist.sum(axis=1), 1.0, atol=1e-6)
     assert (dist[:, [0, BOS]] == 0).all()
     for i in range(0, len(h), 7):  # one history at a time: the single-stream path
-        np.testing.assert_allclose(model.distribution(h[i : i + 1])[0], dist[i], rtol=1e-12)
+        np.testing.assert_allclose(
+            layout_of(model).probabilities(h[i : i + 1])[0], dist[i], rtol=1e-12
+        )
     targets = rng.integers(1, len(vocab), size=len(h))
     targets[targets == BOS] = EOS
     np.testing.assert_allclose(
@@ -165,13 +168,13 @@ def test_scoring_and_sampling_put_a_history_in_the_same_bucket() -> None:
     h = np.array([[-1] * (3 - len(x)) + list(x) for x in hists], dtype=np.int64)
     _, by_lookup = model.logprob_and_bucket(h, rng.integers(3, len(vocab), size=len(h)))
     weights = rng.uniform(0.05, 0.95, model.buckets())
-    part, by_walk = model.mixture_part(h, weights)
+    part, by_walk = layout_of(model).mixture_part(h, weights)
     assert by_walk.tolist() == by_lookup.tolist()
     assert len(set(by_walk.tolist())) > 5  # the histories span many buckets
     # Each row is (1 - λ of its bucket) of a distribution, on the batched and one-row paths.
     np.testing.assert_allclose(part.sum(axis=1), 1 - weights[by_walk], atol=1e-9)
     for i in range(0, len(h), 11):
-        one, b = model.mixture_part(h[i : i + 1], weights)
+        one, b = layout_of(model).mixture_part(h[i : i + 1], weights)
         assert b[0] == by_walk[i]
         np.testing.assert_allclose(one[0], part[i], rtol=1e-12)
 
@@ -180,7 +183,7 @@ def test_stream_mode_starts_after_eos_and_short_corpora_leave_orders_empty() -> 
     model, info = estimate(*_corpus([["a"], ["b", "a"]], VOCAB), 5, len(VOCAB), start_id=EOS)
     assert model.start_id == EOS and info.counts[3:] == [1, 0]  # the longest: </s> b a </s>
     h = np.array([[-1, -1, EOS, B]])
-    dist = model.distribution(h)
+    dist = layout_of(model).probabilities(h)
     assert dist.sum() == pytest.approx(1.0)
     assert dist[0, EOS] > 0  # </s> is predicted, and also the start
     assert dist[0, BOS] == 0

@@ -13,6 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from rnnlm.models.batch import sample
 from rnnlm.models.cells import RecurrentStack
 from rnnlm.models.checkpoint import load_checkpoint
 from rnnlm.models.engine import Engine
@@ -258,7 +259,7 @@ def test_reference_cells_train_then_score_and_sample(tmp_path: Path, corpus: Pat
     assert best.config["model"]["cell"] == cell
     assert isinstance(best.model.rnn, RecurrentStack) and best.model.rnn.cell == cell
     engine = Engine(best, max_batch=4)
-    for s in engine.sample("The ", SampleParams(max_tokens=30, seed=5), n=3):
+    for s in sample(engine, "The ", SampleParams(max_tokens=30, seed=5), n=3):
         scored = engine.score_batch(["The " + s.text], eos=s.finish_reason == "eos")[0]
         prompt = engine.score_batch(["The "], eos=False)[0]
         assert s.logprob == pytest.approx(scored.logprob - prompt.logprob, abs=1e-3)
