@@ -49,6 +49,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from rnnlm.models.cells import RecurrentStack
 from rnnlm.models.errors import CheckpointError
@@ -170,11 +171,18 @@ class RNNLM(nn.Module):
         return (zeros, zeros.clone()) if c.cell in ("lstm", "lstm-peephole") else (zeros,)
 
     def features(
-        self, ids: Tensor, state: State | None = None, backward: bool = False
+        self,
+        ids: Tensor,
+        state: State | None = None,
+        backward: bool = False,
+        lengths: Tensor | None = None,
     ) -> tuple[Tensor, State]:
         """Run a recurrent stack: ids (B, T) -> features (B, T, out_features), new state.
 
         `backward`: the backward stack, on ids already reversed (`<bos> tn … t1`).
+        `lengths` (B,), on the CPU: each row's own length in right-padded `ids`; the rows
+        are then packed for the recurrent layers, so the state returned is each row's
+        after its own last token (the features past a row's end are zeros).
         """
         rnn, proj = self.rnn, self.proj
         if backward:
@@ -185,6 +193,9 @@ class RNNLM(nn.Module):
         if state is None:
             state = self.init_state(ids.shape[0], ids.device)
         hx = (state[0], state[1]) if len(state) == 2 else state[0]  # (h, c) or h
+        inp: Tensor | PackedSequence = x
+        if lengths is not None:
+            inp = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
         if self.training and self.config.weight_drop > 0:
             # A fresh DropConnect mask per forward pass, swapped in for the stored
             # weights only for this call, so the fused kernel still runs.
@@ -193,9 +204,11 @@ class RNNLM(nn.Module):
                 name: F.dropout(params[name], self.config.weight_drop)
                 for name in self.recurrent_weight_names()
             }
-            out, hn = torch.func.functional_call(rnn, dropped, (x, hx))  # out (B, T, H)
+            out, hn = torch.func.functional_call(rnn, dropped, (inp, hx))  # out (B, T, H)
         else:
-            out, hn = rnn(x, hx)
+            out, hn = rnn(inp, hx)
+        if isinstance(out, PackedSequence):
+            out, _ = pad_packed_sequence(out, batch_first=True, total_length=ids.shape[1])
         new_state: State = tuple(hn) if len(state) == 2 else (hn,)
         out = self.locked_dropout(out)
         if proj is not None:
