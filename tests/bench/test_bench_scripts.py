@@ -360,6 +360,64 @@ def test_maxent_trains_both_arms_and_mixes_them(tmp_path: Path, text_file: Path)
     assert rows["0"]["test_ppl_ngram"] == rows["3"]["test_ppl_ngram"]  # the same n-gram
 
 
+mixers = _load("mixers")
+
+
+def test_a_mixer_that_reads_the_token_fails_the_sum_check() -> None:
+    """The check behind every mixer's `max_sum_error`: Σ_v P(v) over the vocabulary, each
+    P(v) computed as if v were the token predicted."""
+    torch.manual_seed(0)
+    n, vocab = 6, 7
+    rnn = torch.log_softmax(torch.randn(n, vocab, dtype=torch.float64), 1)
+    ngram = torch.log_softmax(torch.randn(n, vocab, dtype=torch.float64), 1)
+    zeros = torch.zeros(n, dtype=torch.long)
+    p = mixers.Positions(rnn, ngram, zeros, zeros)
+    phi = mixers.features(p, 3)
+    honest = mixers.LogLinear(phi.shape[1], 3, gated=True).double()
+    assert mixers.check_sums(lambda t: honest.token_logprob(p, phi, t), vocab, n) < 1e-12
+
+    def peeking(targets: torch.Tensor) -> torch.Tensor:  # λ 0.9 where the RNN likes the token
+        lam = torch.where(rnn.gather(1, targets[:, None])[:, 0] > -1.5, 0.9, 0.1)[:, None]
+        mixed = torch.logaddexp(rnn + lam.log(), ngram + (-lam).log1p())
+        return mixed.gather(1, targets[:, None])[:, 0]
+
+    assert mixers.check_sums(peeking, vocab, n) > 1e-3
+
+
+def test_mixers_fit_on_valid_and_score_test(
+    tmp_path: Path, text_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from rnnlm.cli import main
+
+    lines = text_file.read_text().splitlines()
+    for name, part in (("valid", lines[:40]), ("test", lines[40:80])):
+        (tmp_path / f"{name}.txt").write_text("\n".join(part) + "\n")
+    assert main(["corpus", str(text_file), "--valid", str(tmp_path / "valid.txt"), "--test",
+                 str(tmp_path / "test.txt"), "--out", str(tmp_path / "c")]) == 0  # fmt: skip
+    assert main(["train", "--corpus", str(tmp_path / "c"), "--out", str(tmp_path / "r"),
+                 "--max-steps", "3", "--hidden", "16", "--embedding", "8", "--ngram-order",
+                 "4", "--no-progress"]) == 0  # fmt: skip
+    rows = {r["mixer"]: r for r in _script(str(BENCH / "mixers.py"), str(tmp_path / "r" / "best"),
+                                           str(tmp_path / "c"), "--steps", "20")}  # fmt: skip
+    assert set(rows) == {"rnn", "ngram", "linear-buckets", "linear-gated", "loglinear-buckets",
+                         "loglinear-gated"}  # fmt: skip
+    for r in rows.values():
+        assert r["max_sum_error"] < 1e-6 and r["test_tokens"] > 100
+    assert rows["ngram"]["test_bits_vs_ngram"] == 1.0
+    # The served mixture scores as `rnnlm eval` does: between its two parts, or better.
+    served = rows["linear-buckets"]["test_bits"]
+    assert served <= max(rows["rnn"]["test_bits"], rows["ngram"]["test_bits"]) + 1e-6
+    # ... and is the model as `rnnlm eval` scores the same test text.
+    capsys.readouterr()
+    assert main(["eval", "--model", str(tmp_path / "r" / "best"), "--input",
+                 str(tmp_path / "test.txt")]) == 0  # fmt: skip
+    ev = json.loads(capsys.readouterr().out)
+    assert ev["tokens"] == rows["linear-buckets"]["test_tokens"]
+    assert served == pytest.approx(ev["bits_per_token"], abs=1e-4)
+
+
 def test_beam_speed_measures_states_against_the_bound(tmp_path: Path) -> None:
     from tests.conftest import make_checkpoint
 
