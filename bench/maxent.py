@@ -14,7 +14,7 @@ weights, T the targets that have features (`--direct-targets`: the T most
 frequent ids, which the vocabulary's order puts first; all by default).
 
 The loop is the trainer's in miniature, the same for both arms: the word
-defaults' model (2x256 tied LSTM, dropout 0.2, weight drop 0.3), sentence
+defaults' model (2x256 tied LSTM, dropout 0.2, no weight drop), sentence
 batches of 20, BPTT 35, SGD at lr 20 with cosine decay over the time budget,
 clip 0.25, 100 warm-up steps; `--direct-order 0` is the arm without. It
 evaluates once at the end, on the whole validation and test splits, from <bos>

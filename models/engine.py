@@ -504,9 +504,9 @@ class Engine:
         ngram, table, host = self.ngram, self.mix_table, self.host_step
         mixing = not (ngram is None or contexts is None or table is None or self.rnn_only)
         if host is not None and host.output is not None:
-            logits = host.output(np.ascontiguousarray(feats.numpy()))  # (B, V), new
             if not mixing:
-                return torch.log_softmax(torch.from_numpy(logits), dim=-1)
+                return host.log_probs(feats)
+            logits = host.output(np.ascontiguousarray(feats.numpy()))  # (B, V), new
             assert ngram is not None and table is not None and contexts is not None
             part, bucket = layout_of(ngram).mixture_part_at(
                 contexts, table, logits.dtype

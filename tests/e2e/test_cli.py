@@ -77,7 +77,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, text_file: Path) -> Path:
     assert single <= bound * (1 + 1e-9)
     assert "n-gram: order 5" in out.stderr and "λ (the RNN's weight)" in out.stderr
     config = json.loads((root / "run" / "best" / "config.json").read_text())
-    assert config["model"]["weight_drop"] == 0.3
+    assert config["model"]["weight_drop"] == 0.3  # as given
     return root / "run" / "best"
 
 
