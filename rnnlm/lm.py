@@ -8,7 +8,7 @@
     lm.score_batch(["the cat sat", "a dog ran"])  # log10 P of each, batched as /score is
     s = rnnlm.State(); lm.BeginSentenceWrite(s)   # beam search, as KenLM (rnnlm/beam.py)
 
-Every number is the engine's scoring (models/engine.py, `Engine.score_batch`), the path
+Every number is the engine's scoring (models/scoring.py, `Engine.score_batch`), the path
 `rnnlm score` and `POST /score` take, so the three give the same number. A model that
 carries an n-gram scores with the mixture of the RNN and the n-gram; `lm.rnn` and
 `lm.ngram` are the same model scored by one part alone (same methods, same engine).

@@ -76,7 +76,7 @@ def test_a_long_text_is_not_padded_beside_short_ones(
         return real(inp, state, **kw)
 
     monkeypatch.setattr(engine.model, "features", spy)
-    monkeypatch.setattr("rnnlm.models.engine._PADDED_IDS", 64)
+    monkeypatch.setattr("rnnlm.models.scoring._PADDED_IDS", 64)
     got = engine.score_batch(texts, per_token=True)
     long_rows = {rows for rows, steps in shapes if steps > 16}
     assert long_rows == {1}, shapes  # the long text alone, then the short ones together
