@@ -183,13 +183,14 @@ class Batch:
         plan = self._plan or self._members_changed()  # rebuilt only when the members change
         u = self._draw()  # float64: rounded to float32 on the host (cheaper than a torch op)
         # One sampler (models/sampling.py), on numpy's arrays or torch's (see there).
-        if self._knobs is None:  # numpy on the host
+        if self.engine.host_sampling:  # numpy on the host
             lp_np = lp.numpy()  # (B, V), the same memory
             tok_np = choose_tokens(lp_np, self._knob_rows, u, plan)  # (B,)
             chosen_lp = lp_np[self._rows, tok_np].tolist()
         else:
             uniform = torch.from_numpy(u.astype(np.float32) if lp.dtype == torch.float32 else u)
             uniform = uniform.to(device=lp.device, dtype=lp.dtype)  # a no-op on the CPU
+            assert self._knobs is not None
             tokens = choose_tokens(lp, self._knobs, uniform, plan)  # (B,)
             chosen_lp = lp.gather(1, tokens.unsqueeze(1)).squeeze(1).tolist()
             tok_np = tokens.cpu().numpy()

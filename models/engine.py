@@ -138,37 +138,34 @@ class Engine(Scoring):
         windows that end where a row ends, each finished row's state taken as it leaves;
         elsewhere one call of torch's fused layer on the rows packed (a window per prompt
         length would pay the fused layer's set-up cost once per window)."""
-        lens = [len(x) for x in inputs]
+        order = sorted(range(len(inputs)), key=lambda i: -len(inputs[i]))  # longest first
+        lens = [len(inputs[i]) for i in order]
+        ids = np.full((len(order), lens[0]), PAD, dtype=np.int64)
+        for row, i in enumerate(order):
+            ids[row, : lens[row]] = inputs[i]
         host = self.host_step
         if host is None or not host.scores or len(inputs) < _HOST_SCORE_MIN_ROWS:
-            ids = torch.full((len(inputs), max(lens)), PAD, dtype=torch.long)
-            for row, x in enumerate(inputs):
-                ids[row, : len(x)] = torch.tensor(x)
             lengths = torch.tensor(lens)
-            feats, state = self.model.features(ids.to(self.device), lengths=lengths)
-            rows = torch.arange(len(inputs), device=self.device)
-            return state, feats[rows, lengths.to(self.device) - 1]  # (B, F)
-        order = sorted(range(len(inputs)), key=lambda i: -lens[i])
-        lens = [lens[i] for i in order]
-        ids_np = np.full((len(order), lens[0]), PAD, dtype=np.int64)
-        for row, i in enumerate(order):
-            ids_np[row, : lens[row]] = inputs[i]
-        state_now: State | None = None
-        ended: list[tuple[State, Tensor]] = []  # finished rows' states and features, last first
-        for t0, t1, n in windows(lens, lens[0], min_window=1):
-            if state_now is not None and n < state_now[0].shape[1]:  # rows that ended drop out
-                state_now = tuple(z[:, :n].contiguous() for z in state_now)
-            out, state_now = self._forward(ids_np[:n, t0:t1], state_now)
-            m = sum(1 for x in lens[:n] if x > t1)  # rows m..n-1 end here
-            if m < n:
-                ended.append((tuple(z[:, m:n] for z in state_now), out[m:n, -1]))
-        ended.reverse()  # sorted order: the longest row first
+            out, state = self.model.features(torch.from_numpy(ids).to(self.device), lengths=lengths)
+            rows = torch.arange(len(order), device=self.device)
+            last = out[rows, lengths.to(self.device) - 1]  # (B, F)
+        else:
+            state_now: State | None = None
+            ended: list[tuple[State, Tensor]] = []  # finished rows' states, features; last first
+            for t0, t1, n in windows(lens, lens[0], min_window=1):
+                if state_now is not None and n < state_now[0].shape[1]:  # ended rows drop out
+                    state_now = tuple(z[:, :n].contiguous() for z in state_now)
+                out, state_now = self._forward(ids[:n, t0:t1], state_now)
+                m = sum(1 for x in lens[:n] if x > t1)  # rows m..n-1 end here
+                if m < n:
+                    ended.append((tuple(z[:, m:n] for z in state_now), out[m:n, -1]))
+            ended.reverse()  # sorted order: the longest row first
+            state = tuple(
+                torch.cat([st[k] for st, _ in ended], dim=1) for k in range(len(ended[0][0]))
+            )
+            last = torch.cat([f for _, f in ended])
         back = torch.from_numpy(np.argsort(order)).to(self.device)  # sorted -> given order
-        states = tuple(
-            torch.cat([st[k] for st, _ in ended], dim=1).index_select(1, back)
-            for k in range(len(ended[0][0]))
-        )
-        return states, torch.cat([f for _, f in ended]).index_select(0, back)
+        return tuple(z.index_select(1, back) for z in state), last.index_select(0, back)
 
     def start_point(self) -> tuple[State, Tensor, np.ndarray[Any, np.dtype[np.int64]] | None]:
         """What every sequence without a prompt starts from, the same for all of them: the

@@ -171,15 +171,19 @@ def choose_tokens(logprobs: A, knobs: A, uniform: A, plan: SamplingPlan | None =
     temperature of 1, truncating rows that ask for no truncation, taking the argmax for
     rows that are not greedy), never a different arithmetic for some rows.
     """
+    out: A = _choose(logprobs, knobs, uniform, plan)
+    return out
+
+
+def _choose(logprobs: Any, knobs: Any, uniform: Any, plan: SamplingPlan | None) -> Any:
+    """`choose_tokens`'s body, for either kind of array (the few calls whose spelling
+    differs between numpy and torch are the helpers below)."""
     host = isinstance(logprobs, np.ndarray)
     xp: Any = np if host else torch
-    lp_: Any = logprobs  # the few calls whose spelling differs are below, by kind
-    knobs_: Any = knobs
     if plan is None:
         plan = SamplingPlan.of_rows(
-            knobs_ if host else knobs_.float().cpu().numpy(), None if host else lp_.device
+            knobs if host else knobs.float().cpu().numpy(), None if host else logprobs.device
         )
-    logprobs, knobs = lp_, knobs_
     if plan.scale:
         scaled = logprobs / knobs[:, 0].clip(min=1e-6)[:, None]  # (B, V)
         scaled[:, _NEVER_SLICE] = -math.inf
@@ -188,8 +192,7 @@ def choose_tokens(logprobs: A, knobs: A, uniform: A, plan: SamplingPlan | None =
     else:
         probs = xp.exp(logprobs)  # log-probabilities: at most 1, no overflow
     probs[:, _NEVER_SLICE] = 0.0
-    un: Any = uniform
-    u = un.astype(probs.dtype) if host else un.to(probs.dtype)
+    u = uniform.astype(probs.dtype) if host else uniform.to(probs.dtype)
     # Rows without truncation draw from the CDF in vocabulary order, rows with it from
     # the sorted and truncated one; each row takes its own path, whatever its neighbours do.
     chosen = _inverse_cdf(probs.cumsum(1), u)
@@ -210,8 +213,7 @@ def choose_tokens(logprobs: A, knobs: A, uniform: A, plan: SamplingPlan | None =
         lp = logprobs[g]  # (G, V), a copy
         lp[:, _NEVER_SLICE] = -math.inf
         chosen[g] = lp.argmax(1)
-    out: A = chosen
-    return out
+    return chosen
 
 
 @dataclass

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from rnnlm.models.model import RNNLM, State
-from rnnlm.models.ngram import NgramModel, histories_of, mix_
+from rnnlm.models.ngram import NgramModel, histories_of, mix_, mix_logprobs
 from rnnlm.models.ngram_next import layout_of
 from rnnlm.models.results import ScoreResult, TokenLogprob
 from rnnlm.models.tokenizers import BOS, EOS, PAD, UNK, Tokenizer
@@ -182,9 +182,8 @@ class Scoring:
                 )
                 lps[2][mask] = torch.from_numpy(ngram)
                 lps[3][mask] = torch.from_numpy(bucket).double()
-                lam = self._weights(bucket)
-                rnn = lps[1][mask].numpy()  # a copy (a masked selection): mixed in place
-                lps[0][mask] = torch.from_numpy(mix_(rnn, lam, (1.0 - lam) * np.exp(ngram)))
+                rnn = lps[1][mask].numpy()
+                lps[0][mask] = torch.from_numpy(mix_logprobs(rnn, ngram, self._weights(bucket)))
             per_row_top: dict[int, list[list[tuple[int, float]]]] = {
                 r: [] for r in range(len(chunk))
             }
@@ -253,8 +252,7 @@ class Scoring:
                 assert self.ngram is not None
                 ngram_np, bucket = self.ngram.logprob_and_bucket(h, t.cpu().numpy())
                 ngram = torch.from_numpy(ngram_np)
-                lam = self._weights(bucket)
-                mixed = mix_(rnn.numpy().copy(), lam, (1.0 - lam) * np.exp(ngram_np))
+                mixed = mix_logprobs(rnn.numpy(), ngram_np, self._weights(bucket))
                 parts[0].append(torch.from_numpy(mixed))
                 parts[1].append(rnn)
                 parts[2].append(ngram)
