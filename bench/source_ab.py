@@ -51,32 +51,16 @@ def measure(checkpoint: Path, seconds: float) -> dict[str, Any]:
     engine = Engine(load_checkpoint(checkpoint))
     out: dict[str, Any] = {"source": str(Path(rnnlm.__file__).parent.parent)}
 
-    def rate(rows: int) -> tuple[int, float]:
-        batch, seed = Batch(engine), 0
+    # bench/serving.py's engine rate, imported only now: the rnnlm it imports is the
+    # one already loaded above from the tree under test (serving.py puts this checkout's
+    # root first on sys.path, which reaches only modules not yet imported).
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from serving import engine_rate
 
-        def fill() -> None:
-            nonlocal seed
-            need = rows - len(batch)
-            if need > 0:
-                params = SampleParams(max_tokens=200, seed=seed)
-                batch.add([engine.generation("", params) for _ in range(need)])
-                seed += need
-
-        fill()
-        for _ in range(20):  # warm up
-            batch.step()
-            fill()
-        tokens, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < seconds:
-            tokens += len(batch)
-            batch.step()
-            fill()
-        return tokens, time.perf_counter() - t0
-
-    tokens, elapsed = rate(1)
-    out["sample_1_ms"] = 1000 * elapsed / tokens
-    tokens, elapsed = rate(32)
-    out["sample_32_tps"] = tokens / elapsed
+    out["sample_1_ms"] = 1000 / engine_rate(checkpoint, 1, seconds, 200)["tokens_per_s"]
+    out["sample_32_tps"] = engine_rate(checkpoint, 32, seconds, 200)["tokens_per_s"]
+    measured = sys.modules["rnnlm.models.engine"].__file__ or ""
+    assert measured.startswith(out["source"]), f"measured {measured}, not {out['source']}"
     # Texts the model itself writes: prompts for prefill, texts to score.
     params = SampleParams(max_tokens=70, seed=1)
     texts = [engine.result(g).text for g in _run(engine, Batch, params, 64)]
