@@ -337,4 +337,9 @@ def load_checkpoint(
         )
     model.to(device).eval()
     ngram, weight, buckets = load_ngram(directory, config, verify)
+    if model_config.residual and ngram is None:
+        raise CheckpointError(
+            f"{directory / CONFIG}: a residual model (its logits correct an n-gram's) but "
+            f"no n-gram: {NGRAM_FILE} and config.json's 'ngram' belong with it"
+        )
     return Checkpoint(directory, model, tokenizer, config, ngram, weight, buckets)

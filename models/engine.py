@@ -66,8 +66,17 @@ class Engine(Scoring):
         self.ngram = checkpoint.ngram
         self.mix_weight = checkpoint.mix_weight
         self.mix_table = checkpoint.mixing_table()  # λ per mixing bucket (N·KID_BINS,)
-        # λ = 1 everywhere: the n-gram takes no part in sampling.
+        # λ = 1 everywhere: the n-gram takes no part in the mixture.
         self.rnn_only = self.mix_table is None or bool((self.mix_table == 1.0).all())
+        # A residual model's logits are added to its n-gram's ln P before the softmax
+        # (models/model.py): it needs the n-gram's whole distribution at every step,
+        # whatever λ is.
+        self.residual = self.model.config.residual
+        if self.residual and self.ngram is None:
+            raise CheckpointError(
+                f"{checkpoint.path}: a residual model predicts over its n-gram, and has none"
+            )
+        self.uses_ngram = self.ngram is not None and (self.residual or not self.rnn_only)
         # A step: on the CPU, products by torch's or numpy's BLAS and the gates in numpy
         # (models/host_step.py); elsewhere the model's fused modules.
         self.host_step = HostStep.of(self.model, blas) if host else None
@@ -196,8 +205,9 @@ class Engine(Scoring):
         self, histories: np.ndarray[Any, np.dtype[np.int64]]
     ) -> np.ndarray[Any, np.dtype[np.int64]] | None:
         """Where each history (B, N-1) stands in the n-gram (models/ngram_next.py), or
-        None where the n-gram takes no part (none, or λ = 1 everywhere)."""
-        if self.ngram is None or self.rnn_only:
+        None where the n-gram takes no part (none, or λ = 1 everywhere but in a residual
+        model)."""
+        if self.ngram is None or not self.uses_ngram:
             return None
         return layout_of(self.ngram).contexts(histories)
 
@@ -213,10 +223,13 @@ class Engine(Scoring):
     ) -> Tensor:
         """The model's next-token log-probs (B, V) after a step's features (B, F): the
         RNN's, or (with each row's n-gram `contexts`) the mixture λ·P_rnn + (1−λ)·P_ngram,
-        each row's λ its history's bucket's (models/ngram.py `mix_`). A new tensor each
-        call (callers keep it)."""
+        each row's λ its history's bucket's (models/ngram.py `mix_`); a residual model's
+        P_rnn is over the n-gram's ln P (models/model.py). A new tensor each call (callers
+        keep it)."""
         ngram, table, host = self.ngram, self.mix_table, self.host_step
         mixing = not (ngram is None or contexts is None or table is None or self.rnn_only)
+        if self.residual:
+            return self._residual_logprobs(feats, contexts)
         if host is not None and host.output is not None:
             if not mixing:
                 return host.log_probs(feats)
@@ -237,11 +250,33 @@ class Engine(Scoring):
         mixed = mix_(rnn.cpu().numpy(), table[bucket], part)
         return torch.from_numpy(mixed).to(rnn.device)
 
+    def _residual_logprobs(
+        self, feats: Tensor, contexts: np.ndarray[Any, np.dtype[np.int64]] | None
+    ) -> Tensor:
+        """`next_logprobs` of a residual model: the logits plus the n-gram's ln P, then the
+        mixture (with λ = 1, the mixture is the softmax alone: `mix_` of a zero part)."""
+        assert self.ngram is not None and self.mix_table is not None and contexts is not None
+        host = self.host_step
+        on_host = host is not None and host.output is not None
+        dtype = np.float32 if on_host or feats.dtype == torch.float32 else np.float64
+        prior, part, bucket = layout_of(self.ngram).prior_and_part_at(
+            contexts, self.mix_table, dtype
+        )
+        lam = self.mix_table[bucket]
+        if on_host:
+            assert host is not None and host.output is not None
+            logits = host.output(np.ascontiguousarray(feats.numpy()))  # (B, V), new
+            logits += prior
+            return torch.from_numpy(mix_(logits, lam, part, logits=True))
+        rnn = self.model.log_probs(feats, torch.from_numpy(prior).to(feats.device))
+        mixed = mix_(rnn.cpu().numpy(), lam, part)
+        return torch.from_numpy(mixed).to(rnn.device)
+
     def prepare_sampling(self) -> None:
         """Build now what the first sample would otherwise wait for: the n-gram's layout
         for sampling (models/ngram_next.py: 0.6 s and 28 bytes an n-gram for a character
         10-gram of 2.6M n-grams), which scoring never needs. A server calls it on load."""
-        if self.ngram is not None and not self.rnn_only:
+        if self.ngram is not None and self.uses_ngram:
             layout_of(self.ngram)
 
     def result(self, g: Generation) -> SampleResult:

@@ -73,6 +73,10 @@ class ModelConfig:
     adaptive_cutoffs: list[int] = field(default_factory=list)
     # A backward model beside the forward one (ELMo's biLM); False in older checkpoints.
     bidirectional: bool = False
+    # Residual over an n-gram: the output layer's logits are added to the n-gram's
+    # ln P(· | history) before the softmax (`log_probs` with a prior; training/prior.py).
+    # The model then needs its n-gram to predict anything. False in older checkpoints.
+    residual: bool = False
 
     def __post_init__(self) -> None:
         problems = []
@@ -95,6 +99,8 @@ class ModelConfig:
                     f"adaptive_cutoffs must be increasing and inside (0, {self.vocab_size}), "
                     f"not {cutoffs}"
                 )
+        if self.residual and (cutoffs or self.bidirectional):
+            problems.append("a residual model has a full softmax and one direction")
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -230,8 +236,15 @@ class RNNLM(nn.Module):
         mask = x.new_empty(x.shape[0], 1, x.shape[2]).bernoulli_(1 - p) / (1 - p)
         return x * mask
 
-    def log_probs(self, feats: Tensor) -> Tensor:
-        """features (..., F) -> normalised log-probabilities (..., V)."""
+    def log_probs(self, feats: Tensor, prior: Tensor | None = None) -> Tensor:
+        """features (..., F) -> normalised log-probabilities (..., V); a residual model's
+        with its `prior` (..., V), the n-gram's ln P (models/ngram.py), added to the logits."""
+        if self.config.residual:
+            if prior is None:
+                raise ValueError("a residual model predicts only with its n-gram's prior")
+            assert self.decoder is not None
+            logits = F.linear(feats, self.decoder.weight, self.decoder.bias) + prior
+            return F.log_softmax(logits, dim=-1)
         if self.adaptive is not None:
             flat = feats.reshape(-1, feats.shape[-1])
             return self.adaptive.log_prob(flat).reshape(*feats.shape[:-1], -1)
@@ -240,8 +253,11 @@ class RNNLM(nn.Module):
         # module machinery's few microseconds on every token.
         return F.log_softmax(F.linear(feats, self.decoder.weight, self.decoder.bias), dim=-1)
 
-    def token_log_probs(self, feats: Tensor, targets: Tensor) -> Tensor:
-        """log P(target) at each position: feats (N, F), targets (N,) -> (N,).
+    def token_log_probs(
+        self, feats: Tensor, targets: Tensor, prior: Tensor | None = None
+    ) -> Tensor:
+        """log P(target) at each position: feats (N, F), targets (N,) -> (N,); `prior`
+        (N, V) of a residual model (see `log_probs`).
 
         Cheaper than `log_probs` with an adaptive softmax, which then only
         evaluates the clusters the targets fall in.
@@ -249,7 +265,7 @@ class RNNLM(nn.Module):
         if self.adaptive is not None:
             out: Tensor = self.adaptive(feats, targets).output
             return out
-        return self.log_probs(feats).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        return self.log_probs(feats, prior).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
     def forward(
         self, ids: Tensor, state: State | None = None, backward: bool = False

@@ -206,6 +206,19 @@ class NextTokens:
         probs *= (factor * (1.0 - lam)).astype(dtype)[:, None]
         return probs, bucket
 
+    def prior_and_part_at(
+        self, contexts: Int64s, weights: Floats, dtype: type = np.float64
+    ) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any], Int64s]:
+        """What a residual model (models/model.py) asks after each token: ln P(· | history)
+        (B, V), the prior its logits are added to, and `mixture_part_at`'s (1 − λ)·P (B, V)
+        and buckets, from one distribution."""
+        probs, factor, bucket = self.distribution(contexts, dtype)
+        probs *= factor.astype(dtype)[:, None]
+        with np.errstate(divide="ignore"):
+            prior = np.log(probs)
+        probs *= (1.0 - np.asarray(weights, np.float64)[bucket]).astype(dtype)[:, None]
+        return prior, probs, bucket
+
     def _distribution_one(
         self, contexts: Int64s, probs: np.ndarray[Any, Any]
     ) -> tuple[np.ndarray[Any, Any], Floats, Int64s]:

@@ -9,7 +9,9 @@ padding), the same way.
 With an n-gram, every token's probability is the mixture λ·P_rnn + (1−λ)·P_ngram,
 the n-gram reading the same history as the RNN, λ the weight of the history's mixing
 bucket (`models.ngram.mix_`, the one mixture, also sampling's). The backward direction
-is the RNN's alone.
+is the RNN's alone. A residual model's P_rnn is over the n-gram's whole distribution at
+every position (models/model.py), so it is scored window by window, each window's
+n-gram distributions beside its features.
 """
 
 from __future__ import annotations
@@ -80,6 +82,7 @@ class Scoring:
         bidirectional: bool
         ngram: NgramModel | None
         mix_table: np.ndarray[Any, Any] | None
+        residual: bool
 
         def _forward(
             self,
@@ -162,8 +165,9 @@ class Scoring:
             state: State | None = None
             spans = windows(lengths.tolist(), T)
             # Without alternatives, the n-gram and the mixture are computed once for the
-            # whole chunk (one lookup over every position), the RNN's window by window.
-            whole = mixing and not top
+            # whole chunk (one lookup over every position), the RNN's window by window;
+            # a residual RNN needs the n-gram's distributions window by window.
+            whole = mixing and not top and not self.residual
             for t0, t1, n in spans:
                 if state is not None and n < state[0].shape[1]:  # rows that ended drop out
                     state = tuple(z[:, :n].contiguous() for z in state)
@@ -226,8 +230,21 @@ class Scoring:
         for s in range(0, feats.shape[0], _OUTPUT_CHUNK):
             f, t = feats[s : s + _OUTPUT_CHUNK], targets[s : s + _OUTPUT_CHUNK]
             h = None if hist is None else hist[s : s + _OUTPUT_CHUNK]
+            prior = ngram_of = None
+            if self.residual:
+                # The n-gram's whole distribution ln P (N, V), under the RNN's logits; the
+                # targets' n-gram log-probs and buckets come from it too (one walk of h).
+                assert self.ngram is not None and h is not None
+                layout = layout_of(self.ngram)
+                probs, factor, bucket = layout.distribution(layout.contexts(h), np.float32)
+                probs *= factor.astype(np.float32)[:, None]
+                with np.errstate(divide="ignore"):
+                    ln_p = np.log(probs)
+                prior = torch.from_numpy(ln_p).to(f.device, f.dtype)
+                at = np.arange(len(ln_p))
+                ngram_of = (ln_p[at, t.cpu().numpy()].astype(np.float64), bucket)
             if top:
-                full = self.model.log_probs(f).double()
+                full = self.model.log_probs(f, prior).double()
                 rnn = full.gather(1, t.unsqueeze(1)).squeeze(1)
                 if h is not None:
                     assert self.ngram is not None and self.mix_table is not None
@@ -245,12 +262,12 @@ class Scoring:
                 vals.append(v)
                 ids.append(i)
             else:
-                rnn = self.model.token_log_probs(f, t).double().cpu()
+                rnn = self.model.token_log_probs(f, t, prior).double().cpu()
                 if h is None:
                     parts[0].append(rnn)
                     continue
                 assert self.ngram is not None
-                ngram_np, bucket = self.ngram.logprob_and_bucket(h, t.cpu().numpy())
+                ngram_np, bucket = ngram_of or self.ngram.logprob_and_bucket(h, t.cpu().numpy())
                 ngram = torch.from_numpy(ngram_np)
                 mixed = mix_logprobs(rnn.numpy(), ngram_np, self._weights(bucket))
                 parts[0].append(torch.from_numpy(mixed))

@@ -132,6 +132,14 @@ def _add_train(sub: argparse._SubParsersAction[_Parser]) -> None:
         "its own recurrent layers); sentence mode only. Sampling uses the forward model; "
         "scores gain backward_logprob and average_logprob",
     )
+    p.add_argument(
+        "--residual",
+        action="store_true",
+        default=None,
+        help="train the RNN over the n-gram: its logits are added to the n-gram's log-probs "
+        "(estimated without each sentence's fold) before the softmax, so it learns what "
+        "the counts miss; sentence mode, full softmax, small vocabularies (characters)",
+    )
     p.add_argument("--optimizer", choices=["adamw", "sgd"], default=None)
     p.add_argument("--lr", type=_float_in(0, 1000, lo_open=True), default=None)
     p.add_argument("--weight-decay", type=_float_in(0, 10), default=None)

@@ -100,7 +100,8 @@ class LanguageModel(StateMethods):
 
     @property
     def rnn(self) -> LanguageModel:
-        """The same model scored by its RNN alone."""
+        """The same model scored by its RNN alone (a residual model's RNN over its n-gram,
+        models/model.py: it has no distribution without it)."""
         return LanguageModel._view(self._loaded, "rnn")
 
     @property

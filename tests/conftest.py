@@ -33,10 +33,13 @@ def make_checkpoint(
     ngram_order: int = 0,
     mix_weight: float = 0.6,
     bucket_weights: bool = False,
+    residual: bool = False,
 ) -> Path:
     """A small random-weight model: enough to test scoring, sampling and serving.
     `ngram_order` > 0: with an n-gram of TEXT mixed in at λ = `mix_weight`, or with
-    `bucket_weights` at a different λ in every mixing bucket (0.05 to 0.95)."""
+    `bucket_weights` at a different λ in every mixing bucket (0.05 to 0.95); `residual`:
+    the RNN's logits over that n-gram (models/model.py), the output bias random so the
+    RNN's part is not near zero."""
     torch.manual_seed(seed)
     if kind == "char":
         tok: CharTokenizer | WordTokenizer = CharTokenizer.fit(Counter("".join(TEXT)))
@@ -45,7 +48,7 @@ def make_checkpoint(
         tok = WordTokenizer.fit(Counter(t for line in TEXT for t in w.split(line)))
     cfg = ModelConfig(
         vocab_size=tok.vocab_size, cell=cell, embedding=16, hidden=32, layers=2, tied=True,
-        bidirectional=bidirectional,
+        bidirectional=bidirectional, residual=residual,
     )  # fmt: skip
     ngram = None
     if ngram_order:
@@ -57,8 +60,12 @@ def make_checkpoint(
     if ngram is not None and bucket_weights:
         table = np.random.default_rng(seed).permutation(np.linspace(0.05, 0.95, ngram.buckets()))
         info["lambda_buckets"] = table.tolist()
+    model = RNNLM(cfg)
+    if residual:
+        assert model.decoder is not None
+        torch.nn.init.normal_(model.decoder.bias, std=1.0)
     save_checkpoint(
-        directory, RNNLM(cfg), tok, ngram, info, training={"mode": mode, "step": 0}
+        directory, model, tok, ngram, info, training={"mode": mode, "step": 0}
     )  # fmt: skip
     return directory
 

@@ -27,6 +27,9 @@ class TrainConfig:
     tied: bool | None = None
     adaptive: str = "auto"  # auto: adaptive softmax for vocabularies over ADAPTIVE_ABOVE
     bidirectional: bool = False  # a backward model too (sentence mode only)
+    # The RNN over the n-gram (models/model.py, training/prior.py): sentence mode, a full
+    # softmax, the n-gram estimated here (not --ngram-arpa).
+    residual: bool = False
     optimizer: str | None = None  # sgd (words, subwords) | adamw (characters)
     lr: float | None = None
     weight_decay: float | None = None
@@ -115,6 +118,7 @@ class TrainConfig:
             tied=bool(self.tied),
             adaptive_cutoffs=cutoffs,
             bidirectional=self.bidirectional,
+            residual=self.residual,
         )
 
 

@@ -254,6 +254,15 @@ def attach_ngram(
     return report
 
 
+def refuse_residual(ck: Checkpoint, what: str) -> None:
+    """A residual model's n-gram is part of it: its logits correct that n-gram's."""
+    if ck.model.config.residual:
+        raise RnnlmError(
+            f"{ck.path}: a residual model was trained over its own n-gram, which cannot be "
+            f"{what}: its RNN learnt that n-gram's mistakes (train again to change it)"
+        )
+
+
 def _extra_config(directory: Path) -> dict[str, Any]:
     """config.json's sections other than those a save writes itself."""
     own = ("format_version", "model", "tokenizer", "weights_sha256", "ngram")
@@ -265,6 +274,7 @@ def detach_ngram(directory: Path) -> bool:
     ck = load_checkpoint(directory)
     if ck.ngram is None:
         return False
+    refuse_residual(ck, "removed")
     extra = _extra_config(directory)
     metrics = extra.get("metrics", {})
     if "test_ppl_rnn" in metrics:  # the model's test perplexity is the RNN's again

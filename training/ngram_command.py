@@ -12,7 +12,7 @@ from rnnlm.models.errors import RnnlmError
 from rnnlm.training.arpa import token_words, write_arpa
 from rnnlm.training.config import default_ngram_order
 from rnnlm.training.corpus import load_corpus_tokenizer, read_corpus_meta
-from rnnlm.training.mixture import attach_ngram, build_ngram, detach_ngram
+from rnnlm.training.mixture import attach_ngram, build_ngram, detach_ngram, refuse_residual
 
 
 def _note(message: str) -> None:
@@ -32,12 +32,14 @@ def ngram_command(args: argparse.Namespace) -> None:
             return
         model = Path(args.model)
         ck = load_checkpoint(model)
+        refuse_residual(ck, "replaced")
         ngram, info = build_ngram(ck.tokenizer, corpus, ck.mode, order, note=_note)
         report = attach_ngram(model, ngram, info, corpus, args.weight)
         print(json.dumps(report, indent=2))
     elif args.action == "import":
         model = Path(args.model)
         ck = load_checkpoint(model)
+        refuse_residual(ck, "replaced")
         ngram, info = build_ngram(ck.tokenizer, None, ck.mode, 0, Path(args.arpa))
         arpa = info["arpa"]
         _note(

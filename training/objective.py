@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from rnnlm.models.checkpoint import Checkpoint
 from rnnlm.models.engine import Engine
 from rnnlm.models.model import RNNLM, State
+from rnnlm.models.ngram import NgramModel
 from rnnlm.models.tokenizers import PAD, Tokenizer
 from rnnlm.training.corpus import TokenSplit
 
@@ -21,6 +22,7 @@ class LossModule(nn.Module):
     count, new state. A bidirectional model takes (2B, T), the rows and then
     their reversed copies (`with_backward_rows`), and a state of 2B rows too; it
     returns (2,), the forward and the backward NLL, and the count of one direction.
+    A residual model's `prior` (B, T, V) is the n-gram's ln P at every position.
     """
 
     def __init__(self, model: RNNLM) -> None:
@@ -28,7 +30,7 @@ class LossModule(nn.Module):
         self.model = model
 
     def forward(
-        self, inp: Tensor, tgt: Tensor, state: State | None
+        self, inp: Tensor, tgt: Tensor, state: State | None, prior: Tensor | None = None
     ) -> tuple[Tensor, Tensor, State]:
         directions = (False, True) if self.model.config.bidirectional else (False,)
         D = len(directions)
@@ -38,7 +40,8 @@ class LossModule(nn.Module):
             s = None if state is None else tuple(x[:, rows] for x in state)
             feats, new_s = self.model.features(inp[rows], s, backward=backward)  # (B, T, F)
             mask = tgt[rows] != PAD
-            lp = self.model.token_log_probs(feats[mask], tgt[rows][mask])  # (N,)
+            p = None if prior is None else prior[rows][mask]  # (N, V): a residual model's
+            lp = self.model.token_log_probs(feats[mask], tgt[rows][mask], p)  # (N,)
             nlls.append(-lp.sum())
             states.append(new_s)
             count = mask.sum()  # the same in both directions
@@ -56,14 +59,17 @@ def evaluate_split(
     mode: str,
     max_tokens: int | None = None,
     backward: bool = False,
+    ngram: NgramModel | None = None,
 ) -> tuple[float, int]:
     """(total negative log-likelihood in nats, tokens scored) per the engine's convention.
 
-    `backward`: of a bidirectional model's backward direction. Streams the split
-    in chunks of sequences, so memory stays flat for any size.
+    `backward`: of a bidirectional model's backward direction. `ngram`: a residual
+    model's (the RNN's alone: λ = 1). Streams the split in chunks of sequences, so
+    memory stays flat for any size.
     """
     was_training = model.training
-    engine = Engine(Checkpoint(Path("."), model, tok, {"training": {"mode": mode}}))
+    config = {"training": {"mode": mode}}
+    engine = Engine(Checkpoint(Path("."), model, tok, config, ngram, 1.0))
     nll, n, seen = 0.0, 0, 0
     seqs: list[list[int]] = []
 

@@ -95,12 +95,12 @@ def resume_config(out: Path, cfg: TrainConfig, given: set[str]) -> TrainConfig:
     saved = TrainConfig(**json.loads(path.read_text())["config"])
     for name in given:
         new, old = getattr(cfg, name), getattr(saved, name)
-        if name in LIMIT_FIELDS:
+        if name in LIMIT_FIELDS and not (saved.residual and name.startswith("ngram")):
             setattr(saved, name, new)
         elif new != old:
             raise RnnlmError(
                 f"--{name.replace('_', '-')} {new} differs from the run being resumed ({old}); "
                 "only limits (steps, epochs, time budget, patience, saving) and the n-gram "
-                "can change"
+                "can change (not a residual model's n-gram: its RNN learnt that one's mistakes)"
             )
     return saved

@@ -45,11 +45,13 @@ from rnnlm.models.checkpoint import (
     atomic_directory,
     load_checkpoint,
     read_config,
+    start_token,
     write_checkpoint_files,
     write_json,
 )
 from rnnlm.models.errors import RnnlmError
 from rnnlm.models.model import RNNLM, State
+from rnnlm.models.ngram import NgramModel
 from rnnlm.models.tokenizers import PAD, Tokenizer
 from rnnlm.training.config import TrainConfig, TrainState, default_ngram_order
 from rnnlm.training.corpus import TokenSplit, load_corpus_tokenizer, read_corpus_meta
@@ -65,6 +67,7 @@ from rnnlm.training.distributed import agree, is_main, largest, launch_distribut
 from rnnlm.training.mixture import attach_ngram, build_ngram
 from rnnlm.training.objective import LossModule, evaluate_split
 from rnnlm.training.plot import plot_curve
+from rnnlm.training.prior import fold_priors, with_prior
 from rnnlm.training.state import load_latest, resume_config, save_latest
 
 __all__ = ["LossModule", "TrainConfig", "learning_rate", "make_optimizer", "train", "train_command"]
@@ -109,7 +112,8 @@ def learning_rate(cfg: TrainConfig, st: TrainState, units_per_epoch: int) -> flo
 # ------------------------------------------------------------------- loop
 
 
-Windows = Iterator[tuple[Tensor, Tensor]]
+# (inputs, targets, a residual model's prior or None) per BPTT window.
+Windows = Iterator[tuple[Tensor, Tensor, Tensor | None]]
 
 
 def _units(
@@ -121,9 +125,11 @@ def _units(
     world: int,
     first_window: int,
     dev: torch.device,
+    prior: Any = None,
 ) -> Iterator[tuple[int, Windows, bool]]:
     """This epoch's units from unit `start` (its windows from `first_window`):
-    (windows in the unit, the windows, fresh_state) per batch or stream window."""
+    (windows in the unit, the windows, fresh_state) per batch or stream window; with a
+    residual model's `prior` table (training/prior.py), each window's prior beside it."""
     assert cfg.bptt is not None and cfg.batch_size is not None
     if cfg.mode == "sentence":
         batches = sentence_batches(split, cfg.batch_size, epoch, cfg.seed, rank, world)
@@ -133,16 +139,17 @@ def _units(
                 # The reversed rows need each whole row: this batch is built at once.
                 _, whole = sentence_windows(split, idx, sys.maxsize)  # one window (B, T)
                 inp, tgt = with_backward_rows(*next(whole))  # (2B, T)
-                wins = list(windows(inp, tgt, cfg.bptt))
-                yield _in_step(len(wins), iter(wins[first:]), first, len(inp), dev)
+                cut = [(i, t, None) for i, t in windows(inp, tgt, cfg.bptt)]
+                yield _in_step(len(cut), iter(cut[first:]), first, len(inp), dev)
             else:
                 n, lazy = sentence_windows(split, idx, cfg.bptt, first)
-                yield _in_step(n, lazy, first, len(idx), dev)
+                wins = with_prior(lazy, prior, split, idx, cfg.bptt, first)
+                yield _in_step(n, wins, first, len(idx), dev)
     else:
         lane = stream_lanes(split, cfg.batch_size, rank, world)
         for k in range(start, _units_per_epoch(cfg, split, world)):
             inp, tgt = stream_window(split, cfg.batch_size, k * cfg.bptt, cfg.bptt, rank, world)
-            yield 1, iter([(inp, tgt)]), k == 0 and lane > 0
+            yield 1, iter([(inp, tgt, None)]), k == 0 and lane > 0
 
 
 def _in_step(
@@ -158,7 +165,7 @@ def _in_step(
     """
     n_all = largest(n, dev)
     pad = torch.full((rows, 1), PAD, dtype=torch.long)
-    padding = ((pad, pad) for _ in range(n_all - max(n, first)))
+    padding = ((pad, pad, None) for _ in range(n_all - max(n, first)))
     return n_all, itertools.chain(wins, padding), True
 
 
@@ -226,6 +233,14 @@ def _train(
         cfg.resolve(meta["tokenizer"]["kind"], tok.vocab_size)
         if (out / "latest").exists() or (out / "best").exists():
             raise RnnlmError(f"{out}: already holds a run; use --resume, or another --out")
+    if cfg.residual and (
+        cfg.mode != "sentence" or not cfg.ngram_order or cfg.ngram_arpa or cfg.bidirectional
+    ):
+        raise RnnlmError(
+            "--residual trains the RNN over an n-gram estimated here from each fold of the "
+            "training sentences: it needs --mode sentence, an --ngram-order above 0, no "
+            "--ngram-arpa and no --bidirectional"
+        )
     if cfg.bidirectional and cfg.mode == "stream":
         raise RnnlmError(
             "--bidirectional needs --mode sentence: the backward model reads each sequence "
@@ -258,6 +273,20 @@ def _train(
         raise RnnlmError(f"{corpus}: no model can be built for this corpus ({e})") from None
     model = RNNLM(model_cfg).to(dev)
     opt = make_optimizer(cfg, model)
+    # A residual model trains over priors from n-grams without each fold, and is saved
+    # and validated with the n-gram of the whole split (training/prior.py); the time
+    # this takes counts in the time budget.
+    t_setup = time.monotonic()
+    ngram: NgramModel | None = None
+    ngram_info: dict[str, Any] = {}
+    prior = None
+    if cfg.residual:
+        assert cfg.ngram_order
+        ngram, ngram_info = build_ngram(tok, corpus, cfg.mode, cfg.ngram_order, note=log)
+        prior = fold_priors(
+            train_split, cfg.ngram_order, tok.vocab_size, start_token(cfg.mode), note=log
+        )
+    setup_s = time.monotonic() - t_setup
     st, carried = TrainState(), None
     if resume:
         st, carried, saved_world = load_latest(out, model, opt, dev)
@@ -290,10 +319,17 @@ def _train(
     )
 
     def meta_now(metrics: dict[str, Any]) -> dict[str, Any]:
-        return {
+        """What every checkpoint written during the run holds besides the weights: a
+        residual model's n-gram too (it predicts nothing without it), λ = 1 until
+        the end of the run fits it."""
+        meta: dict[str, Any] = {
             "training": {**run_meta, "step": st.step, "epoch": st.epoch, "elapsed_s": st.elapsed},
             "metrics": metrics,
         }
+        if ngram is not None:
+            info = {**ngram_info, "lambda": 1.0, "lambda_from": "the run (not fit yet)"}
+            meta |= {"ngram": ngram, "ngram_info": info}
+        return meta
 
     # Ctrl-C / SIGTERM: finish the step in hand, save latest, stop.
     stop_signal: list[int] = []
@@ -310,7 +346,7 @@ def _train(
         unit="step",
         dynamic_ncols=True,
     )
-    t_start = time.monotonic() - st.elapsed
+    t_start = time.monotonic() - st.elapsed - setup_s
     # Training NLL since the last evaluation, per direction (forward, [backward]).
     train_nll, train_n, window_tokens, window_t0 = [0.0, 0.0], 0, 0, time.monotonic()
     last_metrics: dict[str, Any] = {}
@@ -321,16 +357,17 @@ def _train(
         stopped = stopped or ("early_stopping" if st.bad_evals >= cfg.patience else "")
     net.train()
     while not stopped:
-        units = _units(cfg, train_split, st.epoch, st.unit, rank, world, st.window, dev)
+        units = _units(cfg, train_split, st.epoch, st.unit, rank, world, st.window, dev, prior)
         for n_wins, wins, fresh in units:
             # Resuming inside a unit (a long sequence's batch): its state was saved.
             state = carried if st.window or not fresh else None
             skip = st.window
-            for inp, tgt in wins:
+            for inp, tgt, prior_win in wins:
                 inp, tgt = inp.to(dev), tgt.to(dev)
                 for group in opt.param_groups:
                     group["lr"] = learning_rate(cfg, st, units_per_epoch)
-                nll, n_t, new_state = net(inp, tgt, state)  # nll (directions,)
+                win_prior = None if prior_win is None else prior_win.to(dev)
+                nll, n_t, new_state = net(inp, tgt, state, win_prior)  # nll (directions,)
                 total = n_t
                 if world > 1:
                     total = n_t.detach().clone()
@@ -406,6 +443,7 @@ def _train(
                     train_n,
                     tps,
                     meta_now,
+                    ngram,
                 )
                 bar.set_postfix(
                     valid_ppl=f"{last_metrics.get('valid_ppl') or float('nan'):.2f}", refresh=True
@@ -429,7 +467,9 @@ def _train(
     bar.close()
     for s, h in old_handlers.items():
         signal.signal(s, h)
-    summary = _finish(out, corpus, tok, cfg, st, splits, stopped, last_metrics, dev)
+    summary = _finish(out, corpus, tok, cfg, st, splits, stopped, last_metrics, dev, ngram)
+    if cfg.residual:
+        summary["residual_setup_s"] = round(setup_s, 1)
     if dist.is_initialized():
         dist.barrier()
     return summary
@@ -448,13 +488,16 @@ def _evaluate_and_save(
     train_n: int,
     tokens_per_s: float,
     meta_now: Any,
+    ngram: NgramModel | None = None,
 ) -> dict[str, Any]:
     st.last_eval_step, st.last_eval_time = st.step, st.elapsed
     metrics: dict[str, Any] = {}
     if is_main():
         valid_loss = valid_loss_b = None
         if len(splits["valid"]):
-            nll, n = evaluate_split(model, tok, splits["valid"], cfg.mode, cfg.max_eval_tokens)
+            nll, n = evaluate_split(
+                model, tok, splits["valid"], cfg.mode, cfg.max_eval_tokens, ngram=ngram
+            )
             valid_loss = nll / n
             if cfg.bidirectional:
                 nll, n = evaluate_split(
@@ -520,6 +563,7 @@ def _finish(
     stopped: str,
     last_metrics: dict[str, Any],
     dev: torch.device,
+    ngram: NgramModel | None = None,
 ) -> dict[str, Any]:
     """The end of a run, on rank 0: the test split scored once and best/ written once.
 
@@ -551,7 +595,7 @@ def _finish(
         nll, n = evaluate_split(best.model, tok, splits["test"], cfg.mode, backward=True)
         metrics["test_ppl_backward"] = summary["test_ppl_backward"] = math.exp(nll / n)
     if finishing and (cfg.ngram_order or cfg.ngram_arpa):
-        summary |= _add_ngram(out, corpus, tok, cfg, metrics)
+        summary |= _add_ngram(out, corpus, tok, cfg, metrics, ngram)
     elif best is not None:
         nll, n = evaluate_split(best.model, tok, splits["test"], cfg.mode)
         summary["test_ppl"] = metrics["test_ppl"] = math.exp(nll / n)
@@ -567,12 +611,23 @@ def _finish(
 
 
 def _add_ngram(
-    out: Path, corpus: Path, tok: Tokenizer, cfg: TrainConfig, metrics: dict[str, Any]
+    out: Path,
+    corpus: Path,
+    tok: Tokenizer,
+    cfg: TrainConfig,
+    metrics: dict[str, Any],
+    built: NgramModel | None = None,
 ) -> dict[str, Any]:
     """Estimate (or import) the n-gram, fit λ on the validation split, put both in best/
-    (with `metrics` added to its config), scoring the test split once, part by part."""
+    (with `metrics` added to its config), scoring the test split once, part by part.
+    A residual model's n-gram was `built` when the run started and is in best/ already."""
     arpa = Path(cfg.ngram_arpa) if cfg.ngram_arpa else None
-    ngram, info = build_ngram(tok, corpus, cfg.mode, cfg.ngram_order or 0, arpa, note=log)
+    if built is not None:
+        ngram, info = built, dict(read_config(out / "best")["ngram"])
+        for key in ("file", "sha256", "lambda", "lambda_from", "lambda_buckets"):
+            info.pop(key, None)
+    else:
+        ngram, info = build_ngram(tok, corpus, cfg.mode, cfg.ngram_order or 0, arpa, note=log)
     log(
         f"n-gram: order {ngram.order}, {sum(ngram.counts()):,} n-grams, "
         f"{ngram.nbytes() / 1e6:.1f} MB, {info['source']} in {info['seconds']:.1f} s"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -12,6 +13,9 @@ import torch
 from rnnlm.models.batch import Batch, sample
 from rnnlm.models.checkpoint import Checkpoint, load_checkpoint
 from rnnlm.models.engine import Engine
+from rnnlm.models.errors import CheckpointError
+from rnnlm.models.ngram import histories_of
+from rnnlm.models.ngram_next import layout_of
 from rnnlm.models.sampling import SampleParams
 from rnnlm.models.tokenizers import EOS
 from tests.conftest import TEXT, make_checkpoint
@@ -19,13 +23,19 @@ from tests.conftest import TEXT, make_checkpoint
 TEXTS = ["the cat sat on the mat.", "a dog", "", "zzq!", "the bird sang in the tree."]
 
 
-@pytest.fixture(scope="module", params=["char", "word", "char-buckets", "word-buckets"])
+KINDS = ["char", "word", "char-buckets", "word-buckets", "char-residual", "word-buckets-residual"]
+
+
+@pytest.fixture(scope="module", params=KINDS)
 def engine(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Engine:
-    """A model mixed with its n-gram at one λ, or at a different λ in every mixing bucket."""
+    """A model mixed with its n-gram at one λ, or at a different λ in every mixing bucket;
+    a residual model's RNN over that n-gram (models/model.py)."""
     root = tmp_path_factory.mktemp("mixed")
-    kind, _, buckets = request.param.partition("-")
+    kind = request.param.split("-")[0]
     order = 5 if kind == "char" else 3
-    path = make_checkpoint(root / "m", kind, ngram_order=order, bucket_weights=bool(buckets))
+    path = make_checkpoint(root / "m", kind, ngram_order=order,
+                           bucket_weights="buckets" in request.param,
+                           residual="residual" in request.param)  # fmt: skip
     return Engine(load_checkpoint(path))
 
 
@@ -35,28 +45,59 @@ def _alone(engine: Engine) -> Engine:
     return Engine(Checkpoint(ck.path, ck.model, ck.tokenizer, ck.config))
 
 
+def _rnn_part(engine: Engine, text: str) -> list[float]:
+    """ln P_rnn of each token of `text` (and <eos>): the RNN alone, or a residual RNN's
+    softmax(logits + ln P_ngram), computed here from the model's layers and the n-gram."""
+    if not engine.residual:
+        return _alone(engine).score_token_ids([engine.tokenizer.encode(text)])[0][1]
+    ids = [engine.start_id, *engine.tokenizer.encode(text), EOS]
+    inputs = np.array([ids[:-1]], dtype=np.int64)
+    assert engine.ngram is not None and engine.model.decoder is not None
+    probs = layout_of(engine.ngram).probabilities(histories_of(inputs, engine.ngram.order)[0])
+    with torch.no_grad(), np.errstate(divide="ignore"):
+        feats, _ = engine.model.features(torch.from_numpy(inputs))
+        logits = engine.model.decoder(feats[0]).double() + torch.from_numpy(np.log(probs))
+    lp = torch.log_softmax(logits, dim=-1)
+    return lp[torch.arange(len(ids) - 1), torch.tensor(ids[1:])].tolist()
+
+
+def test_a_residual_model_needs_its_ngram(tmp_path: Path) -> None:
+    path = make_checkpoint(tmp_path / "r", "char", ngram_order=3, residual=True)
+    ck = load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="residual"):
+        _alone(Engine(ck))
+    with pytest.raises(ValueError, match="prior"):
+        ck.model.log_probs(torch.zeros(1, ck.model.config.out_features))
+    config = json.loads((path / "config.json").read_text())
+    del config["ngram"]
+    (path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="residual model"):
+        load_checkpoint(path)
+
+
 def test_a_score_is_the_mixture_of_its_components(engine: Engine) -> None:
-    plain = _alone(engine).score_batch(TEXTS, per_token=True)
+    plain = [_rnn_part(engine, t) for t in TEXTS]
     parts = engine.score_components([engine.tokenizer.encode(t) for t in TEXTS])
     assert engine.mix_table is not None
     for r, p, (_, _, bucket) in zip(engine.score_batch(TEXTS, per_token=True), plain, parts,
                                     strict=True):  # fmt: skip
-        assert r.tokens is not None and p.tokens is not None
-        assert r.rnn_logprob == pytest.approx(p.logprob, abs=1e-4)  # the RNN alone, unchanged
+        assert r.tokens is not None
+        assert r.rnn_logprob == pytest.approx(sum(p), abs=1e-4)  # the RNN's part, unchanged
         assert sum(t.logprob for t in r.tokens) == pytest.approx(r.logprob, abs=1e-6)
         if not r.num_tokens:
             continue
         # Per token: ln(λ·P_rnn + (1-λ)·P_ngram), λ that of the history's mixing bucket
         # (one λ for all in a model without buckets); the n-gram's part is what remains.
         lam = engine.mix_table[bucket]
-        p_rnn = np.exp([t.logprob for t in p.tokens])
+        p_rnn = np.exp(p)
         p_mix = np.exp([t.logprob for t in r.tokens])
         p_ngram = (p_mix - lam * p_rnn) / (1 - lam)
         assert (p_ngram > 0).all()
         assert r.ngram_logprob == pytest.approx(float(np.log(p_ngram).sum()), abs=1e-4)
     # A model that is 80% n-gram scores real text better than its random RNN alone.
     text = TEXT[0]
-    assert engine.score_batch([text])[0].logprob > _alone(engine).score_batch([text])[0].logprob
+    rnn = sum(_rnn_part(engine, text))
+    assert engine.score_batch([text])[0].logprob > rnn or engine.residual
 
 
 def test_scores_do_not_depend_on_the_batch(engine: Engine) -> None:
@@ -154,3 +195,14 @@ def test_the_sampling_layout_is_built_for_sampling_only(tmp_path: Path) -> None:
     assert again.text == first.text and again.logprob == first.logprob
     plain = Engine(load_checkpoint(make_checkpoint(tmp_path / "p", "char")))
     plain.prepare_sampling()  # nothing to build
+
+
+def test_a_residual_models_steps_are_the_same_on_the_host_and_in_torch(tmp_path: Path) -> None:
+    path = make_checkpoint(tmp_path / "r", "char", ngram_order=4, residual=True,
+                           bucket_weights=True)  # fmt: skip
+    host, torch_path = Engine(load_checkpoint(path)), Engine(load_checkpoint(path), host=False)
+    p = SampleParams(max_tokens=30, seed=9, logprobs=True)
+    a, b = sample(host, "the ", p, 2), sample(torch_path, "the ", p, 2)
+    assert [s.text for s in a] == [s.text for s in b]
+    for x, y in zip(a, b, strict=True):
+        assert x.logprob == pytest.approx(y.logprob, abs=1e-4)

@@ -25,10 +25,12 @@ SENTENCES = ["the cat sat on the mat.", "a bird sang in the tree, and the cat li
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory, text_file: Path) -> dict[str, Path]:
-    """Word and char models with a 3-gram, a sentencepiece one, and `ngram_only`: a word
+    """Word and char models with a 3-gram, a residual char model over a 4-gram
+    (models/model.py), a sentencepiece one, and `ngram_only`: a word
     model whose λ is 0 (its mixture is its 3-gram), with that 3-gram as an ARPA file."""
     root = tmp_path_factory.mktemp("beam")
     out = {k: make_checkpoint(root / k, k, "lstm", ngram_order=3) for k in ("word", "char")}
+    out["char-residual"] = make_checkpoint(root / "r", "char", ngram_order=4, residual=True)
     sp = SentencePieceTokenizer.fit(text_file, root, vocab_size=500)
     cfg = ModelConfig(vocab_size=sp.vocab_size, cell="gru", embedding=16, hidden=32, layers=1)
     torch.manual_seed(0)
@@ -47,7 +49,7 @@ def models(tmp_path_factory: pytest.TempPathFactory, text_file: Path) -> dict[st
     return out
 
 
-@pytest.mark.parametrize("kind", ["word", "char", "sentencepiece"])
+@pytest.mark.parametrize("kind", ["word", "char", "sentencepiece", "char-residual"])
 def test_word_by_word_is_the_sentence_score(models: dict[str, Path], kind: str) -> None:
     lm = rnnlm.load(models[kind])
     for sentence in SENTENCES:

@@ -411,3 +411,44 @@ def test_the_end_of_a_run_scores_the_test_split_once_and_writes_best_once(
         assert summary["test_ppl"] != summary["test_ppl_rnn"]
     else:
         assert scored == ["evaluate_split"] and "test_ppl_rnn" not in summary
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_residual_run_trains_over_its_ngram(tmp_path: Path, corpus: Path):
+    from rnnlm.training.mixture import detach_ngram
+
+    out = tmp_path / "run"
+    cfg = TrainConfig(max_steps=30, ngram_order=4, residual=True, **SMALL)
+    summary = train(cfg, corpus, out, progress=False)
+    ck = load_checkpoint(out / "best")
+    assert ck.model.config.residual and ck.ngram is not None and ck.ngram.order == 4
+    assert ck.config["ngram"]["lambda_from"] == "validation"
+    assert summary["residual_setup_s"] >= 0
+    # It starts where the n-gram is: after 30 steps the RNN over the n-gram is near the
+    # n-gram alone, where a plain RNN after as many steps is far above it.
+    assert summary["test_ppl_rnn"] < 1.25 * summary["test_ppl_ngram"]
+    plain = train(TrainConfig(max_steps=30, ngram_order=4, **SMALL), corpus, tmp_path / "plain",
+                  progress=False)  # fmt: skip
+    assert plain["test_ppl_rnn"] > 1.25 * summary["test_ppl_ngram"]
+    # Every checkpoint of the run holds the n-gram: latest/ loads and resumes.
+    assert load_checkpoint(out / "latest").ngram is not None
+    with pytest.raises(RnnlmError, match="residual"):
+        train(TrainConfig(ngram_order=3), corpus, out, resume=True, given={"ngram_order"},
+              progress=False)  # fmt: skip
+    with pytest.raises(RnnlmError, match="residual"):
+        detach_ngram(out / "best")
+    e = Engine(ck)
+    s = sample(e, "the", SampleParams(max_tokens=20, seed=1))[0]
+    scored = e.score_batch(["the" + s.text], eos=s.finish_reason == "eos")[0]
+    assert s.logprob == pytest.approx(scored.logprob - e.score_batch(["the"], eos=False)[0].logprob,
+                                      abs=1e-3)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "extra", [{"mode": "stream"}, {"ngram_order": 0}, {"bidirectional": True}],
+    ids=["stream", "no-ngram", "bidirectional"],
+)  # fmt: skip
+def test_residual_refuses_what_it_cannot_train_over(tmp_path: Path, corpus: Path, extra: dict):  # type: ignore[type-arg]
+    cfg = TrainConfig(max_steps=1, residual=True, **{**SMALL, **extra})
+    with pytest.raises(RnnlmError, match="--residual"):
+        train(cfg, corpus, tmp_path / "run", progress=False)
