@@ -28,6 +28,7 @@ from typing import Any, cast
 
 from rnnlm.app.errors import Overloaded
 from rnnlm.app.metrics import Metrics
+from rnnlm.models.adapt import Adaptation, score_adapting
 from rnnlm.models.batch import Batch
 from rnnlm.models.engine import Engine
 from rnnlm.models.results import SampleResult, ScoreResult
@@ -93,10 +94,12 @@ class ScoreJob:
     per_token: bool
     top: int
     future: asyncio.Future[list[ScoreResult]]
+    adapt: Adaptation | None = None  # its texts in order, adapting (models/adapt.py)
 
     @property
-    def group(self) -> tuple[bool, bool, bool, int]:
-        return (self.bos, self.eos, self.per_token, self.top)
+    def group(self) -> tuple[bool, bool, bool, int, int]:
+        """Jobs scored in one call; an adapting job always alone (its own copy of the RNN)."""
+        return (self.bos, self.eos, self.per_token, self.top, id(self) if self.adapt else 0)
 
 
 def _owner(g: Generation) -> tuple[SampleJob, int]:
@@ -224,12 +227,18 @@ class ModelWorker:
             self._cond.notify()
 
     def submit_score(
-        self, texts: list[str], bos: bool, eos: bool, per_token: bool, top: int
+        self,
+        texts: list[str],
+        bos: bool,
+        eos: bool,
+        per_token: bool,
+        top: int,
+        adapt: Adaptation | None = None,
     ) -> asyncio.Future[list[ScoreResult]]:
         fut: asyncio.Future[list[ScoreResult]] = asyncio.get_running_loop().create_future()
         with self._cond:
             self._admit_or_refuse()
-            self._scores.append(ScoreJob(texts, bos, eos, per_token, top, fut))
+            self._scores.append(ScoreJob(texts, bos, eos, per_token, top, fut, adapt))
             self._gauge()
             self._cond.notify()
         return fut
@@ -331,17 +340,21 @@ class ModelWorker:
         self._send(out)
 
     def _score(self, jobs: list[ScoreJob]) -> None:
-        groups: dict[tuple[bool, bool, bool, int], list[ScoreJob]] = {}
+        groups: dict[tuple[bool, bool, bool, int, int], list[ScoreJob]] = {}
         for job in jobs:
             groups.setdefault(job.group, []).append(job)
         for group in groups.values():
             self._score_group(group)
 
     def _score_group(self, group: list[ScoreJob]) -> None:
-        bos, eos, per_token, top = group[0].group
+        bos, eos, per_token, top, _ = group[0].group
+        adapt = group[0].adapt
         texts = [t for job in group for t in job.texts]
         try:
-            results = self.engine.score_batch(texts, bos, eos, per_token, top)
+            if adapt is not None:
+                results = score_adapting(self.engine, texts, bos, eos, per_token, adapt)
+            else:
+                results = self.engine.score_batch(texts, bos, eos, per_token, top)
         except Exception as e:
             if len(group) > 1:  # whose request was it? Each alone: only that one fails
                 for job in group:

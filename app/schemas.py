@@ -14,6 +14,7 @@ from starlette.responses import Response
 
 from rnnlm.app.config import Settings
 from rnnlm.app.errors import InvalidField, TooLarge
+from rnnlm.models.adapt import DEFAULT_LR, MAX_LR, Adaptation
 from rnnlm.models.results import SampleResult, ScoreResult, TokenLogprob
 from rnnlm.models.sampling import SEED_SPACE, SampleParams
 
@@ -256,6 +257,19 @@ class SampleResponse(BaseModel):
 # ----------------------------------------------------------------------- /score
 
 
+class AdaptOptions(BaseModel):
+    model_config = _NATIVE
+
+    lr: float = Field(default=DEFAULT_LR, gt=0, le=MAX_LR, description="SGD rate of each step")
+    decay: float = Field(
+        default=0.0, ge=0, le=1,
+        description="after each step, the fraction of the way back to the trained weights",
+    )  # fmt: skip
+
+    def to_adaptation(self) -> Adaptation:
+        return Adaptation(self.lr, self.decay)
+
+
 class ScoreRequest(BaseModel):
     model_config = _NATIVE
 
@@ -264,6 +278,13 @@ class ScoreRequest(BaseModel):
     bos: bool = Field(default=True, description="condition the first token on <bos>")
     eos: bool = Field(default=True, description="add P(<eos>) at the end")
     per_token: bool = Field(default=False, description="return each token's log-probability")
+    adapt: AdaptOptions | None = Field(
+        default=None,
+        description="score the texts in order as one document, the RNN taking a gradient "
+        "step on each text once scored (dynamic evaluation; {} for the defaults); each "
+        "request adapts its own copy, nothing carries over to another. Absent: every "
+        "text scored on its own",
+    )
 
     def check(self, settings: Settings) -> None:
         if len(self.texts) > settings.max_texts:

@@ -149,7 +149,8 @@ def _stream_error(e: BaseException) -> dict[str, Any]:
 
 
 async def score(model: LoadedModel, req: ScoreRequest, request: Request) -> ScoreResponse:
-    fut = model.worker.submit_score(req.texts, req.bos, req.eos, req.per_token, 0)
+    adapt = None if req.adapt is None else req.adapt.to_adaptation()
+    fut = model.worker.submit_score(req.texts, req.bos, req.eos, req.per_token, 0, adapt)
     results = await _unless_disconnected(fut, request, lambda: model.worker.cancel_score(fut))
     return ScoreResponse(model=model.name, results=[ScoreOut.of(r) for r in results])
 

@@ -288,6 +288,8 @@ def _model_text(m: dict[str, Any]) -> str:
         out += ", adaptive softmax"
     if m.get("tied"):
         out += ", tied"
+    if m.get("residual"):
+        out += ", over its n-gram"
     return out
 
 
@@ -419,6 +421,11 @@ def render(records: list[Rec]) -> str:
                 add(_row("... its RNN alone", "", "", "", "", f"{q['test_ppl_rnn']:.2f}",
                          _vs(q["rnn_ppl_ratio_to_ngram"]) if q.get("rnn_ppl_ratio_to_ngram")
                          else "–"))  # fmt: skip
+            if "test_ppl_adapted" in q:
+                add(_row(f"... adapting as it reads the test lines in order (`--adapt`, lr "
+                         f"{q['adapt_lr']:g})", "", "", "", "", f"{q['test_ppl_adapted']:.2f}",
+                         _vs(q["adapted_ppl_ratio_to_ngram"])
+                         if q.get("adapted_ppl_ratio_to_ngram") else "–"))  # fmt: skip
         add("")
         if any("lambda" in q for q in words):
             add(
@@ -509,6 +516,12 @@ def render(records: list[Rec]) -> str:
                          f"{q['test_bits_per_char_rnn']:.3f}",
                          _vs(q["rnn_bpc_ratio_to_ngram"]) if q.get("rnn_bpc_ratio_to_ngram")
                          else "–"))  # fmt: skip
+            if "test_bits_per_char_adapted" in q:
+                add(_row(f"... adapting as it reads the test lines in order (`--adapt`, lr "
+                         f"{q['adapt_lr']:g})", "", "", "", "",
+                         f"{q['test_bits_per_char_adapted']:.3f}",
+                         _vs(q["adapted_bpc_ratio_to_ngram"])
+                         if q.get("adapted_bpc_ratio_to_ngram") else "–"))  # fmt: skip
         add("")
         for q in chars:
             check = (

@@ -525,6 +525,23 @@ class Bench:
                 "(÷4 on a stall), BPTT 35, batch 20, clip 0.25, dropout 0.2",
             ),
             ("char-default", "char", [], cb, raw_test, "rnnlm defaults (character level)"),
+            # Two levers of issue #31 beside the defaults, in the same run.
+            (
+                "char-residual",
+                "char",
+                ["--residual"],
+                cb,
+                raw_test,
+                "rnnlm defaults with --residual (the RNN trained over the n-gram)",
+            ),
+            (
+                "char-batch128",
+                "char",
+                ["--batch-size", "128"],
+                cb,
+                raw_test,
+                "rnnlm defaults with --batch-size 128 (the character RNN's compute)",
+            ),
             (
                 "sentencepiece-default",
                 "sentencepiece",
@@ -591,9 +608,13 @@ class Bench:
         elapsed = max(1e-9, summary["elapsed_s"])
         log = (self.logs / f"train-{name}.log").read_text(errors="replace")
         params = re.search(r"([\d,]+) parameters", log)
+        # --adapt: the test lines again in order, the RNN adapting to each once scored
+        # (dynamic evaluation): its own figures, never the static ones.
         ev = json.loads(
             self.run(
-                self.rnnlm("eval", "--model", str(out / "best"), "--input", str(test_file)),
+                self.rnnlm(
+                    "eval", "--model", str(out / "best"), "--input", str(test_file), "--adapt"
+                ),
                 f"eval-{name}",
             )
         )
@@ -617,6 +638,7 @@ class Bench:
                     "dropout",
                     "weight_drop",
                     "adaptive_cutoffs",
+                    "residual",
                 )
             },
             "parameters": int(params.group(1).replace(",", "")) if params else None,
@@ -649,6 +671,12 @@ class Bench:
             "cpu_minutes": round(cpu / 60, 2),
             "valid_curve": curve,
         }
+        if "adapted" in ev:
+            rec |= {
+                "adapt_lr": ev["adapted"]["lr"],
+                "test_ppl_adapted": round(ev["adapted"]["perplexity"], 3),
+                "test_bits_per_char_adapted": round(ev["adapted"]["bits_per_character"], 4),
+            }
         if "ngram" in ev:  # the model is the mixture; each part alone on the same tokens
             rec |= {
                 "ngram_order": ev["ngram"]["order"],
@@ -665,6 +693,10 @@ class Bench:
             rec["ppl_ratio_to_ngram"] = round(rec["test_ppl"] / ng["test_ppl"], 4)
             if "test_ppl_rnn" in rec:
                 rec["rnn_ppl_ratio_to_ngram"] = round(rec["test_ppl_rnn"] / ng["test_ppl"], 4)
+            if "test_ppl_adapted" in rec:
+                rec["adapted_ppl_ratio_to_ngram"] = round(
+                    rec["test_ppl_adapted"] / ng["test_ppl"], 4
+                )
             rec["same_token_count_as_ngram"] = ev["tokens"] == ng["test_predictions"]
         elif ng:
             rec["ngram_test_bits_per_char"] = ng["test_bits_per_char"]
@@ -674,6 +706,10 @@ class Bench:
             if "test_bits_per_char_rnn" in rec:
                 rec["rnn_bpc_ratio_to_ngram"] = round(
                     rec["test_bits_per_char_rnn"] / ng["test_bits_per_char"], 4
+                )
+            if "test_bits_per_char_adapted" in rec:
+                rec["adapted_bpc_ratio_to_ngram"] = round(
+                    rec["test_bits_per_char_adapted"] / ng["test_bits_per_char"], 4
                 )
             rec["same_char_count_as_ngram"] = ev["characters"] == ng["test_chars_with_eol"]
         self.emit(rec)
@@ -701,7 +737,8 @@ def estimate_seconds(args: argparse.Namespace) -> dict[str, float]:
         "service": 2 * (9 * args.service_seconds + 40) + (0 if demo else 160.0),
         # training, then the final test evaluation, `rnnlm eval` and process start-up
         "rnnlm-ngram": 60.0,
-        "quality": 2 * args.budget + 2 * args.char_budget + 4 * 25.0,
+        # (two word runs, four char and sentencepiece ones; --adapt's pass over each test file)
+        "quality": 2 * args.budget + 4 * args.char_budget + 6 * 25.0 + 6 * 60.0,
         "mixing": 2 * 2 * 2 * 3 * 6.0 + 40.0,
         "asr": 600.0,
     }

@@ -14,9 +14,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from rnnlm.lm import CheckpointError, FullScoreReturn, LanguageModel, State, load
+    from rnnlm.lm import Adaptation, CheckpointError, FullScoreReturn, LanguageModel, State, load
 
-__all__ = ["CheckpointError", "FullScoreReturn", "LanguageModel", "State", "load"]
+__all__ = ["Adaptation", "CheckpointError", "FullScoreReturn", "LanguageModel", "State", "load"]
 
 
 def __getattr__(name: str) -> Any:

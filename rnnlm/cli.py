@@ -200,6 +200,24 @@ def _add_use(sub: argparse._SubParsersAction[_Parser]) -> None:
         help="length cap of the free-running samples (default: twice the longest input line)",
     )
     p.add_argument("--seed", type=_nonneg_int, default=0, help="free-running sample i: seed + i")
+    p.add_argument(
+        "--adapt",
+        action="store_true",
+        help="also score the lines in order as one document, the RNN adapting to each line "
+        "once scored (dynamic evaluation); reported as `adapted`, beside the static figures",
+    )
+    p.add_argument(
+        "--adapt-lr",
+        type=_float_in(0, 10, lo_open=True),
+        default=None,
+        help="SGD rate of --adapt (default 0.3)",
+    )
+    p.add_argument(
+        "--adapt-decay",
+        type=_float_in(0, 1),
+        default=0.0,
+        help="after each step, the fraction of the way back to the trained weights",
+    )
     p.add_argument("--device", default="cpu")
 
     p = sub.add_parser("score", help="log-probability of texts, one JSON object each")

@@ -32,6 +32,7 @@ import numpy as np
 
 from rnnlm.beam import FullScoreReturn, State, StateMethods
 from rnnlm.loaded import Loaded, load_model
+from rnnlm.models.adapt import Adaptation, score_adapting
 from rnnlm.models.batch import sample as draw_samples
 from rnnlm.models.engine import Engine
 from rnnlm.models.errors import CheckpointError
@@ -40,7 +41,7 @@ from rnnlm.models.results import SampleResult, ScoreResult
 from rnnlm.models.sampling import SampleParams
 from rnnlm.models.tokenizers import EOS, UNK
 
-__all__ = ["CheckpointError", "FullScoreReturn", "LanguageModel", "State", "load"]
+__all__ = ["Adaptation", "CheckpointError", "FullScoreReturn", "LanguageModel", "State", "load"]
 
 Part = Literal["mixture", "rnn", "ngram"]
 LN10 = float(np.log(10.0))
@@ -148,14 +149,19 @@ class LanguageModel(StateMethods):
         bos: bool = True,
         eos: bool = True,
         per_token: bool = False,
+        adapt: Adaptation | None = None,
     ) -> list[ScoreResult]:
         """What `POST /score` returns of each sentence (natural-log `logprob`, `log10prob`,
         `num_tokens`, `perplexity`, `oov_count`, the RNN's and the n-gram's parts, and with
-        `per_token` each token's), for the whole model whatever the view's part."""
+        `per_token` each token's), for the whole model whatever the view's part. `adapt`:
+        the sentences read in order as one document, the RNN adapting to each once scored
+        (`rnnlm.models.adapt`; this call's own copy of it)."""
         if isinstance(sentences, str):
             raise TypeError("score_batch takes a list of sentences, not one string")
         loaded = self._loaded
         with loaded.lock:
+            if adapt is not None:
+                return score_adapting(loaded.engine, list(sentences), bos, eos, per_token, adapt)
             return loaded.engine.score_batch(list(sentences), bos, eos, per_token=per_token)
 
     def full_scores(

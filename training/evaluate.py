@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from rnnlm.models.adapt import DEFAULT_LR, Adaptation, score_adapting
 from rnnlm.models.batch import sample
 from rnnlm.models.checkpoint import load_checkpoint
 from rnnlm.models.engine import Engine
@@ -50,10 +51,12 @@ def evaluate_file(
     free_running: int = 0,
     max_tokens: int | None = None,
     seed: int = 0,
+    adapt: Adaptation | None = None,
 ) -> dict[str, Any]:
     """Score every non-empty line as `<bos> ... <eos>`, the way the corpus builder splits.
 
     `free_running` > 0 adds that many samples' statistics (`free_running_stats`).
+    `adapt`: the lines scored again in order, adapting (models/adapt.py), as `adapted`.
     """
     lines = _read_lines(path)
     engine = Engine(load_checkpoint(model_dir, device=device))
@@ -92,8 +95,32 @@ def evaluate_file(
         for part, part_nll in (("rnn", nll_rnn), ("ngram", nll_ngram)):
             out[f"perplexity_{part}"] = math.exp(part_nll / tokens)
             out[f"bits_per_character_{part}"] = part_nll / chars / math.log(2)
+    if adapt is not None:
+        out["adapted"] = adapted_figures(engine, lines, adapt, chars)
     if free_running:
         out["free_running"] = free_running_stats(engine, lines, free_running, max_tokens, seed)
+    return out
+
+
+def adapted_figures(
+    engine: Engine, lines: list[str], adapt: Adaptation, chars: int
+) -> dict[str, Any]:
+    """The file's figures when its lines are read in order as one document, the RNN
+    adapting after each: a row of its own, never mixed into the static figures."""
+    results = score_adapting(engine, lines, adapt=adapt)
+    nll = -sum(r.logprob for r in results)
+    tokens = sum(r.num_tokens for r in results)
+    out: dict[str, Any] = {
+        "lr": adapt.lr,
+        "decay": adapt.decay,
+        "logprob": -nll,
+        "perplexity": math.exp(nll / tokens),
+        "bits_per_token": nll / tokens / math.log(2),
+        "bits_per_character": nll / chars / math.log(2),
+    }
+    if engine.ngram is not None:
+        rnn = -sum(r.rnn_logprob or 0.0 for r in results)
+        out["perplexity_rnn"] = math.exp(rnn / tokens)
     return out
 
 
@@ -148,5 +175,6 @@ def eval_command(args: argparse.Namespace) -> None:
         free_running=args.free_running,
         max_tokens=args.max_tokens,
         seed=args.seed,
+        adapt=Adaptation(args.adapt_lr or DEFAULT_LR, args.adapt_decay) if args.adapt else None,
     )
     print(json.dumps(result, indent=2))

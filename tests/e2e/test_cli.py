@@ -101,6 +101,15 @@ def test_eval_prints_perplexity_and_bits(trained: Path, text_file: Path):
                                          str(short)).stdout.splitlines()]  # fmt: skip
     nll = -sum(x["logprob"] for x in scored)
     assert r["perplexity"] == pytest.approx(math.exp(nll / sum(x["num_tokens"] for x in scored)))
+    # --adapt: the lines again in order, the RNN adapting; its own row beside the same
+    # static figures. A bad rate is refused before anything loads.
+    a = json.loads(run("eval", "--model", str(trained), "--input", str(short), "--adapt",
+                       "--adapt-lr", "0.01").stdout)  # fmt: skip
+    assert {k: v for k, v in a.items() if k != "adapted"} == r
+    assert a["adapted"]["lr"] == 0.01 and a["adapted"]["perplexity"] > 1
+    bad = run("eval", "--model", str(trained), "--input", str(short), "--adapt", "--adapt-lr",
+              "-1", check=False)  # fmt: skip
+    assert bad.returncode == 2 and "--adapt-lr" in bad.stderr
 
 
 def test_score_texts_and_file(trained: Path, tmp_path: Path):

@@ -55,3 +55,20 @@ def test_eval_reports_the_backward_perplexity_of_bidirectional_models(tmp_path: 
     back = sum(r.backward_logprob or 0 for r in engine.score_batch(["the cat sat.", "a dog"]))
     assert bi["perplexity_backward"] == pytest.approx(math.exp(-back / 19))
     assert bi["free_running"]["samples"] == 3
+
+
+def test_eval_adapting_is_a_row_of_its_own(tmp_path: Path) -> None:
+    from rnnlm.models.adapt import Adaptation
+
+    f = tmp_path / "doc.txt"
+    f.write_text("the cat sat on the mat.\n" * 4)
+    model = make_checkpoint(tmp_path / "m", ngram_order=3)
+    static = evaluate_file(model, f)
+    both = evaluate_file(model, f, adapt=Adaptation(lr=0.5))
+    assert "adapted" not in static
+    assert {k: v for k, v in both.items() if k != "adapted"} == static  # the static figures
+    row = both["adapted"]
+    assert row["lr"] == 0.5 and row["decay"] == 0.0
+    assert row["perplexity"] < static["perplexity"]  # the same line, read four times
+    assert row["bits_per_character"] < static["bits_per_character"]
+    assert row["perplexity_rnn"] < static["perplexity_rnn"]

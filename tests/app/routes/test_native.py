@@ -190,3 +190,29 @@ def test_score_of_a_bidirectional_model_has_both_directions(
         plain = client.post("/score", json={"model": "char", "texts": ["the cat"]}).json()
         assert plain["results"][0]["backward_logprob"] is None
         assert plain["results"][0]["average_logprob"] is None
+
+
+def test_score_adapting_reads_its_texts_in_order_and_keeps_nothing(client: TestClient) -> None:
+    doc = ["the cat sat on the mat.", "the cat sat on the mat.", "the cat"]
+    plain = client.post("/score", json={"texts": doc}).json()["results"]
+    body = {"texts": doc, "adapt": {"lr": 0.5}}
+    adapted = client.post("/score", json=body).json()["results"]
+    assert adapted[0]["logprob"] == pytest.approx(plain[0]["logprob"], abs=1e-4)
+    assert adapted[1]["logprob"] > plain[1]["logprob"] + 0.5  # read once already
+    # Each request adapts its own copy: the same request again, and plain scoring, are
+    # as before.
+    assert client.post("/score", json=body).json()["results"] == adapted
+    assert client.post("/score", json={"texts": doc}).json()["results"] == plain
+    defaults = client.post("/score", json={"texts": doc, "adapt": {}})
+    assert defaults.status_code == 200, defaults.text
+
+
+@pytest.mark.parametrize(
+    "adapt",
+    [{"lr": 0}, {"lr": -1}, {"lr": 100}, {"lr": "0.1"}, {"decay": 2}, {"rate": 1}, 1, True],
+)
+def test_score_adapting_refuses_bad_settings(client: TestClient, adapt: object) -> None:
+    r = client.post("/score", json={"texts": ["the"], "adapt": adapt})
+    assert r.status_code == 422, r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and "adapt" in (err["param"] or "")
