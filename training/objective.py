@@ -41,6 +41,8 @@ class LossModule(nn.Module):
             feats, new_s = self.model.features(inp[rows], s, backward=backward)  # (B, T, F)
             mask = tgt[rows] != PAD
             p = None if prior is None else prior[rows][mask]  # (N, V): a residual model's
+            if p is None and self.model.config.residual:  # a padding window (DDP): no targets
+                p = feats.new_zeros(int(mask.sum()), self.model.config.vocab_size)
             lp = self.model.token_log_probs(feats[mask], tgt[rows][mask], p)  # (N,)
             nlls.append(-lp.sum())
             states.append(new_s)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from rnnlm.models.ngram import histories_of
 from rnnlm.models.ngram_next import layout_of
@@ -96,3 +97,17 @@ def test_each_window_gets_its_positions_prior(split: TokenSplit) -> None:
                     assert np.array_equal(prior[r, t].numpy(), table[p].astype(np.float32))
     _, wins = sentence_windows(split, idx, bptt)
     assert all(p is None for _, _, p in with_prior(wins, None, split, idx, bptt))
+
+
+def test_a_residual_models_padding_window_has_no_loss() -> None:
+    """Under DDP a rank whose batch ends first runs (rows, 1) windows of <pad>, with no
+    prior (training/train.py `_in_step`): a residual model's loss there is zero."""
+    from rnnlm.models.model import RNNLM, ModelConfig
+    from rnnlm.training.objective import LossModule
+
+    model = RNNLM(ModelConfig(vocab_size=9, embedding=4, hidden=6, layers=1, tied=False,
+                              residual=True))  # fmt: skip
+    pad = torch.full((3, 1), PAD, dtype=torch.long)
+    nll, count, _ = LossModule(model)(pad, pad, None, None)
+    assert count == 0 and float(nll.sum()) == 0.0
+    nll.sum().backward()  # every parameter takes part, as DDP's all-reduce needs
