@@ -104,9 +104,10 @@ def _step(engine: Engine, full: list[int], adapt: Adaptation, trained: list[torc
     prior = None
     if model.config.residual:  # the n-gram's ln P (T, V) under the logits
         assert engine.ngram is not None
-        probs = layout_of(engine.ngram).probabilities(histories_of(inputs, engine.ngram.order)[0])
-        with np.errstate(divide="ignore"):
-            prior = torch.from_numpy(np.log(probs).astype(np.float32)).to(engine.device)
+        layout = layout_of(engine.ngram)
+        contexts = layout.contexts(histories_of(inputs, engine.ngram.order)[0])
+        prior = torch.from_numpy(layout.log_probabilities_at(contexts, np.float32)[0])
+        prior = prior.to(engine.device)
     params = list(model.parameters())
     with torch.enable_grad():
         feats, _ = model.features(inp)  # (1, T, F)

@@ -206,16 +206,24 @@ class NextTokens:
         probs *= (factor * (1.0 - lam)).astype(dtype)[:, None]
         return probs, bucket
 
-    def prior_and_part_at(
-        self, contexts: Int64s, weights: Floats, dtype: type = np.float64
+    def log_probabilities_at(
+        self, contexts: Int64s, dtype: type = np.float64
     ) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any], Int64s]:
-        """What a residual model (models/model.py) asks after each token: ln P(· | history)
-        (B, V), the prior its logits are added to, and `mixture_part_at`'s (1 − λ)·P (B, V)
-        and buckets, from one distribution."""
+        """ln P(· | history) (B, V), the prior a residual model's logits are added to
+        (models/model.py; -inf for ids never predicted), P itself (B, V, a new array the
+        caller may change) and each row's mixing bucket (B,), from the rows' contexts."""
         probs, factor, bucket = self.distribution(contexts, dtype)
         probs *= factor.astype(dtype)[:, None]
         with np.errstate(divide="ignore"):
-            prior = np.log(probs)
+            log_probs = np.log(probs)
+        return log_probs, probs, bucket
+
+    def prior_and_part_at(
+        self, contexts: Int64s, weights: Floats, dtype: type = np.float64
+    ) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any], Int64s]:
+        """What a residual model asks after each token: ln P(· | history) (B, V), and
+        `mixture_part_at`'s (1 − λ)·P (B, V) and buckets, from one distribution."""
+        prior, probs, bucket = self.log_probabilities_at(contexts, dtype)
         probs *= (1.0 - np.asarray(weights, np.float64)[bucket]).astype(dtype)[:, None]
         return prior, probs, bucket
 

@@ -236,10 +236,7 @@ class Scoring:
                 # targets' n-gram log-probs and buckets come from it too (one walk of h).
                 assert self.ngram is not None and h is not None
                 layout = layout_of(self.ngram)
-                probs, factor, bucket = layout.distribution(layout.contexts(h), np.float32)
-                probs *= factor.astype(np.float32)[:, None]
-                with np.errstate(divide="ignore"):
-                    ln_p = np.log(probs)
+                ln_p, _, bucket = layout.log_probabilities_at(layout.contexts(h), np.float32)
                 prior = torch.from_numpy(ln_p).to(f.device, f.dtype)
                 at = np.arange(len(ln_p))
                 ngram_of = (ln_p[at, t.cpu().numpy()].astype(np.float64), bucket)

@@ -84,9 +84,7 @@ def fold_priors(
         for s in range(0, len(mine), _CHUNK):
             at = mine[s : s + _CHUNK]
             hist = histories_at(split, start_id, order - 1, at)
-            probs = layout.probabilities(hist, dtype=np.float32)
-            with np.errstate(divide="ignore"):
-                table[at] = np.log(probs)
+            table[at] = layout.log_probabilities_at(layout.contexts(hist), np.float32)[0]
     if note is not None:
         note(
             f"residual: training prior from {folds} n-grams of order {order}, each "
