@@ -467,7 +467,8 @@ def _train(
     bar.close()
     for s, h in old_handlers.items():
         signal.signal(s, h)
-    summary = _finish(out, corpus, tok, cfg, st, splits, stopped, last_metrics, dev, ngram)
+    built = None if ngram is None else (ngram, ngram_info)
+    summary = _finish(out, corpus, tok, cfg, st, splits, stopped, last_metrics, dev, built)
     if cfg.residual:
         summary["residual_setup_s"] = round(setup_s, 1)
     if dist.is_initialized():
@@ -563,7 +564,7 @@ def _finish(
     stopped: str,
     last_metrics: dict[str, Any],
     dev: torch.device,
-    ngram: NgramModel | None = None,
+    built: tuple[NgramModel, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The end of a run, on rank 0: the test split scored once and best/ written once.
 
@@ -595,7 +596,7 @@ def _finish(
         nll, n = evaluate_split(best.model, tok, splits["test"], cfg.mode, backward=True)
         metrics["test_ppl_backward"] = summary["test_ppl_backward"] = math.exp(nll / n)
     if finishing and (cfg.ngram_order or cfg.ngram_arpa):
-        summary |= _add_ngram(out, corpus, tok, cfg, metrics, ngram)
+        summary |= _add_ngram(out, corpus, tok, cfg, metrics, built)
     elif best is not None:
         nll, n = evaluate_split(best.model, tok, splits["test"], cfg.mode)
         summary["test_ppl"] = metrics["test_ppl"] = math.exp(nll / n)
@@ -616,16 +617,14 @@ def _add_ngram(
     tok: Tokenizer,
     cfg: TrainConfig,
     metrics: dict[str, Any],
-    built: NgramModel | None = None,
+    built: tuple[NgramModel, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Estimate (or import) the n-gram, fit λ on the validation split, put both in best/
     (with `metrics` added to its config), scoring the test split once, part by part.
     A residual model's n-gram was `built` when the run started and is in best/ already."""
     arpa = Path(cfg.ngram_arpa) if cfg.ngram_arpa else None
     if built is not None:
-        ngram, info = built, dict(read_config(out / "best")["ngram"])
-        for key in ("file", "sha256", "lambda", "lambda_from", "lambda_buckets"):
-            info.pop(key, None)
+        ngram, info = built
     else:
         ngram, info = build_ngram(tok, corpus, cfg.mode, cfg.ngram_order or 0, arpa, note=log)
     log(
