@@ -1,6 +1,7 @@
 """Ways to mix a model's RNN and n-gram, fit on validation, measured on test side by side.
 
-    python bench/mixers.py RUN/best CORPUS [--max-tokens 200000] [--steps 300] > mixers.jsonl
+    python bench/mixers.py RUN/best CORPUS [--max-tokens 200000] [--steps 300]
+        [--match-len 64] [--cache-len 64] > mixers.jsonl
 
 An experiment, not a feature (issue #31, its first lever): the checkpoint serves
 the mixture it has (one λ per mixing bucket, linear). This measures, on the same
@@ -12,7 +13,19 @@ positions, what other mixers would give:
 - `linear-gated`: λ = σ(w·φ + b), φ the history's features below;
 - `loglinear-buckets`: P ∝ P_rnn^a · P_ngram^c, a and c per bucket (geometric
   mixing, as PAQ and cmix mix; log-linear interpolation in Heafield et al. 2016);
-- `loglinear-gated`: a, c = softplus(W·φ + b).
+- `loglinear-gated`: a, c = softplus(W·φ + b);
+- `match`: the match model of `match_model.py` alone, over the training text (lever 3:
+  the tokens that followed the longest stretch of it that ends as the history ends);
+- `match-linear-buckets`: the served mixture, then (1−μ)·P_served + μ·P_match with μ
+  per match bucket (the match's length, and how many distinct tokens followed it):
+  one table more, what a served model would add;
+- `match1-linear-buckets`: the same with the match model's one guess (all of its P on
+  the token that most often followed): what a match model of one pointer would give;
+- `match-linear-gated`: the RNN, the n-gram and the match model, weights
+  softmax(W·φ' + b), φ' = φ and the match model's features;
+- `cache-adapting`, `match+cache-adapting`: the same with a *cache*, the match model
+  over the split's own lines read before (lever 4's other half: counts of the text
+  already scored); adapting to the text, so rows of their own.
 
 φ depends on the history only, never on the token predicted: the history's mixing
 bucket (one-hot), the entropy and the largest log-probability of each part's
@@ -20,7 +33,8 @@ distribution. Every mixed distribution is normalised over the whole vocabulary
 (`check_sums` verifies Σ_v P(v) = 1 at every scored position, recomputing the
 mixer as if each v were the token predicted, so a mixer that peeked at the token
 would fail it). Each gated or per-bucket mixer is fit by Adam on the validation
-positions (the first half; the second half picks the step), then scored on test.
+positions (the first half; the second half picks the step, its start a candidate),
+then scored on test.
 Prints one JSON object per mixer: bits per token on validation and test, and test
 bits against the n-gram's on the same tokens (the ratio the quality goals use).
 """
@@ -44,6 +58,8 @@ from torch import Tensor, nn
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from match_model import MatchIndex, training_stream  # noqa: E402
+
 from rnnlm.models.checkpoint import load_checkpoint, start_token  # noqa: E402
 from rnnlm.models.ngram import KID_BINS, histories_of  # noqa: E402
 from rnnlm.models.ngram_next import layout_of  # noqa: E402
@@ -55,32 +71,74 @@ _FLOOR = -50.0  # ln P where a part gives exactly 0 (specials): finite, so 0 · 
 
 class Positions:
     """Every scored position of a split: each part's whole distribution, in ln, and the
-    history's bucket; the token predicted kept apart (`targets`)."""
+    history's bucket; the token predicted kept apart (`targets`). `counted`: the
+    count-based parts beside them, "match" (the training text's match model) and
+    "cache" (the same over the split's own lines read before), each as (ln P (N, V),
+    stats (N, 3): the longest match's length, its occurrences, the distinct tokens after
+    them)."""
 
-    def __init__(self, rnn: Tensor, ngram: Tensor, bucket: Tensor, targets: Tensor) -> None:
+    def __init__(
+        self, rnn: Tensor, ngram: Tensor, bucket: Tensor, targets: Tensor,
+        counted: dict[str, tuple[Tensor, Tensor]] | None = None,
+    ) -> None:  # fmt: skip
         self.rnn, self.ngram, self.bucket, self.targets = rnn, ngram, bucket, targets
+        self.counted = counted or {}
 
     def __len__(self) -> int:
         return len(self.targets)
 
     def part(self, rows: slice) -> Positions:
-        return Positions(self.rnn[rows], self.ngram[rows], self.bucket[rows], self.targets[rows])
+        counted = {k: (lp[rows], st[rows]) for k, (lp, st) in self.counted.items()}
+        return Positions(self.rnn[rows], self.ngram[rows], self.bucket[rows], self.targets[rows],
+                         counted)  # fmt: skip
 
 
-def positions(run: Path, corpus: Path, split: str, max_tokens: int) -> Positions:
+def counted_part(index: MatchIndex | None, histories: np.ndarray[Any, Any], vocab: int,
+                 one_guess: bool = False) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """A match model's ln P (N, V) and stats (N, 3) for histories (N, W); uniform where
+    nothing matched (a token the indexed text lacks, or no text yet). `one_guess`: all
+    of P on the token that most often followed (the lowest id of a tie), as a
+    compressor's match model guesses one byte: what a state of one pointer would give."""
+    if index is None:
+        length = np.zeros(len(histories), np.int64)
+        counts = np.zeros((len(histories), vocab), np.int64)
+    else:
+        length, counts = index.lookup(histories)
+    if one_guess:
+        guess = counts.argmax(1)
+        counts = np.where(counts.sum(1, keepdims=True) > 0, np.eye(vocab, dtype=np.int64)[guess], 0)
+    total = counts.sum(1, keepdims=True)
+    dist = np.where(total > 0, counts / np.maximum(total, 1), 1 / vocab)
+    with np.errstate(divide="ignore"):
+        lp = torch.from_numpy(np.log(dist)).clamp(min=_FLOOR)
+    stats = np.stack([length, total[:, 0], (counts > 0).sum(1)], 1).astype(np.float64)
+    return lp, torch.from_numpy(stats)
+
+
+def positions(
+    run: Path, corpus: Path, split: str, max_tokens: int,
+    index: MatchIndex | None = None, cache_len: int = 0,
+) -> Positions:  # fmt: skip
     """The split's positions as the engine scores them: each sequence from the start
-    token, <eos> predicted, the n-gram reading the same history."""
+    token, <eos> predicted, the n-gram (and the match models) reading the same history.
+
+    cache_len > 0: the "cache" part, a match model over the split's lines read before,
+    in order, up to cache_len tokens back. Its index is rebuilt every 64 lines (one batch
+    of the RNN), so a line sees the lines of the batches before its own: a little less
+    than it could, never more."""
     ckpt = load_checkpoint(run)
     model, ngram = ckpt.model.eval(), ckpt.ngram
     if ngram is None:
         raise SystemExit(f"{run}: no n-gram in this checkpoint")
     layout, start = layout_of(ngram), start_token(ckpt.mode)
+    vocab = ckpt.model.config.vocab_size
     data = TokenSplit(corpus, split)
     rnn, ng, buckets, targets = [], [], [], []
+    counted: dict[str, list[tuple[Tensor, Tensor]]] = {"match": [], "match1": [], "cache": []}
     seen, i = 0, 0
     with torch.inference_mode():
         while i < len(data) and seen < max_tokens:
-            seqs = []
+            first, seqs = i, list[list[int]]()
             while i < len(data) and len(seqs) < 64 and seen < max_tokens:
                 s = [start, *data.sequence(i)[:-1].tolist(), EOS]
                 seqs.append(s)
@@ -102,8 +160,54 @@ def positions(run: Path, corpus: Path, split: str, max_tokens: int) -> Positions
                 ng.append(torch.from_numpy(np.log(probs)).clamp(min=_FLOOR))
             buckets.append(torch.from_numpy(bucket))
             targets.append(torch.from_numpy(tgt[mask]))
+            if index is not None:
+                long = histories_of(inp, index.max_len + 1)[mask]
+                counted["match"].append(counted_part(index, long, vocab))
+                lp1, _ = counted_part(index, long, vocab, one_guess=True)
+                counted["match1"].append((lp1, counted["match"][-1][1]))  # the same stats
+            if cache_len > 0:
+                read = [data.sequence(j) for j in range(first)]  # the lines before this batch
+                cache = MatchIndex(training_stream(read, start), vocab, cache_len) if read else None
+                long = histories_of(inp, cache_len + 1)[mask]
+                counted["cache"].append(counted_part(cache, long, vocab))
+    parts = {k: (torch.cat([lp for lp, _ in v]), torch.cat([st for _, st in v]))
+             for k, v in counted.items() if v}  # fmt: skip
     return Positions(torch.cat(rnn).clamp(min=_FLOOR), torch.cat(ng), torch.cat(buckets),
-                     torch.cat(targets))  # fmt: skip
+                     torch.cat(targets), parts)  # fmt: skip
+
+
+def match_index(run: Path, corpus: Path, max_len: int) -> MatchIndex:
+    """The match model of the checkpoint's training split, as the model reads it."""
+    ckpt = load_checkpoint(run)
+    train = TokenSplit(corpus, "train")
+    stream = training_stream((train.sequence(i) for i in range(len(train))),
+                             start_token(ckpt.mode))  # fmt: skip
+    return MatchIndex(stream, ckpt.model.config.vocab_size, max_len)
+
+
+# Match-length buckets: 0 … 16 one each, then 17-24, 25-32, 33-48, 49 and over; each
+# split by how many distinct tokens followed the match (1, 2-3, 4 or more): a long match
+# always followed by one token is a near-certain guess, one with many is not.
+_LEN_EDGES = torch.tensor([*range(1, 18), 25, 33, 49], dtype=torch.float64)
+MATCH_BUCKETS = (len(_LEN_EDGES) + 1) * 3
+
+
+def match_bucket(stats: Tensor) -> Tensor:
+    """(N, 3) length, occurrences, distinct next tokens -> (N,) bucket, history only."""
+    length = torch.bucketize(stats[:, 0].contiguous(), _LEN_EDGES, right=True)
+    kinds = torch.bucketize(stats[:, 2].contiguous(), torch.tensor([2.0, 4.0], dtype=torch.float64),
+                            right=True)  # fmt: skip
+    return length * 3 + kinds
+
+
+def match_features(lp: Tensor, stats: Tensor) -> Tensor:
+    """A match model's part of φ (N, MATCH_BUCKETS + 4): its bucket one-hot, ln of the
+    occurrences and of the distinct tokens after them, its distribution's entropy and
+    largest ln P."""
+    onehot = F.one_hot(match_bucket(stats), MATCH_BUCKETS).double()
+    cols = [stats[:, 1].log1p(), stats[:, 2].log1p(), -(lp.exp() * lp).sum(1),
+            lp.max(1).values]  # fmt: skip
+    return torch.cat([onehot, torch.stack(cols, 1)], 1)
 
 
 def features(p: Positions, buckets: int) -> Tensor:
@@ -147,6 +251,53 @@ class Linear(Mixer):
         return torch.logaddexp(p.rnn + lam.log(), p.ngram + (-lam).log1p())
 
 
+class CountedAlone(Mixer):
+    """A count-based part by itself (uniform where nothing matched)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+
+    def log_probs(self, p: Positions, phi: Tensor) -> Tensor:
+        return p.counted[self.name][0]
+
+
+class MatchLinear(Mixer):
+    """The RNN, the n-gram and count-based parts (`names`), linearly.
+
+    With no `table`: weights softmax(W·φ + b) over them all, φ with each counted part's
+    features. With one: the served mixture first (the checkpoint's λ per bucket), then
+    (1−μ)·P_served + μ·P_match with μ per match bucket: what a served model would add,
+    one more table."""
+
+    def __init__(
+        self, width: int, names: tuple[str, ...], table: Tensor | None = None, lam: float = 0.5
+    ) -> None:
+        super().__init__()
+        self.names, self.table = names, table
+        self.gate = nn.Linear(width, 2 + len(names)) if table is None else None
+        # σ⁻¹(0.05): the match model at a twentieth to start.
+        self.mu = nn.Parameter(torch.full((MATCH_BUCKETS,), -2.944)) if table is not None else None
+        if self.gate is not None:  # start near the served mixture (λ on average: `lam`)
+            start = [lam * 0.9, (1 - lam) * 0.9] + [0.1 / len(names)] * len(names)
+            nn.init.zeros_(self.gate.weight)
+            with torch.no_grad():
+                self.gate.bias.copy_(torch.tensor(start).log())
+
+    def log_probs(self, p: Positions, phi: Tensor) -> Tensor:
+        counted = [p.counted[k] for k in self.names]
+        if self.gate is not None:
+            w = torch.log_softmax(self.gate(phi), 1)  # (N, parts), ln of weights summing to 1
+            parts = torch.stack([p.rnn, p.ngram, *(lp for lp, _ in counted)], 2)  # (N, V, parts)
+            return torch.logsumexp(parts + w[:, None], 2)
+        assert self.table is not None and self.mu is not None and len(counted) == 1
+        ((match, stats),) = counted
+        lam = self.table[p.bucket].clamp(1e-6, 1 - 1e-6)[:, None]
+        served = torch.logaddexp(p.rnn + lam.log(), p.ngram + (-lam).log1p())
+        mu = self.mu[match_bucket(stats)][:, None]
+        return torch.logaddexp(served + F.logsigmoid(-mu), match + F.logsigmoid(mu))
+
+
 class LogLinear(Mixer):
     """P ∝ P_rnn^a · P_ngram^c; (a, c) per bucket, or softplus(W·φ + b) (`gated`)."""
 
@@ -178,11 +329,12 @@ def fit(mixer: Mixer, p: Positions, phi: Tensor, steps: int) -> dict[str, Any]:
     fit_phi, hold_phi = phi[:half], phi[half:]
     opt = torch.optim.Adam(params, lr=0.05)
     best, best_state, best_step = math.inf, None, 0
-    for step in range(1, steps + 1):
-        opt.zero_grad()
-        loss = -mixer.token_logprob(fit_p, fit_phi, fit_p.targets).mean()
-        loss.backward()
-        opt.step()
+    for step in range(0, steps + 1):  # step 0: where it starts, a candidate too
+        if step:
+            opt.zero_grad()
+            loss = -mixer.token_logprob(fit_p, fit_phi, fit_p.targets).mean()
+            loss.backward()
+            opt.step()
         if step % 10 == 0 or step == steps:
             with torch.no_grad():
                 held = -float(mixer.token_logprob(hold, hold_phi, hold.targets).mean())
@@ -218,12 +370,18 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--check", type=int, default=200, help="positions whose sums are checked")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--match-len", type=int, default=64,
+                    help="longest match of the match model, tokens; 0: none")  # fmt: skip
+    ap.add_argument("--cache-len", type=int, default=64,
+                    help="the same over the lines read before (adapting); 0: none")  # fmt: skip
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     t0 = time.perf_counter()
-    valid = positions(args.run, args.corpus, "valid", args.max_tokens)
-    test = positions(args.run, args.corpus, "test", args.max_tokens)
+    index = match_index(args.run, args.corpus, args.match_len) if args.match_len > 0 else None
+    index_s = time.perf_counter() - t0
+    valid = positions(args.run, args.corpus, "valid", args.max_tokens, index, args.cache_len)
+    test = positions(args.run, args.corpus, "test", args.max_tokens, index, args.cache_len)
     ckpt = load_checkpoint(args.run)
     assert ckpt.ngram is not None
     buckets = ckpt.ngram.order * KID_BINS
@@ -232,13 +390,33 @@ def main() -> None:
     mean, std = phi_v.mean(0), phi_v.std(0).clamp(min=1e-6)
     phi_v, phi_t = (phi_v - mean) / std, (phi_t - mean) / std  # valid's scale for both
     width = phi_v.shape[1]
-    common = {
+    common: dict[str, Any] = {
         "run": str(args.run),
         "valid_tokens": len(valid),
         "test_tokens": len(test),
         "vocab": int(valid.rnn.shape[1]),
         "prepare_s": round(time.perf_counter() - t0, 1),
     }
+    for name, (_, stats) in test.counted.items():
+        if name == "match1":  # the match's stats
+            continue
+        length = stats[:, 0]
+        common |= {f"{name}_len": args.match_len if name == "match" else args.cache_len,
+                   f"test_{name}_len_mean": round(float(length.mean()), 2),
+                   # matches longer than the n-gram's longest context: where it adds reach
+                   f"test_{name}_beyond_ngram": round(float((length >= ckpt.ngram.order)
+                                                            .double().mean()), 4)}  # fmt: skip
+    if index is not None:
+        common["match_index_s"] = round(index_s, 1)
+    # φ with the counted parts' features, on valid's scale, for the mixers that use them.
+    with_counted: dict[tuple[str, ...], tuple[Tensor, Tensor]] = {}
+    for names in (("match",), ("cache",), ("match", "cache")):
+        if all(k in valid.counted for k in names):
+            mf_v = torch.cat([match_features(*valid.counted[k]) for k in names], 1)
+            mf_t = torch.cat([match_features(*test.counted[k]) for k in names], 1)
+            m_mean, m_std = mf_v.mean(0), mf_v.std(0).clamp(min=1e-6)
+            with_counted[names] = (torch.cat([phi_v, (mf_v - m_mean) / m_std], 1),
+                                   torch.cat([phi_t, (mf_t - m_mean) / m_std], 1))  # fmt: skip
     torch.set_default_dtype(torch.float64)  # the gates' weights, as the positions
     mixers: dict[str, Mixer] = {
         "rnn": Linear(width, torch.ones(buckets, dtype=torch.float64)),
@@ -248,17 +426,30 @@ def main() -> None:
         "loglinear-buckets": LogLinear(width, buckets, gated=False),
         "loglinear-gated": LogLinear(width, buckets, gated=True),
     }
+    phis: dict[str, tuple[Tensor, Tensor]] = {}
+    lam_mean = min(max(float(table[valid.bucket].mean()), 0.01), 0.99)  # served λ, mean
+    if "match" in valid.counted:
+        mixers["match"] = CountedAlone("match")
+        mixers["match-linear-buckets"] = MatchLinear(width, ("match",), table)
+        mixers["match1-linear-buckets"] = MatchLinear(width, ("match1",), table)
+    # The cache reads the split's earlier lines: adapting, so its rows are named so.
+    for names, row in ((("match",), "match-linear-gated"), (("cache",), "cache-adapting"),
+                       (("match", "cache"), "match+cache-adapting")):  # fmt: skip
+        if names in with_counted:
+            phis[row] = with_counted[names]
+            mixers[row] = MatchLinear(phis[row][0].shape[1], names, lam=lam_mean)
     ngram_bits = bits(mixers["ngram"], test, phi_t)
     for name, mixer in mixers.items():
         t1 = time.perf_counter()
-        info = fit(mixer, valid, phi_v, args.steps)
+        pv, pt = phis.get(name, (phi_v, phi_t))
+        info = fit(mixer, valid, pv, args.steps)
         n = min(args.check, len(test))
-        sub, sub_phi = test.part(slice(0, n)), phi_t[:n]
+        sub, sub_phi = test.part(slice(0, n)), pt[:n]
         worst = check_sums(lambda tg: mixer.token_logprob(sub, sub_phi, tg),  # noqa: B023
                            sub.rnn.shape[1], n)  # fmt: skip
-        test_bits = bits(mixer, test, phi_t)
+        test_bits = bits(mixer, test, pt)
         print(json.dumps({"bench": "mixer", "mixer": name, **common, **info,
-                          "valid_bits": round(bits(mixer, valid, phi_v), 4),
+                          "valid_bits": round(bits(mixer, valid, pv), 4),
                           "test_bits": round(test_bits, 4),
                           "test_bits_vs_ngram": round(test_bits / ngram_bits, 4),
                           "max_sum_error": worst, "fit_s": round(time.perf_counter() - t1, 1)}),

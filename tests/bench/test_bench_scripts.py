@@ -392,19 +392,39 @@ def test_mixers_fit_on_valid_and_score_test(
     from rnnlm.cli import main
 
     lines = text_file.read_text().splitlines()
-    for name, part in (("valid", lines[:40]), ("test", lines[40:80])):
+    test_lines = lines[40:180]
+    test_lines[100] = test_lines[5]  # read again in a later batch: the cache finds it whole
+    for name, part in (("valid", lines[:40]), ("test", test_lines)):
         (tmp_path / f"{name}.txt").write_text("\n".join(part) + "\n")
     assert main(["corpus", str(text_file), "--valid", str(tmp_path / "valid.txt"), "--test",
                  str(tmp_path / "test.txt"), "--out", str(tmp_path / "c")]) == 0  # fmt: skip
     assert main(["train", "--corpus", str(tmp_path / "c"), "--out", str(tmp_path / "r"),
                  "--max-steps", "3", "--hidden", "16", "--embedding", "8", "--ngram-order",
                  "4", "--no-progress"]) == 0  # fmt: skip
+    # The cache reads only lines of earlier batches of 64: none for the first batch.
+    p = mixers.positions(tmp_path / "r" / "best", tmp_path / "c", "test", 10**6, cache_len=8)
+    cache_len = p.counted["cache"][1][:, 0]
+    per_line = [len(x) + 1 for x in test_lines]  # its characters, then <eos>
+    assert "match" not in p.counted and len(p) == sum(per_line)
+    assert (cache_len[: sum(per_line[:64])] == 0).all()
+    start = sum(per_line[:100])  # the repeated line: at each position, the whole history
+    want = torch.clamp(torch.arange(1, per_line[100] + 1), max=8).double()
+    assert torch.equal(cache_len[start : start + per_line[100]], want)
     rows = {r["mixer"]: r for r in _script(str(BENCH / "mixers.py"), str(tmp_path / "r" / "best"),
                                            str(tmp_path / "c"), "--steps", "20")}  # fmt: skip
     assert set(rows) == {"rnn", "ngram", "linear-buckets", "linear-gated", "loglinear-buckets",
-                         "loglinear-gated"}  # fmt: skip
+                         "loglinear-gated", "match", "match-linear-buckets",
+                         "match1-linear-buckets", "match-linear-gated", "cache-adapting",
+                         "match+cache-adapting"}  # fmt: skip
     for r in rows.values():
         assert r["max_sum_error"] < 1e-6 and r["test_tokens"] > 100
+        assert r["test_match_len_mean"] >= 1 and 0 <= r["test_match_beyond_ngram"] <= 1
+        assert 0 <= r["test_cache_beyond_ngram"] <= 1
+    # The corpus's training text holds the test lines (text_file is all of them), so the
+    # match model finds each line whole; the mixers with it must use that.
+    assert rows["match"]["test_bits"] < 0.5 * rows["ngram"]["test_bits"]
+    for m in ("match-linear-buckets", "match1-linear-buckets", "match-linear-gated"):
+        assert rows[m]["test_bits"] < rows["linear-buckets"]["test_bits"]
     assert rows["ngram"]["test_bits_vs_ngram"] == 1.0
     # The served mixture scores as `rnnlm eval` does: between its two parts, or better.
     served = rows["linear-buckets"]["test_bits"]
@@ -416,6 +436,14 @@ def test_mixers_fit_on_valid_and_score_test(
     ev = json.loads(capsys.readouterr().out)
     assert ev["tokens"] == rows["linear-buckets"]["test_tokens"]
     assert served == pytest.approx(ev["bits_per_token"], abs=1e-4)
+    # No match model, no cache: the other rows as they were.
+    plain = {r["mixer"]: r for r in _script(str(BENCH / "mixers.py"), str(tmp_path / "r" / "best"),
+                                            str(tmp_path / "c"), "--steps", "20", "--match-len",
+                                            "0", "--cache-len", "0")}  # fmt: skip
+    assert set(plain) == {"rnn", "ngram", "linear-buckets", "linear-gated", "loglinear-buckets",
+                          "loglinear-gated"}  # fmt: skip
+    assert "test_match_len_mean" not in plain["rnn"]
+    assert plain["linear-buckets"]["test_bits"] == served
 
 
 def test_beam_speed_measures_states_against_the_bound(tmp_path: Path) -> None:

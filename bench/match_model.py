@@ -1,0 +1,143 @@
+"""A match model over the training text: the longest stretch of it that ends as the
+history ends, and what followed each time.
+
+Issue #31, lever 3; an experiment `bench/mixers.py` mixes in, not served. Compressors
+(lpaq, paq8, cmix) keep a *match model*: find the longest earlier stretch of the input
+that ends like the current context and predict the byte that came after it. A
+character 10-gram sees nine characters back; a match reaches `max_len` tokens back,
+to a whole repeated line. Here the earlier text is the training split, and every
+occurrence of that stretch counts, not only the last:
+
+    P_match(t | h) = n(s t) / n(s),   s = the longest suffix of h that occurs in the
+                                      training text followed by a token
+
+(Liu et al. 2024 call this the ∞-gram). s depends on the history only, so P_match is a
+distribution over the vocabulary whatever the token predicted.
+
+The index is a suffix array of the training stream read backwards, sorted on the first
+`max_len` tokens only (prefix doubling; entries equal that far may lie in any order,
+which no query can tell apart). Read backwards, the history's suffixes are the prefixes
+of one query, so lengthening the match by a token narrows the query's interval of the
+array to the entries with that token at that offset: two binary searches, for every
+position at once (numpy, lockstep). The continuations are counted with a rank table:
+for every `block` entries of the array, how many of each next token came before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+Ints = np.ndarray[Any, np.dtype[np.int64]]
+
+
+def training_stream(sequences: Iterable[np.ndarray[Any, Any]], start: int) -> Ints:
+    """The texts as the model reads them, one after another: each from the start token to
+    its <eos> (each sequence given with its <eos>)."""
+    parts = [np.concatenate([[start], np.asarray(s, np.int64)]) for s in sequences]
+    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+
+def sort_by_prefix(text: Ints, depth: int) -> Ints:
+    """Start positions of `text`'s suffixes in the order of their first `depth` tokens
+    (at least; ties beyond are in no set order). Prefix doubling: after each round the
+    rank of a suffix orders it by twice as many tokens as before."""
+    n = len(text)
+    rank = text.astype(np.int64) + 1  # 0: past the end, before every token
+    order = np.argsort(rank, kind="stable")
+    length = 1
+    while length < depth and n:
+        after = np.zeros(n, np.int64)
+        after[: max(n - length, 0)] = rank[length:]
+        key = rank * (int(rank.max()) + 1) + after  # < n² ≤ 2⁶³ for n < 3·10⁹
+        order = np.argsort(key, kind="stable")
+        sorted_key = key[order]
+        rank = np.empty(n, np.int64)
+        rank[order] = 1 + np.concatenate([[0], np.cumsum(sorted_key[1:] != sorted_key[:-1])])
+        length *= 2
+        if rank.max() == n:  # all distinct: more tokens change nothing
+            break
+    return order
+
+
+class MatchIndex:
+    """The training stream's match model: `lookup(histories)` -> each history's longest
+    match length and the counts of the tokens that followed it."""
+
+    def __init__(self, stream: Ints, vocab: int, max_len: int = 64, block: int = 128) -> None:
+        self.vocab, self.max_len, self.block = vocab, max_len, block
+        rev = np.ascontiguousarray(stream[::-1], dtype=np.int64)
+        self.n = n = len(rev)
+        self.sa = sort_by_prefix(rev, max_len)
+        # The token at offset d of the entry at j is rev_pad[sa[j] + d]; -1 past the end,
+        # below every token as in the sort.
+        self.rev_pad = np.concatenate([rev, np.full(max_len + 1, -1, np.int64)])
+        # What followed each occurrence: the token before it in the reversed stream.
+        # `vocab` where nothing did (the stream's last token).
+        nxt = np.where(self.sa > 0, rev[np.maximum(self.sa - 1, 0)], vocab)
+        self.nxt_pad = np.concatenate([nxt, np.full(block, vocab, np.int64)])
+        blocks = (n + block - 1) // block
+        width = vocab + 1
+        padded = np.concatenate([nxt, np.full(blocks * block - n, vocab, np.int64)])
+        per_block = np.bincount(np.repeat(np.arange(blocks), block) * width + padded,
+                                minlength=blocks * width).reshape(blocks, width)  # fmt: skip
+        self.cum = np.zeros((blocks + 1, width), np.int64)  # counts of nxt[: b·block]
+        self.cum[1:] = np.cumsum(per_block, axis=0)
+
+    def _lower_bound(self, lo: Ints, hi: Ints, token: Ints, offset: int) -> Ints:
+        """Per row, the first j in [lo, hi) whose entry's token at `offset` is >= token
+        (the entries in [lo, hi) share their first `offset` tokens, so sorted on it)."""
+        a, b = lo.copy(), hi.copy()
+        while True:
+            open_ = a < b
+            if not open_.any():
+                return a
+            mid = (a + b) // 2
+            at = self.rev_pad[self.sa[np.minimum(mid, self.n - 1)] + offset]
+            right = open_ & (at < token)
+            a = np.where(right, mid + 1, a)
+            b = np.where(open_ & ~right, mid, b)
+
+    def interval(self, histories: Ints) -> tuple[Ints, Ints, Ints]:
+        """histories (N, W), newest last, -1 before the start -> (length, lo, hi): the
+        longest suffix (at most max_len tokens) that occurs, and its entries [lo, hi)."""
+        query = histories[:, ::-1][:, : self.max_len]  # newest first
+        qlen = (query >= 0).sum(1)
+        N = len(query)
+        lo, hi = np.zeros(N, np.int64), np.full(N, self.n, np.int64)
+        length = np.zeros(N, np.int64)
+        alive = np.arange(N)
+        for d in range(query.shape[1]):
+            alive = alive[qlen[alive] > d]
+            if not len(alive):
+                break
+            tok = query[alive, d]
+            new_lo = self._lower_bound(lo[alive], hi[alive], tok, d)
+            new_hi = self._lower_bound(new_lo, hi[alive], tok + 1, d)
+            found = new_hi > new_lo
+            alive = alive[found]
+            lo[alive], hi[alive], length[alive] = new_lo[found], new_hi[found], d + 1
+        return length, lo, hi
+
+    def _counts_below(self, ends: Ints) -> Ints:
+        """(N, V+1): how many of each next token among entries [0, end) of each row."""
+        base = (ends // self.block) * self.block
+        out: Ints = self.cum[ends // self.block].copy()
+        offs = np.arange(self.block)
+        tok = self.nxt_pad[base[:, None] + offs]  # (N, block)
+        take = offs < (ends - base)[:, None]
+        rows = np.broadcast_to(np.arange(len(ends))[:, None], tok.shape)
+        width = self.vocab + 1
+        flat = (rows * width + tok)[take]
+        out += np.bincount(flat, minlength=len(ends) * width).reshape(len(ends), width)
+        return out
+
+    def lookup(self, histories: Ints) -> tuple[Ints, Ints]:
+        """(length (N,), counts (N, V)): the longest match and n(s t) for every token t.
+        A history whose newest token never occurs (length 0) gets no counts."""
+        length, lo, hi = self.interval(histories)
+        counts = self._counts_below(hi) - self._counts_below(lo)
+        counts[length == 0] = 0
+        return length, counts[:, : self.vocab]
