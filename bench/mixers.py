@@ -123,9 +123,8 @@ def positions(
     token, <eos> predicted, the n-gram (and the match models) reading the same history.
 
     cache_len > 0: the "cache" part, a match model over the split's lines read before,
-    in order, up to cache_len tokens back. Its index is rebuilt every 64 lines (one batch
-    of the RNN), so a line sees the lines of the batches before its own: a little less
-    than it could, never more."""
+    in order, up to cache_len tokens back: its index is built again before each line
+    from the lines before it (a line's own tokens are the history, not the cache)."""
     ckpt = load_checkpoint(run)
     model, ngram = ckpt.model.eval(), ckpt.ngram
     if ngram is None:
@@ -136,6 +135,7 @@ def positions(
     rnn, ng, buckets, targets = [], [], [], []
     counted: dict[str, list[tuple[Tensor, Tensor]]] = {"match": [], "match1": [], "cache": []}
     seen, i = 0, 0
+    read: list[np.ndarray[Any, Any]] = []  # the lines before, for the cache
     with torch.inference_mode():
         while i < len(data) and seen < max_tokens:
             first, seqs = i, list[list[int]]()
@@ -166,10 +166,12 @@ def positions(
                 lp1, _ = counted_part(index, long, vocab, one_guess=True)
                 counted["match1"].append((lp1, counted["match"][-1][1]))  # the same stats
             if cache_len > 0:
-                read = [data.sequence(j) for j in range(first)]  # the lines before this batch
-                cache = MatchIndex(training_stream(read, start), vocab, cache_len) if read else None
-                long = histories_of(inp, cache_len + 1)[mask]
-                counted["cache"].append(counted_part(cache, long, vocab))
+                long = histories_of(inp, cache_len + 1)  # (B, T, cache_len)
+                for r, s in enumerate(seqs):
+                    cache = (MatchIndex(training_stream(read, start), vocab, cache_len)
+                             if read else None)  # fmt: skip
+                    counted["cache"].append(counted_part(cache, long[r, : len(s) - 1], vocab))
+                    read.append(data.sequence(first + r))  # read: the next line sees it
     parts = {k: (torch.cat([lp for lp, _ in v]), torch.cat([st for _, st in v]))
              for k, v in counted.items() if v}  # fmt: skip
     return Positions(torch.cat(rnn).clamp(min=_FLOOR), torch.cat(ng), torch.cat(buckets),

@@ -401,12 +401,13 @@ def test_mixers_fit_on_valid_and_score_test(
     assert main(["train", "--corpus", str(tmp_path / "c"), "--out", str(tmp_path / "r"),
                  "--max-steps", "3", "--hidden", "16", "--embedding", "8", "--ngram-order",
                  "4", "--no-progress"]) == 0  # fmt: skip
-    # The cache reads only lines of earlier batches of 64: none for the first batch.
+    # The cache reads only the lines before: none for the first, only the first for the
+    # second; the line read again matches whole.
     p = mixers.positions(tmp_path / "r" / "best", tmp_path / "c", "test", 10**6, cache_len=8)
     cache_len = p.counted["cache"][1][:, 0]
     per_line = [len(x) + 1 for x in test_lines]  # its characters, then <eos>
     assert "match" not in p.counted and len(p) == sum(per_line)
-    assert (cache_len[: sum(per_line[:64])] == 0).all()
+    assert (cache_len[: per_line[0]] == 0).all() and cache_len[per_line[0]] == 1  # <bos>
     start = sum(per_line[:100])  # the repeated line: at each position, the whole history
     want = torch.clamp(torch.arange(1, per_line[100] + 1), max=8).double()
     assert torch.equal(cache_len[start : start + per_line[100]], want)
