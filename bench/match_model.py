@@ -21,6 +21,9 @@ of one query, so lengthening the match by a token narrows the query's interval o
 array to the entries with that token at that offset: two binary searches, for every
 position at once (numpy, lockstep). The continuations are counted with a rank table:
 for every `block` entries of the array, how many of each next token came before.
+
+`counted_part` makes the counts a distribution for `bench/mixers.py`, `match_bucket`
+and `match_features` what its mixers read of the match: functions of the history only.
 """
 
 from __future__ import annotations
@@ -29,8 +32,14 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
 
 Ints = np.ndarray[Any, np.dtype[np.int64]]
+# ln P where a part gives exactly 0 (the counts' unseen tokens, the RNN's specials), for
+# every part the mixers mix: finite, so 0 · ln P = 0.
+FLOOR = -50.0
 
 
 def training_stream(sequences: Iterable[np.ndarray[Any, Any]], start: int) -> Ints:
@@ -141,3 +150,50 @@ class MatchIndex:
         counts = self._counts_below(hi) - self._counts_below(lo)
         counts[length == 0] = 0
         return length, counts[:, : self.vocab]
+
+
+def counted_part(index: MatchIndex | None, histories: np.ndarray[Any, Any], vocab: int,
+                 one_guess: bool = False) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """A match model's ln P (N, V) and stats (N, 3) for histories (N, W); uniform where
+    nothing matched (a token the indexed text lacks, or no text yet). `one_guess`: all
+    of P on the token that most often followed (the lowest id of a tie), as a
+    compressor's match model guesses one byte: what a state of one pointer would give."""
+    if index is None:
+        length = np.zeros(len(histories), np.int64)
+        counts = np.zeros((len(histories), vocab), np.int64)
+    else:
+        length, counts = index.lookup(histories)
+    if one_guess:
+        guess = counts.argmax(1)
+        counts = np.where(counts.sum(1, keepdims=True) > 0, np.eye(vocab, dtype=np.int64)[guess], 0)
+    total = counts.sum(1, keepdims=True)
+    dist = np.where(total > 0, counts / np.maximum(total, 1), 1 / vocab)
+    with np.errstate(divide="ignore"):
+        lp = torch.from_numpy(np.log(dist)).clamp(min=FLOOR)
+    stats = np.stack([length, total[:, 0], (counts > 0).sum(1)], 1).astype(np.float64)
+    return lp, torch.from_numpy(stats)
+
+
+# Match-length buckets: 0 … 16 one each, then 17-24, 25-32, 33-48, 49 and over; each
+# split by how many distinct tokens followed the match (1, 2-3, 4 or more): a long match
+# always followed by one token is a near-certain guess, one with many is not.
+_LEN_EDGES = torch.tensor([*range(1, 18), 25, 33, 49], dtype=torch.float64)
+MATCH_BUCKETS = (len(_LEN_EDGES) + 1) * 3
+
+
+def match_bucket(stats: Tensor) -> Tensor:
+    """(N, 3) length, occurrences, distinct next tokens -> (N,) bucket, history only."""
+    length = torch.bucketize(stats[:, 0].contiguous(), _LEN_EDGES, right=True)
+    kinds = torch.bucketize(stats[:, 2].contiguous(), torch.tensor([2.0, 4.0], dtype=torch.float64),
+                            right=True)  # fmt: skip
+    return length * 3 + kinds
+
+
+def match_features(lp: Tensor, stats: Tensor) -> Tensor:
+    """A match model's part of φ (N, MATCH_BUCKETS + 4): its bucket one-hot, ln of the
+    occurrences and of the distinct tokens after them, its distribution's entropy and
+    largest ln P."""
+    onehot = F.one_hot(match_bucket(stats), MATCH_BUCKETS).double()
+    cols = [stats[:, 1].log1p(), stats[:, 2].log1p(), -(lp.exp() * lp).sum(1),
+            lp.max(1).values]  # fmt: skip
+    return torch.cat([onehot, torch.stack(cols, 1)], 1)

@@ -58,15 +58,21 @@ from torch import Tensor, nn
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from match_model import MatchIndex, training_stream  # noqa: E402
+from match_model import (  # noqa: E402
+    FLOOR,
+    MATCH_BUCKETS,
+    MatchIndex,
+    counted_part,
+    match_bucket,
+    match_features,
+    training_stream,
+)
 
 from rnnlm.models.checkpoint import load_checkpoint, start_token  # noqa: E402
 from rnnlm.models.ngram import KID_BINS, histories_of  # noqa: E402
 from rnnlm.models.ngram_next import layout_of  # noqa: E402
 from rnnlm.models.tokenizers import EOS, PAD  # noqa: E402
 from rnnlm.training.corpus import TokenSplit  # noqa: E402
-
-_FLOOR = -50.0  # ln P where a part gives exactly 0 (specials): finite, so 0 · ln P = 0
 
 
 class Positions:
@@ -91,28 +97,6 @@ class Positions:
         counted = {k: (lp[rows], st[rows]) for k, (lp, st) in self.counted.items()}
         return Positions(self.rnn[rows], self.ngram[rows], self.bucket[rows], self.targets[rows],
                          counted)  # fmt: skip
-
-
-def counted_part(index: MatchIndex | None, histories: np.ndarray[Any, Any], vocab: int,
-                 one_guess: bool = False) -> tuple[Tensor, Tensor]:  # fmt: skip
-    """A match model's ln P (N, V) and stats (N, 3) for histories (N, W); uniform where
-    nothing matched (a token the indexed text lacks, or no text yet). `one_guess`: all
-    of P on the token that most often followed (the lowest id of a tie), as a
-    compressor's match model guesses one byte: what a state of one pointer would give."""
-    if index is None:
-        length = np.zeros(len(histories), np.int64)
-        counts = np.zeros((len(histories), vocab), np.int64)
-    else:
-        length, counts = index.lookup(histories)
-    if one_guess:
-        guess = counts.argmax(1)
-        counts = np.where(counts.sum(1, keepdims=True) > 0, np.eye(vocab, dtype=np.int64)[guess], 0)
-    total = counts.sum(1, keepdims=True)
-    dist = np.where(total > 0, counts / np.maximum(total, 1), 1 / vocab)
-    with np.errstate(divide="ignore"):
-        lp = torch.from_numpy(np.log(dist)).clamp(min=_FLOOR)
-    stats = np.stack([length, total[:, 0], (counts > 0).sum(1)], 1).astype(np.float64)
-    return lp, torch.from_numpy(stats)
 
 
 def positions(
@@ -157,7 +141,7 @@ def positions(
             probs = layout.probabilities(hist, dtype=np.float64)  # (N, V)
             rnn.append(lp.double())  # float64: sums checked to 1e-6 and better
             with np.errstate(divide="ignore"):
-                ng.append(torch.from_numpy(np.log(probs)).clamp(min=_FLOOR))
+                ng.append(torch.from_numpy(np.log(probs)).clamp(min=FLOOR))
             buckets.append(torch.from_numpy(bucket))
             targets.append(torch.from_numpy(tgt[mask]))
             if index is not None:
@@ -174,7 +158,7 @@ def positions(
                     read.append(data.sequence(first + r))  # read: the next line sees it
     parts = {k: (torch.cat([lp for lp, _ in v]), torch.cat([st for _, st in v]))
              for k, v in counted.items() if v}  # fmt: skip
-    return Positions(torch.cat(rnn).clamp(min=_FLOOR), torch.cat(ng), torch.cat(buckets),
+    return Positions(torch.cat(rnn).clamp(min=FLOOR), torch.cat(ng), torch.cat(buckets),
                      torch.cat(targets), parts)  # fmt: skip
 
 
@@ -185,31 +169,6 @@ def match_index(run: Path, corpus: Path, max_len: int) -> MatchIndex:
     stream = training_stream((train.sequence(i) for i in range(len(train))),
                              start_token(ckpt.mode))  # fmt: skip
     return MatchIndex(stream, ckpt.model.config.vocab_size, max_len)
-
-
-# Match-length buckets: 0 … 16 one each, then 17-24, 25-32, 33-48, 49 and over; each
-# split by how many distinct tokens followed the match (1, 2-3, 4 or more): a long match
-# always followed by one token is a near-certain guess, one with many is not.
-_LEN_EDGES = torch.tensor([*range(1, 18), 25, 33, 49], dtype=torch.float64)
-MATCH_BUCKETS = (len(_LEN_EDGES) + 1) * 3
-
-
-def match_bucket(stats: Tensor) -> Tensor:
-    """(N, 3) length, occurrences, distinct next tokens -> (N,) bucket, history only."""
-    length = torch.bucketize(stats[:, 0].contiguous(), _LEN_EDGES, right=True)
-    kinds = torch.bucketize(stats[:, 2].contiguous(), torch.tensor([2.0, 4.0], dtype=torch.float64),
-                            right=True)  # fmt: skip
-    return length * 3 + kinds
-
-
-def match_features(lp: Tensor, stats: Tensor) -> Tensor:
-    """A match model's part of φ (N, MATCH_BUCKETS + 4): its bucket one-hot, ln of the
-    occurrences and of the distinct tokens after them, its distribution's entropy and
-    largest ln P."""
-    onehot = F.one_hot(match_bucket(stats), MATCH_BUCKETS).double()
-    cols = [stats[:, 1].log1p(), stats[:, 2].log1p(), -(lp.exp() * lp).sum(1),
-            lp.max(1).values]  # fmt: skip
-    return torch.cat([onehot, torch.stack(cols, 1)], 1)
 
 
 def features(p: Positions, buckets: int) -> Tensor:
@@ -276,7 +235,8 @@ class MatchLinear(Mixer):
         self, width: int, names: tuple[str, ...], table: Tensor | None = None, lam: float = 0.5
     ) -> None:
         super().__init__()
-        self.names, self.table = names, table
+        self.names = names
+        self.served = Linear(width, table) if table is not None else None
         self.gate = nn.Linear(width, 2 + len(names)) if table is None else None
         # σ⁻¹(0.05): the match model at a twentieth to start.
         self.mu = nn.Parameter(torch.full((MATCH_BUCKETS,), -2.944)) if table is not None else None
@@ -292,10 +252,9 @@ class MatchLinear(Mixer):
             w = torch.log_softmax(self.gate(phi), 1)  # (N, parts), ln of weights summing to 1
             parts = torch.stack([p.rnn, p.ngram, *(lp for lp, _ in counted)], 2)  # (N, V, parts)
             return torch.logsumexp(parts + w[:, None], 2)
-        assert self.table is not None and self.mu is not None and len(counted) == 1
+        assert self.served is not None and self.mu is not None and len(counted) == 1
         ((match, stats),) = counted
-        lam = self.table[p.bucket].clamp(1e-6, 1 - 1e-6)[:, None]
-        served = torch.logaddexp(p.rnn + lam.log(), p.ngram + (-lam).log1p())
+        served = self.served.log_probs(p, phi)
         mu = self.mu[match_bucket(stats)][:, None]
         return torch.logaddexp(served + F.logsigmoid(-mu), match + F.logsigmoid(mu))
 
