@@ -164,8 +164,10 @@ def counted_part(index: MatchIndex | None, histories: np.ndarray[Any, Any], voca
     else:
         length, counts = index.lookup(histories)
     if one_guess:
-        guess = counts.argmax(1)
-        counts = np.where(counts.sum(1, keepdims=True) > 0, np.eye(vocab, dtype=np.int64)[guess], 0)
+        guess = counts.argmax(1)[:, None]
+        seen = counts.sum(1, keepdims=True) > 0
+        counts = np.zeros_like(counts)
+        np.put_along_axis(counts, guess, seen.astype(np.int64), axis=1)
     total = counts.sum(1, keepdims=True)
     dist = np.where(total > 0, counts / np.maximum(total, 1), 1 / vocab)
     with np.errstate(divide="ignore"):
