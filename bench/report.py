@@ -539,6 +539,27 @@ def render(records: list[Rec]) -> str:
             )
         add("")
 
+    mixers = _all(records, "mixer")
+    if mixers:
+        m0 = mixers[0]
+        add(f"### Other mixers of `{m0.get('model', m0['run'])}`, fit on validation "
+            "(`bench/mixers.py`, issue #31; not served)")  # fmt: skip
+        add("")
+        add(f"The same model's parts mixed other ways, fit on the validation split "
+            f"({m0['valid_tokens']:,} tokens) and scored on the test split "
+            f"({m0['test_tokens']:,}), beside the served mixture (`linear-buckets`). `match*`: "
+            "the match model over the training text; `*-adapting`: with the cache of the "
+            "test lines read before, so rows of their own. What each is: "
+            "[docs/ngram.md](../docs/ngram.md#other-mixers-measured-not-served).")  # fmt: skip
+        add("")
+        add(_row("mixer", "valid bits/token", "test bits/token", "vs its n-gram alone",
+                 "largest error of Σ P = 1"))  # fmt: skip
+        add(_row("---", "--:", "--:", "--:", "--:"))
+        for m in mixers:
+            add(_row(f"`{m['mixer']}`", f"{m['valid_bits']:.3f}", f"**{m['test_bits']:.3f}**",
+                     _vs(m["test_bits_vs_ngram"]), f"{m['max_sum_error']:.0e}"))  # fmt: skip
+        add("")
+
     gemms = _all(records, "gemm")
     ts = _find(records, "train_speed")
     if gemms or ts:

@@ -177,6 +177,19 @@ def test_goals_say_pass_and_missed_plainly():
     assert "| n-best rescoring | 10.00% | 5.00% | 4.50% | 0.900x | 1.00% |" in text
 
 
+def test_report_renders_the_mixers_rows_apart() -> None:
+    rows = [{"bench": "mixer", "mixer": m, "model": "char-default", "run": "r/best",
+             "valid_tokens": 1000, "test_tokens": 900, "valid_bits": v, "test_bits": t,
+             "test_bits_vs_ngram": ratio, "max_sum_error": 1.2e-7}
+            for m, v, t, ratio in (("linear-buckets", 2.028, 2.021, 0.973),
+                                   ("match-linear-gated", 1.973, 1.967, 0.95))]  # fmt: skip
+    text = report.render(rows)
+    assert "### Other mixers of `char-default`, fit on validation" in text
+    assert "| `linear-buckets` | 2.028 | **2.021** | 2.7% lower | 1e-07 |" in text
+    assert "| `match-linear-gated` | 1.973 | **1.967** | 5.0% lower | 1e-07 |" in text
+    assert "Other mixers" not in report.render([])
+
+
 def test_missing_measurements_are_not_measured():
     records = [{"bench": "machine"}, {"bench": "run", "wall_s": 60.0, "stages": ["service"]}]
     gs = report.goals(records)
@@ -445,6 +458,19 @@ def test_mixers_fit_on_valid_and_score_test(
                           "loglinear-gated"}  # fmt: skip
     assert "test_match_len_mean" not in plain["rnn"]
     assert plain["linear-buckets"]["test_bits"] == served
+    # `make bench-quality`'s mixing stage runs the same script on its character model.
+    import argparse
+
+    run = _load("run")
+    work = tmp_path / "w"
+    (work / "runs").mkdir(parents=True)
+    (work / "runs" / "char-default").symlink_to(tmp_path / "r")
+    (work / "corpus-char").symlink_to(tmp_path / "c")
+    bench = run.Bench(argparse.Namespace(data=tmp_path, work=work, threads=1))
+    bench.mixers("char-default", "char")
+    assert {r["mixer"] for r in bench.records} == set(rows)
+    assert all(r["model"] == "char-default" for r in bench.records)
+    assert "### Other mixers of `char-default`" in report.render(bench.records)
 
 
 def test_beam_speed_measures_states_against_the_bound(tmp_path: Path) -> None:
