@@ -183,9 +183,12 @@ _LEN_EDGES = torch.tensor([*range(1, 18), 25, 33, 49], dtype=torch.float64)
 MATCH_BUCKETS = (len(_LEN_EDGES) + 1) * 3
 
 
-def match_bucket(stats: Tensor) -> Tensor:
-    """(N, 3) length, occurrences, distinct next tokens -> (N,) bucket, history only."""
+def match_bucket(stats: Tensor, by_kinds: bool = True) -> Tensor:
+    """(N, 3) length, occurrences, distinct next tokens -> (N,) bucket, history only.
+    by_kinds=False: by the length alone (what one pointer into the text knows)."""
     length = torch.bucketize(stats[:, 0].contiguous(), _LEN_EDGES, right=True)
+    if not by_kinds:
+        return length * 3
     kinds = torch.bucketize(stats[:, 2].contiguous(), torch.tensor([2.0, 4.0], dtype=torch.float64),
                             right=True)  # fmt: skip
     return length * 3 + kinds

@@ -20,7 +20,8 @@ positions, what other mixers would give:
   per match bucket (the match's length, and how many distinct tokens followed it):
   one table more, what a served model would add;
 - `match1-linear-buckets`: the same with the match model's one guess (all of its P on
-  the token that most often followed): what a match model of one pointer would give;
+  the token that most often followed); `match1-linear-lengths` with μ by the match's
+  length alone: what a match model of one pointer into the text knows;
 - `match-linear-gated`: the RNN, the n-gram and the match model, weights
   softmax(W·φ' + b), φ' = φ and the match model's features;
 - `cache-adapting`, `match+cache-adapting`: the same with a *cache*, the match model
@@ -232,10 +233,11 @@ class MatchLinear(Mixer):
     one more table."""
 
     def __init__(
-        self, width: int, names: tuple[str, ...], table: Tensor | None = None, lam: float = 0.5
-    ) -> None:
+        self, width: int, names: tuple[str, ...], table: Tensor | None = None, lam: float = 0.5,
+        by_kinds: bool = True,
+    ) -> None:  # fmt: skip
         super().__init__()
-        self.names = names
+        self.names, self.by_kinds = names, by_kinds
         self.served = Linear(width, table) if table is not None else None
         self.gate = nn.Linear(width, 2 + len(names)) if table is None else None
         # σ⁻¹(0.05): the match model at a twentieth to start.
@@ -255,7 +257,7 @@ class MatchLinear(Mixer):
         assert self.served is not None and self.mu is not None and len(counted) == 1
         ((match, stats),) = counted
         served = self.served.log_probs(p, phi)
-        mu = self.mu[match_bucket(stats)][:, None]
+        mu = self.mu[match_bucket(stats, self.by_kinds)][:, None]
         return torch.logaddexp(served + F.logsigmoid(-mu), match + F.logsigmoid(mu))
 
 
@@ -333,6 +335,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--match-len", type=int, default=64,
                     help="longest match of the match model, tokens; 0: none")  # fmt: skip
+    ap.add_argument("--mixers", default="", help="only these rows, comma-separated")
     ap.add_argument("--cache-len", type=int, default=64,
                     help="the same over the lines read before (adapting); 0: none")  # fmt: skip
     args = ap.parse_args()
@@ -393,6 +396,7 @@ def main() -> None:
         mixers["match"] = CountedAlone("match")
         mixers["match-linear-buckets"] = MatchLinear(width, ("match",), table)
         mixers["match1-linear-buckets"] = MatchLinear(width, ("match1",), table)
+        mixers["match1-linear-lengths"] = MatchLinear(width, ("match1",), table, by_kinds=False)
     # The cache reads the split's earlier lines: adapting, so its rows are named so.
     for names, row in ((("match",), "match-linear-gated"), (("cache",), "cache-adapting"),
                        (("match", "cache"), "match+cache-adapting")):  # fmt: skip
@@ -401,6 +405,8 @@ def main() -> None:
             mixers[row] = MatchLinear(phis[row][0].shape[1], names, lam=lam_mean)
     ngram_bits = bits(mixers["ngram"], test, phi_t)
     for name, mixer in mixers.items():
+        if args.mixers and name not in args.mixers.split(","):
+            continue
         t1 = time.perf_counter()
         pv, pt = phis.get(name, (phi_v, phi_t))
         info = fit(mixer, valid, pv, args.steps)

@@ -428,7 +428,8 @@ def test_mixers_fit_on_valid_and_score_test(
                                            str(tmp_path / "c"), "--steps", "20")}  # fmt: skip
     assert set(rows) == {"rnn", "ngram", "linear-buckets", "linear-gated", "loglinear-buckets",
                          "loglinear-gated", "match", "match-linear-buckets",
-                         "match1-linear-buckets", "match-linear-gated", "cache-adapting",
+                         "match1-linear-buckets", "match1-linear-lengths",
+                         "match-linear-gated", "cache-adapting",
                          "match+cache-adapting"}  # fmt: skip
     for r in rows.values():
         assert r["max_sum_error"] < 1e-6 and r["test_tokens"] > 100
@@ -437,7 +438,12 @@ def test_mixers_fit_on_valid_and_score_test(
     # The corpus's training text holds the test lines (text_file is all of them), so the
     # match model finds each line whole; the mixers with it must use that.
     assert rows["match"]["test_bits"] < 0.5 * rows["ngram"]["test_bits"]
-    for m in ("match-linear-buckets", "match1-linear-buckets", "match-linear-gated"):
+    for m in (
+        "match-linear-buckets",
+        "match1-linear-buckets",
+        "match1-linear-lengths",
+        "match-linear-gated",
+    ):
         assert rows[m]["test_bits"] < rows["linear-buckets"]["test_bits"]
     assert rows["ngram"]["test_bits_vs_ngram"] == 1.0
     # The served mixture scores as `rnnlm eval` does: between its two parts, or better.
@@ -456,6 +462,9 @@ def test_mixers_fit_on_valid_and_score_test(
                                             "0", "--cache-len", "0")}  # fmt: skip
     assert set(plain) == {"rnn", "ngram", "linear-buckets", "linear-gated", "loglinear-buckets",
                           "loglinear-gated"}  # fmt: skip
+    only = _script(str(BENCH / "mixers.py"), str(tmp_path / "r" / "best"), str(tmp_path / "c"),
+                   "--steps", "20", "--cache-len", "0", "--mixers", "ngram,match")  # fmt: skip
+    assert [r["mixer"] for r in only] == ["ngram", "match"]
     assert "test_match_len_mean" not in plain["rnn"]
     assert plain["linear-buckets"]["test_bits"] == served
     # `make bench-quality`'s mixing stage runs the same script on its character model.
