@@ -152,17 +152,13 @@ class MatchIndex:
         return length, counts[:, : self.vocab]
 
 
-def counted_part(index: MatchIndex | None, histories: np.ndarray[Any, Any], vocab: int,
-                 one_guess: bool = False) -> tuple[Tensor, Tensor]:  # fmt: skip
-    """A match model's ln P (N, V) and stats (N, 3) for histories (N, W); uniform where
-    nothing matched (a token the indexed text lacks, or no text yet). `one_guess`: all
-    of P on the token that most often followed (the lowest id of a tie), as a
-    compressor's match model guesses one byte: what a state of one pointer would give."""
-    if index is None:
-        length = np.zeros(len(histories), np.int64)
-        counts = np.zeros((len(histories), vocab), np.int64)
-    else:
-        length, counts = index.lookup(histories)
+def counted_part(length: Ints, counts: Ints, one_guess: bool = False) -> tuple[Tensor, Tensor]:
+    """A match model's ln P (N, V) and stats (N, 3) from its lookup (`MatchIndex.lookup`,
+    or `no_match`); uniform where nothing matched (a token the indexed text lacks, or no
+    text yet). `one_guess`: all of P on the token that most often followed (the lowest id
+    of a tie), as a compressor's match model guesses one byte: what a state of one
+    pointer would give."""
+    vocab = counts.shape[1]
     if one_guess:
         guess = counts.argmax(1)[:, None]
         seen = counts.sum(1, keepdims=True) > 0
@@ -181,6 +177,11 @@ def counted_part(index: MatchIndex | None, histories: np.ndarray[Any, Any], voca
 # always followed by one token is a near-certain guess, one with many is not.
 _LEN_EDGES = torch.tensor([*range(1, 18), 25, 33, 49], dtype=torch.float64)
 MATCH_BUCKETS = (len(_LEN_EDGES) + 1) * 3
+
+
+def no_match(n: int, vocab: int) -> tuple[Ints, Ints]:
+    """A lookup with nothing indexed: no match for any of n histories."""
+    return np.zeros(n, np.int64), np.zeros((n, vocab), np.int64)
 
 
 def match_bucket(stats: Tensor, by_kinds: bool = True) -> Tensor:

@@ -66,6 +66,7 @@ from match_model import (  # noqa: E402
     counted_part,
     match_bucket,
     match_features,
+    no_match,
     training_stream,
 )
 
@@ -147,15 +148,18 @@ def positions(
             targets.append(torch.from_numpy(tgt[mask]))
             if index is not None:
                 long = histories_of(inp, index.max_len + 1)[mask]
-                counted["match"].append(counted_part(index, long, vocab))
-                lp1, _ = counted_part(index, long, vocab, one_guess=True)
+                found = index.lookup(long)  # once: the counts, then their one guess
+                counted["match"].append(counted_part(*found))
+                lp1, _ = counted_part(*found, one_guess=True)
                 counted["match1"].append((lp1, counted["match"][-1][1]))  # the same stats
             if cache_len > 0:
                 long = histories_of(inp, cache_len + 1)  # (B, T, cache_len)
                 for r, s in enumerate(seqs):
                     cache = (MatchIndex(training_stream(read, start), vocab, cache_len)
                              if read else None)  # fmt: skip
-                    counted["cache"].append(counted_part(cache, long[r, : len(s) - 1], vocab))
+                    h = long[r, : len(s) - 1]
+                    found = cache.lookup(h) if cache else no_match(len(h), vocab)
+                    counted["cache"].append(counted_part(*found))
                     read.append(data.sequence(first + r))  # read: the next line sees it
     parts = {k: (torch.cat([lp for lp, _ in v]), torch.cat([st for _, st in v]))
              for k, v in counted.items() if v}  # fmt: skip

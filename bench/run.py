@@ -747,9 +747,7 @@ def estimate_seconds(args: argparse.Namespace) -> dict[str, float]:
         "rnnlm-ngram": 60.0,
         # two word runs, two char and sentencepiece ones (two more at 600 s), each followed
         # by --adapt's pass over its test file
-        "quality": 2 * args.budget
-        + (4 if args.char_budget >= report.ISSUE_BUDGET_S else 2) * (args.char_budget + 85.0)
-        + 2 * 85.0,
+        "quality": 2 * args.budget + (4 if issue else 2) * (args.char_budget + 85.0) + 2 * 85.0,
         # served with and without the n-gram; at 600 s, bench/mixers.py on the char model
         "mixing": 2 * 2 * 2 * 3 * 6.0 + 40.0 + (1100.0 if issue else 0.0),
         "asr": 600.0,

@@ -87,12 +87,12 @@ def test_counted_part_is_a_distribution_and_one_guess_its_likeliest_token() -> N
     stream = match_model.training_stream([np.array([4, 5, 4, 5, 4, 3]), np.array([4, 5, 3])], BOS)
     index = match_model.MatchIndex(stream, 7, max_len=8)
     histories = np.array([[-1, 4, 5], [-1, -1, 6]], np.int64)  # 6: never in the stream
-    lp, stats = match_model.counted_part(index, histories, 7)
+    lp, stats = match_model.counted_part(*index.lookup(histories))
     p = lp.exp().numpy()
     np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-12)
     np.testing.assert_allclose(p[0, [3, 4]], [1 / 3, 2 / 3], atol=1e-12)
     np.testing.assert_allclose(p[1], 1 / 7)  # no match: uniform
     assert stats[0].tolist() == [2, 3, 2] and stats[1].tolist() == [0, 0, 0]
-    one, _ = match_model.counted_part(index, histories, 7, one_guess=True)
+    one, _ = match_model.counted_part(*index.lookup(histories), one_guess=True)
     assert one[0].exp().argmax() == 4 and float(one[0].exp().max()) == 1.0
     np.testing.assert_allclose(one[1].exp().numpy(), 1 / 7)
