@@ -286,4 +286,15 @@ def describe(path: Path, engine: Engine) -> dict[str, Any]:
             "memory_bytes": engine.ngram.memory_bytes(),
             "source": cfg.get("ngram", {}).get("source"),
         },
+        # The match model over the training text, mixed in over the n-gram's mixture:
+        # how far it reaches back, μ per bucket, the text's tokens and the memory of
+        # the text and its index (built on load); null without.
+        "match": None
+        if engine.match is None
+        else {
+            "max_len": engine.match.max_len,
+            "mu": engine.match.mu.tolist(),
+            "tokens": len(engine.match.stream),
+            "memory_bytes": engine.match.nbytes(),
+        },
     }

@@ -36,6 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from rnnlm.models.match import sort_by_prefix  # the served match model's sort
+
 Ints = np.ndarray[Any, np.dtype[np.int64]]
 # ln P where a part gives exactly 0 (the counts' unseen tokens, the RNN's specials), for
 # every part the mixers mix: finite, so 0 · ln P = 0.
@@ -47,28 +49,6 @@ def training_stream(sequences: Iterable[np.ndarray[Any, Any]], start: int) -> In
     its <eos> (each sequence given with its <eos>)."""
     parts = [np.concatenate([[start], np.asarray(s, np.int64)]) for s in sequences]
     return np.concatenate(parts) if parts else np.zeros(0, np.int64)
-
-
-def sort_by_prefix(text: Ints, depth: int) -> Ints:
-    """Start positions of `text`'s suffixes in the order of their first `depth` tokens
-    (at least; ties beyond are in no set order). Prefix doubling: after each round the
-    rank of a suffix orders it by twice as many tokens as before."""
-    n = len(text)
-    rank = text.astype(np.int64) + 1  # 0: past the end, before every token
-    order = np.argsort(rank, kind="stable")
-    length = 1
-    while length < depth and n:
-        after = np.zeros(n, np.int64)
-        after[: max(n - length, 0)] = rank[length:]
-        key = rank * (int(rank.max()) + 1) + after  # < n² ≤ 2⁶³ for n < 3·10⁹
-        order = np.argsort(key, kind="stable")
-        sorted_key = key[order]
-        rank = np.empty(n, np.int64)
-        rank[order] = 1 + np.concatenate([[0], np.cumsum(sorted_key[1:] != sorted_key[:-1])])
-        length *= 2
-        if rank.max() == n:  # all distinct: more tokens change nothing
-            break
-    return order
 
 
 class MatchIndex:

@@ -9,12 +9,14 @@ positions, what other mixers would give:
 
 - `rnn`, `ngram`: each part alone;
 - `linear-buckets`: λ·P_rnn + (1−λ)·P_ngram with the checkpoint's λ per bucket (the
-  served model; its bits match `rnnlm eval`'s up to the positions scored);
+  served mixture; its bits match `rnnlm eval`'s up to the positions scored, or, for a
+  model with a match model (models/match.py), eval's `match.perplexity_without`);
 - `linear-gated`: λ = σ(w·φ + b), φ the history's features below;
 - `loglinear-buckets`: P ∝ P_rnn^a · P_ngram^c, a and c per bucket (geometric
   mixing, as PAQ and cmix mix; log-linear interpolation in Heafield et al. 2016);
 - `loglinear-gated`: a, c = softplus(W·φ + b);
 - `match`: the match model of `match_model.py` alone, over the training text (lever 3:
+  counted over all occurrences, not the served one's guess;
   the tokens that followed the longest stretch of it that ends as the history ends);
 - `match-linear-buckets`: the served mixture, then (1−μ)·P_served + μ·P_match with μ
   per match bucket (the match's length, and how many distinct tokens followed it):

@@ -1,9 +1,12 @@
-"""What the n-gram costs the service: the same model served with and without it.
+"""What the n-gram, or the match model, costs the service: the same model served with
+and without it.
 
-    python bench/mixing_cost.py CHECKPOINT --texts FILE [--seconds 6] [--rounds 2]
+    python bench/mixing_cost.py CHECKPOINT --texts FILE [--part ngram|match]
+                                [--seconds 6] [--rounds 2]
 
-CHECKPOINT must hold an n-gram (a model `rnnlm train` made). A copy without it
-(`rnnlm ngram remove`) is served beside it, one server at a time, on the same
+CHECKPOINT must hold the part (a model `rnnlm train` made). A copy without it
+(`rnnlm ngram remove`; for the match model, config.json's "match" and its file
+removed) is served beside it, one server at a time, on the same
 port settings; the server runs on CPU 0 with one torch thread and this load
 generator on CPU 1 (where the machine has two), so that the figures are the
 server's and not a fight for the cores. Each round measures both variants in
@@ -55,23 +58,36 @@ def pin(cpu: int) -> None:
         os.sched_setaffinity(0, {cpu})
 
 
+def detach_match(directory: Path) -> None:
+    """The checkpoint without its match model: what it was before `attach_ngram` added it."""
+    config_path = directory / "config.json"
+    config = json.loads(config_path.read_text())
+    (directory / config.pop("match")["file"]).unlink()
+    config_path.write_text(json.dumps(config, indent=2))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("checkpoint", type=Path)
     p.add_argument("--texts", type=Path, required=True, help="lines to score (a test split)")
     p.add_argument("--seconds", type=float, default=6.0)
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--part", choices=["ngram", "match"], default="ngram")
     args = p.parse_args()
     from rnnlm.training.mixture import detach_ngram
 
-    if "ngram" not in json.loads((args.checkpoint / "config.json").read_text()):
-        raise SystemExit(f"{args.checkpoint}: has no n-gram to measure")
+    part = args.part
+    if part not in json.loads((args.checkpoint / "config.json").read_text()):
+        raise SystemExit(f"{args.checkpoint}: has no {part} to measure")
     lines = [ln for ln in args.texts.read_text(encoding="utf-8").splitlines() if ln.strip()]
     with tempfile.TemporaryDirectory() as tmp:
         plain = Path(tmp) / "plain"
         shutil.copytree(args.checkpoint, plain)
-        detach_ngram(plain)
-        variants = {"with_ngram": args.checkpoint, "without_ngram": plain}
+        if part == "ngram":
+            detach_ngram(plain)
+        else:
+            detach_match(plain)
+        variants = {f"with_{part}": args.checkpoint, f"without_{part}": plain}
         rates: dict[str, dict[str, list[float]]] = {v: {} for v in variants}
         # The server inherits CPU 0; this process moves to CPU 1 once it has started.
         for r in range(args.rounds):
@@ -95,10 +111,11 @@ def main() -> None:
                     root.rmdir()
     summary: dict[str, Any] = {"bench": "mixing_cost", "checkpoint": str(args.checkpoint),
                                "rounds": args.rounds, "seconds": args.seconds}  # fmt: skip
-    for key in rates["with_ngram"]:
-        w = statistics.median(rates["with_ngram"][key])
-        wo = statistics.median(rates["without_ngram"][key])
-        summary[key] = {"with_ngram_tokens_per_s": w, "without_ngram_tokens_per_s": wo,
+    summary["part"] = part
+    for key in rates[f"with_{part}"]:
+        w = statistics.median(rates[f"with_{part}"][key])
+        wo = statistics.median(rates[f"without_{part}"][key])
+        summary[key] = {f"with_{part}_tokens_per_s": w, f"without_{part}_tokens_per_s": wo,
                         "ratio": round(w / wo, 3)}  # fmt: skip
     summary["worst_ratio"] = min(v["ratio"] for k, v in summary.items() if isinstance(v, dict))
     summary["goal_min_ratio"] = 0.8

@@ -347,15 +347,19 @@ class Bench:
             if not (best / "config.json").is_file():
                 self.say(f"mixing: {name}: no trained model (the quality stage makes it)")
                 continue
-            self.say(f"mixing: {name} served with and without its n-gram")
-            out = self.run([self.py, "bench/mixing_cost.py", str(best), "--texts", str(test)],
-                           f"mixing-{name}", timeout=900)  # fmt: skip
-            for line in out.splitlines():
-                rec = json.loads(line)
-                rec["model"] = name
-                if rec["bench"] != "mixing_cost":
-                    rec["bench"] = f"mixing_{rec['bench']}"
-                self.emit(rec)
+            parts = ["ngram"]
+            if "match" in json.loads((best / "config.json").read_text()):
+                parts.append("match")
+            for part in parts:
+                self.say(f"mixing: {name} served with and without its {part}")
+                out = self.run([self.py, "bench/mixing_cost.py", str(best), "--texts", str(test),
+                                "--part", part], f"mixing-{name}-{part}", timeout=900)  # fmt: skip
+                for line in out.splitlines():
+                    rec = json.loads(line)
+                    rec["model"] = name
+                    if rec["bench"] != "mixing_cost":
+                        rec["bench"] = f"mixing_{rec['bench']}"
+                    self.emit(rec)
         if self.args.char_budget >= report.ISSUE_BUDGET_S:  # `make bench-quality` only
             self.mixers("char-default", "char")  # 15-20 min; the word model's would be 25
 
@@ -694,12 +698,22 @@ class Bench:
                 "test_bits_per_char_rnnlm_ngram": round(ev["bits_per_character_ngram"], 4),
                 "ngram_s": summary.get("ngram", {}).get("seconds"),
             }
+        if "match" in ev:  # the model is the match model over the mixture; the mixture alone
+            rec |= {
+                "match_len": ev["match"]["max_len"],
+                "test_ppl_mixture": round(ev["match"]["perplexity_without"], 3),
+                "test_bits_per_char_mixture": round(ev["match"]["bits_per_character_without"], 4),
+            }
         ng = self.find("ngram", level="word" if corpus_name == "word" else "char")
         if ng and corpus_name == "word":
             rec["ngram_test_ppl"] = ng["test_ppl"]
             rec["ppl_ratio_to_ngram"] = round(rec["test_ppl"] / ng["test_ppl"], 4)
             if "test_ppl_rnn" in rec:
                 rec["rnn_ppl_ratio_to_ngram"] = round(rec["test_ppl_rnn"] / ng["test_ppl"], 4)
+            if "test_ppl_mixture" in rec:
+                rec["mixture_ppl_ratio_to_ngram"] = round(
+                    rec["test_ppl_mixture"] / ng["test_ppl"], 4
+                )
             if "test_ppl_adapted" in rec:
                 rec["adapted_ppl_ratio_to_ngram"] = round(
                     rec["test_ppl_adapted"] / ng["test_ppl"], 4
@@ -713,6 +727,10 @@ class Bench:
             if "test_bits_per_char_rnn" in rec:
                 rec["rnn_bpc_ratio_to_ngram"] = round(
                     rec["test_bits_per_char_rnn"] / ng["test_bits_per_char"], 4
+                )
+            if "test_bits_per_char_mixture" in rec:
+                rec["mixture_bpc_ratio_to_ngram"] = round(
+                    rec["test_bits_per_char_mixture"] / ng["test_bits_per_char"], 4
                 )
             if "test_bits_per_char_adapted" in rec:
                 rec["adapted_bpc_ratio_to_ngram"] = round(

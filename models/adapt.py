@@ -81,7 +81,7 @@ def score_adapting(
     # which would not follow the updates.
     reader = Engine(
         Checkpoint(ck.path, model, ck.tokenizer, ck.config, ck.ngram, ck.mix_weight,
-                   ck.mix_buckets),
+                   ck.mix_buckets, ck.match),
         max_batch=engine.max_batch,
         host=False,
     )  # fmt: skip

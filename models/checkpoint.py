@@ -8,6 +8,9 @@
                               config.json's "ngram" holds its order, the mixing
                               weight λ (and optionally one per mixing bucket,
                               "lambda_buckets") and the file's sha256
+    <dir>/match.safetensors   optional: the match model over the training text
+                              (models/match.py); config.json's "match" holds its
+                              max_len, μ per bucket ("mu") and the file's sha256
 
 Writes are atomic: the new directory is written and fsync'd beside the old one
 under a temporary name, then renamed into place. Between the two renames a
@@ -36,6 +39,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 
 from rnnlm.models.errors import CheckpointError, TokenizerError
+from rnnlm.models.match import MATCH_FILE, MatchModel
 from rnnlm.models.model import RNNLM, ModelConfig
 from rnnlm.models.ngram import (
     NGRAM_FILE,
@@ -62,6 +66,9 @@ class Checkpoint:
     ngram: NgramModel | None = None
     mix_weight: float = 1.0
     mix_buckets: Floats | None = None
+    # The match model over the training text, mixed in over all of the above
+    # (models/match.py).
+    match: MatchModel | None = None
 
     def mixing_table(self) -> Floats | None:
         """λ of every mixing bucket (the single λ repeated where there is one), or None."""
@@ -92,8 +99,9 @@ def sha256_file(path: Path) -> str:
 
 def fingerprint(directory: Path | str) -> str:
     """One sha256 for the whole checkpoint as it is on disk: of config.json, the
-    tokenizer's file, and the weights' and n-gram's sha256 (config.json records those;
-    a file it records none for is hashed here). Any change to any of them changes it."""
+    tokenizer's file, and the weights', n-gram's and match model's sha256 (config.json
+    records those; a file it records none for is hashed here). Any change to any of them
+    changes it."""
     directory = Path(directory)
     config = read_config(directory)
     h = hashlib.sha256((directory / CONFIG).read_bytes())
@@ -103,6 +111,9 @@ def fingerprint(directory: Path | str) -> str:
     section = config.get("ngram")
     if isinstance(section, dict) and section.get("sha256") is None:
         h.update(sha256_file(directory / NGRAM_FILE).encode())
+    section = config.get("match")
+    if isinstance(section, dict) and section.get("sha256") is None:
+        h.update(sha256_file(directory / MATCH_FILE).encode())
     return h.hexdigest()
 
 
@@ -176,10 +187,13 @@ def write_checkpoint_files(
     tokenizer: Tokenizer,
     ngram: NgramModel | None = None,
     ngram_info: dict[str, Any] | None = None,
+    match: MatchModel | None = None,
+    match_info: dict[str, Any] | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
-    """Write weights, tokenizer, the n-gram if any, and config.json into an existing
-    directory. `ngram_info` must hold "lambda"; it becomes config.json's "ngram"."""
+    """Write weights, tokenizer, the n-gram and the match model if any, and config.json
+    into an existing directory. `ngram_info` must hold "lambda"; it becomes config.json's
+    "ngram" (`match_info`, what else to record of the match, its "match")."""
     weights = directory / WEIGHTS
     # save_model handles tied (shared) tensors, which plain save_file refuses.
     save_model(model, str(weights), metadata={"format": "pt", "producer": "rnnlm"})
@@ -203,6 +217,16 @@ def write_checkpoint_files(
             "order": ngram.order,
             "sha256": sha256_file(directory / NGRAM_FILE),
         }
+    if match is not None:
+        match.save(directory / MATCH_FILE)
+        config["match"] = {
+            **(match_info or {}),
+            "file": MATCH_FILE,
+            "max_len": match.max_len,
+            "mu": [float(m) for m in match.mu],
+            "tokens": len(match.stream),
+            "sha256": sha256_file(directory / MATCH_FILE),
+        }
     write_json(directory / CONFIG, config)
     return config
 
@@ -213,6 +237,8 @@ def save_checkpoint(
     tokenizer: Tokenizer,
     ngram: NgramModel | None = None,
     ngram_info: dict[str, Any] | None = None,
+    match: MatchModel | None = None,
+    match_info: dict[str, Any] | None = None,
     **extra: Any,
 ) -> None:
     """Atomically write a complete checkpoint to `directory`.
@@ -220,7 +246,8 @@ def save_checkpoint(
     `extra` becomes top-level keys of config.json (`training`, `metrics`, ...).
     """
     with atomic_directory(Path(directory)) as tmp:
-        write_checkpoint_files(tmp, model, tokenizer, ngram, ngram_info, **extra)
+        write_checkpoint_files(tmp, model, tokenizer, ngram, ngram_info, match, match_info,
+                               **extra)  # fmt: skip
 
 
 def _check_hash(path: Path, expected: Any) -> None:
@@ -229,6 +256,21 @@ def _check_hash(path: Path, expected: Any) -> None:
         raise CheckpointError(
             f"{path}: sha256 does not match config.json (the file was changed or truncated)"
         )
+
+
+def _section_file(
+    directory: Path, section: dict[str, Any], key: str, name: str, what: str, verify: bool
+) -> Path:
+    """The file a config.json section names (it must be `name`), there and unchanged."""
+    given = section.get("file")
+    if given != name:
+        raise CheckpointError(f"{directory / CONFIG}: {key}.file must be {name!r}, not {given!r}")
+    path = directory / name
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing (config.json says the model has {what})")
+    if verify:
+        _check_hash(path, section.get("sha256"))
+    return path
 
 
 def load_ngram(
@@ -243,14 +285,7 @@ def load_ngram(
     if not isinstance(section, dict):
         raise CheckpointError(f"{where}: 'ngram' must be an object")
     weight = check_mixing_weight(section.get("lambda"), f"{where}: ngram.lambda")
-    name = section.get("file")
-    if name != NGRAM_FILE:
-        raise CheckpointError(f"{where}: ngram.file must be {NGRAM_FILE!r}, not {name!r}")
-    path = directory / NGRAM_FILE
-    if not path.is_file():
-        raise CheckpointError(f"{path}: missing (config.json says the model has an n-gram)")
-    if verify:
-        _check_hash(path, section.get("sha256"))
+    path = _section_file(directory, section, "ngram", NGRAM_FILE, "an n-gram", verify)
     ngram = NgramModel.load(path)
     model_vocab = config["model"].get("vocab_size")
     mode = str(config.get("training", {}).get("mode", "sentence"))
@@ -271,6 +306,19 @@ def load_ngram(
     if buckets is not None:
         buckets = check_bucket_weights(buckets, ngram.order, f"{where}: ngram.lambda_buckets")
     return ngram, weight, buckets
+
+
+def load_match(directory: Path, config: dict[str, Any], verify: bool = True) -> MatchModel | None:
+    """The checkpoint's match model from config.json's "match" section; None without."""
+    section = config.get("match")
+    where = directory / CONFIG
+    if section is None:
+        return None
+    if not isinstance(section, dict):
+        raise CheckpointError(f"{where}: 'match' must be an object")
+    path = _section_file(directory, section, "match", MATCH_FILE, "a match model", verify)
+    vocab = int(config["model"].get("vocab_size", 0))
+    return MatchModel.load(path, section.get("mu"), section.get("max_len"), vocab)
 
 
 def read_config(directory: Path) -> dict[str, Any]:
@@ -342,4 +390,5 @@ def load_checkpoint(
             f"{directory / CONFIG}: a residual model (its logits correct an n-gram's) but "
             f"no n-gram: {NGRAM_FILE} and config.json's 'ngram' belong with it"
         )
-    return Checkpoint(directory, model, tokenizer, config, ngram, weight, buckets)
+    match = load_match(directory, config, verify)
+    return Checkpoint(directory, model, tokenizer, config, ngram, weight, buckets, match)

@@ -77,6 +77,13 @@ class Engine(Scoring):
                 f"{checkpoint.path}: a residual model predicts over its n-gram, and has none"
             )
         self.uses_ngram = self.ngram is not None and (self.residual or not self.rnn_only)
+        # The match model over the training text, mixed in over the rest (models/match.py).
+        self.match = checkpoint.match
+        # What each sequence carries from token to token (`contexts`): the n-gram's
+        # contexts (B, N-1) where it takes part, then the match's state (B, 3) where there
+        # is one; None where neither.
+        self.ngram_width = self.ngram.order - 1 if self.ngram is not None and self.uses_ngram else 0
+        self.carries = self.uses_ngram or self.match is not None
         # A step: on the CPU, products by torch's or numpy's BLAS and the gates in numpy
         # (models/host_step.py); elsewhere the model's fused modules.
         self.host_step = HostStep.of(self.model, blas) if host else None
@@ -193,13 +200,21 @@ class Engine(Scoring):
     def contexts_after(
         self, inputs: Sequence[Sequence[int]]
     ) -> np.ndarray[Any, np.dtype[np.int64]] | None:
-        """The n-gram's contexts (B, N-1) after each sequence's ids (start token included),
-        or None where the n-gram takes no part."""
-        if self.ngram is None:
+        """What each sequence carries after its ids (start token included): the n-gram's
+        contexts (B, N-1) and the match's state (B, 3), side by side (B, W), or None where
+        neither takes part."""
+        if not self.carries:
             return None
-        width = self.ngram.order - 1
-        rows = [([NO_TOKEN] * width + list(x))[len(x) :] if width else [] for x in inputs]
-        return self.ngram_contexts(np.array(rows, dtype=np.int64).reshape(len(inputs), width))
+        parts = []
+        if self.uses_ngram:
+            width = self.ngram_width
+            rows = [([NO_TOKEN] * width + list(x))[len(x) :] for x in inputs]
+            ctx = self.ngram_contexts(np.array(rows, dtype=np.int64).reshape(len(inputs), width))
+            assert ctx is not None
+            parts.append(ctx)
+        if self.match is not None:
+            parts.append(self.match.after(inputs))
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
 
     def ngram_contexts(
         self, histories: np.ndarray[Any, np.dtype[np.int64]]
@@ -214,18 +229,38 @@ class Engine(Scoring):
     def advance_contexts(
         self, contexts: np.ndarray[Any, np.dtype[np.int64]], tokens: np.ndarray[Any, Any]
     ) -> np.ndarray[Any, np.dtype[np.int64]]:
-        """The n-gram's contexts (B, N-1) after each row's next token (B,)."""
-        assert self.ngram is not None
-        return layout_of(self.ngram).advance(contexts, tokens)
+        """`contexts_after` (B, W) after each row's next token (B,)."""
+        w = self.ngram_width
+        parts = []
+        if self.uses_ngram:
+            assert self.ngram is not None
+            parts.append(layout_of(self.ngram).advance(contexts[:, :w], tokens))
+        if self.match is not None:
+            parts.append(self.match.advance(contexts[:, w:], tokens))
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
 
     def next_logprobs(
         self, feats: Tensor, contexts: np.ndarray[Any, np.dtype[np.int64]] | None
     ) -> Tensor:
         """The model's next-token log-probs (B, V) after a step's features (B, F): the
-        RNN's, or (with each row's n-gram `contexts`) the mixture λ·P_rnn + (1−λ)·P_ngram,
+        RNN's, or (with each row's n-gram contexts) the mixture λ·P_rnn + (1−λ)·P_ngram,
         each row's λ its history's bucket's (models/ngram.py `mix_`); a residual model's
-        P_rnn is over the n-gram's ln P (models/model.py). A new tensor each call (callers
-        keep it)."""
+        P_rnn is over the n-gram's ln P (models/model.py); then, with a match model, its
+        guess mixed in by μ (models/match.py). `contexts`: `contexts_after`'s, or
+        `advance_contexts`'. A new tensor each call (callers keep it)."""
+        w = self.ngram_width
+        ngram = None if contexts is None or not self.uses_ngram else contexts[:, :w]
+        lp = self._mixture_logprobs(feats, ngram)
+        if self.match is None or contexts is None:
+            return lp
+        host = lp.cpu().numpy()  # the tensor's own memory on the CPU: mixed in place
+        self.match.mix_(host, contexts[:, w:])
+        return lp if lp.device.type == "cpu" else torch.from_numpy(host).to(lp.device)
+
+    def _mixture_logprobs(
+        self, feats: Tensor, contexts: np.ndarray[Any, np.dtype[np.int64]] | None
+    ) -> Tensor:
+        """`next_logprobs` without the match model, from the n-gram's `contexts`."""
         ngram, table, host = self.ngram, self.mix_table, self.host_step
         mixing = not (ngram is None or contexts is None or table is None or self.rnn_only)
         if self.residual:
@@ -275,9 +310,12 @@ class Engine(Scoring):
     def prepare_sampling(self) -> None:
         """Build now what the first sample would otherwise wait for: the n-gram's layout
         for sampling (models/ngram_next.py: 0.6 s and 28 bytes an n-gram for a character
-        10-gram of 2.6M n-grams), which scoring never needs. A server calls it on load."""
+        10-gram of 2.6M n-grams), which scoring never needs, and the match model's index
+        (which scoring needs too). A server calls it on load."""
         if self.ngram is not None and self.uses_ngram:
             layout_of(self.ngram)
+        if self.match is not None:
+            self.match.index  # noqa: B018 (built on first use: 3-4 s for 2.3M characters)
 
     def result(self, g: Generation) -> SampleResult:
         r = g.result()

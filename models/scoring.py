@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from rnnlm.models.match import MatchModel
 from rnnlm.models.model import RNNLM, State
 from rnnlm.models.ngram import NgramModel, histories_of, mix_, mix_logprobs
 from rnnlm.models.ngram_next import layout_of
@@ -83,6 +84,7 @@ class Scoring:
         ngram: NgramModel | None
         mix_table: np.ndarray[Any, Any] | None
         residual: bool
+        match: MatchModel | None
 
         def _forward(
             self,
@@ -155,8 +157,9 @@ class Scoring:
             tgt_np[rows_of, cols_of] = [t for i in chunk for t in fulls[i][1:]]
             tgt = torch.from_numpy(tgt_np).to(self.device)
             lengths = torch.from_numpy(lens)
-            # The n-gram's history of each target (B, T, N-1).
+            # The n-gram's history of each target (B, T, N-1), the match's state before it.
             hist = histories_of(inp_np, self.ngram.order) if mixing and self.ngram else None
+            matched = None if self.match is None or backward else self.match.scan(inp_np, lens)
             mask = torch.arange(T).unsqueeze(0) < lengths.unsqueeze(1)  # (B, T)
             # float64: a mixture's log-probs are computed in it, and summed later.
             # [mixture, RNN, n-gram, mixing bucket (exact in float64)] with an n-gram.
@@ -174,7 +177,10 @@ class Scoring:
                 feats, state = self._forward(inp_np[:n, t0:t1], state, backward)
                 m = mask[:n, t0:t1]
                 h = None if hist is None or whole else hist[:n, t0:t1][m.numpy()]
-                parts, top_win = self._gather(feats[m.to(self.device)], tgt[:n, t0:t1][m], top, h)
+                ms = None if matched is None or whole else matched[:n, t0:t1][m.numpy()]
+                parts, top_win = self._gather(
+                    feats[m.to(self.device)], tgt[:n, t0:t1][m], top, h, ms
+                )
                 for d, part in enumerate(parts):
                     lps[1 if whole else d, :n, t0:t1][m] = part
                 if top:
@@ -187,7 +193,12 @@ class Scoring:
                 lps[2][mask] = torch.from_numpy(ngram)
                 lps[3][mask] = torch.from_numpy(bucket).double()
                 rnn = lps[1][mask].numpy()
-                lps[0][mask] = torch.from_numpy(mix_logprobs(rnn, ngram, self._weights(bucket)))
+                mixed = mix_logprobs(rnn, ngram, self._weights(bucket))
+                if matched is not None:
+                    assert self.match is not None
+                    at = mask.numpy()
+                    mixed = self.match.token_logprobs(mixed, tgt_np[at], matched[at])
+                lps[0][mask] = torch.from_numpy(mixed)
             per_row_top: dict[int, list[list[tuple[int, float]]]] = {
                 r: [] for r in range(len(chunk))
             }
@@ -221,15 +232,18 @@ class Scoring:
         targets: Tensor,
         top: int,
         hist: np.ndarray[Any, np.dtype[np.int64]] | None = None,
+        matched: np.ndarray[Any, np.dtype[np.int64]] | None = None,
     ) -> tuple[list[Tensor], tuple[Tensor, Tensor]]:
         """feats (N, F), targets (N,) -> [log P(target)] (N,) (with `hist` (N, order-1):
         [mixture, RNN, n-gram, mixing bucket]), top-k (values, ids) (N, k) of the model's
-        distribution."""
+        distribution; with `matched` (N, 3), the match's states, the model's log P and
+        distribution have the match mixed in (models/match.py)."""
         parts: list[list[Tensor]] = [[], [], [], []] if hist is not None else [[]]
         vals, ids = [], []
         for s in range(0, feats.shape[0], _OUTPUT_CHUNK):
             f, t = feats[s : s + _OUTPUT_CHUNK], targets[s : s + _OUTPUT_CHUNK]
             h = None if hist is None else hist[s : s + _OUTPUT_CHUNK]
+            ms = None if matched is None else matched[s : s + _OUTPUT_CHUNK]
             prior = ngram_of = None
             if self.residual:
                 # The n-gram's whole distribution ln P (N, V), under the RNN's logits; the
@@ -254,6 +268,10 @@ class Scoring:
                     parts[1].append(rnn.cpu())
                     parts[2].append(torch.from_numpy(self.ngram.logprob_of(h, t.cpu().numpy())))
                     parts[3].append(torch.from_numpy(bucket).double())
+                if ms is not None:
+                    assert self.match is not None
+                    mixed_in = self.match.mix_(full.cpu().numpy(), ms)  # `full` is new
+                    full = torch.from_numpy(mixed_in).to(feats.device)
                 parts[0].append(full.gather(1, t.unsqueeze(1)).squeeze(1).cpu())
                 v, i = full.topk(min(top, full.shape[1]), dim=-1)
                 vals.append(v)
@@ -261,13 +279,13 @@ class Scoring:
             else:
                 rnn = self.model.token_log_probs(f, t, prior).double().cpu()
                 if h is None:
-                    parts[0].append(rnn)
+                    parts[0].append(self._matched(rnn, t, ms))
                     continue
                 assert self.ngram is not None
                 ngram_np, bucket = ngram_of or self.ngram.logprob_and_bucket(h, t.cpu().numpy())
                 ngram = torch.from_numpy(ngram_np)
                 mixed = mix_logprobs(rnn.numpy(), ngram_np, self._weights(bucket))
-                parts[0].append(torch.from_numpy(mixed))
+                parts[0].append(self._matched(torch.from_numpy(mixed), t, ms))
                 parts[1].append(rnn)
                 parts[2].append(ngram)
                 parts[3].append(torch.from_numpy(bucket).double())
@@ -276,6 +294,16 @@ class Scoring:
         if not vals:
             return joined, (torch.zeros(0, top), torch.zeros(0, top, dtype=torch.long))
         return joined, (torch.cat(vals).float().cpu(), torch.cat(ids).cpu())
+
+    def _matched(
+        self, logprobs: Tensor, targets: Tensor, states: np.ndarray[Any, Any] | None
+    ) -> Tensor:
+        """The targets' log P (N,) with the match mixed in, where there is one."""
+        if states is None:
+            return logprobs
+        assert self.match is not None
+        lp = self.match.token_logprobs(logprobs.numpy(), targets.cpu().numpy(), states)
+        return torch.from_numpy(lp)
 
     def _weights(self, bucket: np.ndarray[Any, np.dtype[np.int64]]) -> np.ndarray[Any, Any]:
         """λ of each position, from its history's mixing bucket."""

@@ -38,7 +38,6 @@ import numpy as np
 import torch
 
 from rnnlm.models.model import State
-from rnnlm.models.ngram import NO_TOKEN
 
 if TYPE_CHECKING:
     from rnnlm.models.engine import Engine
@@ -114,7 +113,7 @@ class _Entry:
 
     block: tuple[torch.Tensor, ...]  # each (layers, B, hidden): the RNN after the histories
     col: int
-    contexts: np.ndarray[Any, np.dtype[np.int64]] | None  # (order-1,) the n-gram's
+    contexts: np.ndarray[Any, np.dtype[np.int64]] | None  # (W,) the engine's contexts_after
     logprobs: Floats  # (V,) the next token's, natural log: a row of the step's (B, V)
     nbytes: int  # this entry's share of its step's memory
 
@@ -213,11 +212,10 @@ class StateTable:
         if depth == 0:
             start = np.full(len(level), engine.start_id, dtype=np.int64)
             feats, state = engine.step(start, engine.model.init_state(len(level), dev))
-            width = engine.ngram.order - 1 if engine.ngram is not None else 0
-            # The n-gram's history: the start token, or nothing (a null context).
-            rows = [([NO_TOKEN] * width + ([engine.start_id] if s.sentence else []))[-width:]
-                    if width else [] for s in level]  # fmt: skip
-            contexts = engine.ngram_contexts(np.array(rows, np.int64).reshape(len(level), width))
+            # What the n-gram and the match read first: the start token, or nothing (a
+            # null context).
+            first = [[engine.start_id] if s.sentence else [] for s in level]
+            contexts = engine.contexts_after(first)
         else:
             parents = [self._entries[s.parent()] for s in level]
             prev = _gather(parents)  # each (layers, B, hidden)

@@ -175,6 +175,11 @@ def _add_train(sub: argparse._SubParsersAction[_Parser]) -> None:
         help="mix in this KenLM/SRILM ARPA model (.arpa or .arpa.gz) instead of estimating one",
     )  # fmt: skip
     p.add_argument(
+        "--match-len", type=_nonneg_int, default=None, metavar="N",
+        help="the match model over the training text, mixed in with the n-gram where it pays "
+        "on validation text: tokens it reaches back (default: 64; 0: none)",
+    )  # fmt: skip
+    p.add_argument(
         "--nproc", type=_positive_int, default=1, metavar="N",
         help="train with N processes on this machine (DistributedDataParallel via torchrun; "
         "--batch-size is per process)",

@@ -11,6 +11,7 @@ import torch
 
 from rnnlm.demo import stdlib_docstrings
 from rnnlm.models.checkpoint import save_checkpoint
+from rnnlm.models.match import BUCKETS, MatchModel, training_stream
 from rnnlm.models.model import RNNLM, ModelConfig
 from rnnlm.models.tokenizers import BOS, EOS, CharTokenizer, WordTokenizer
 from rnnlm.training.ngram import estimate
@@ -34,12 +35,14 @@ def make_checkpoint(
     mix_weight: float = 0.6,
     bucket_weights: bool = False,
     residual: bool = False,
+    match_mu: float = 0.0,
 ) -> Path:
     """A small random-weight model: enough to test scoring, sampling and serving.
     `ngram_order` > 0: with an n-gram of TEXT mixed in at λ = `mix_weight`, or with
     `bucket_weights` at a different λ in every mixing bucket (0.05 to 0.95); `residual`:
     the RNN's logits over that n-gram (models/model.py), the output bias random so the
-    RNN's part is not near zero."""
+    RNN's part is not near zero. `match_mu` > 0: with a match model over TEXT mixed in
+    (models/match.py), μ that in every bucket with a match."""
     torch.manual_seed(seed)
     if kind == "char":
         tok: CharTokenizer | WordTokenizer = CharTokenizer.fit(Counter("".join(TEXT)))
@@ -64,8 +67,13 @@ def make_checkpoint(
     if residual:
         assert model.decoder is not None
         torch.nn.init.normal_(model.decoder.bias, std=1.0)
+    match = None
+    if match_mu:
+        ids = [tok.encode(line) + [EOS] for line in TEXT]
+        stream = training_stream(ids, EOS if mode == "stream" else BOS, mode)
+        match = MatchModel(stream, np.r_[0.0, np.full(BUCKETS - 1, match_mu)], max_len=16)
     save_checkpoint(
-        directory, model, tok, ngram, info, training={"mode": mode, "step": 0}
+        directory, model, tok, ngram, info, match, training={"mode": mode, "step": 0}
     )  # fmt: skip
     return directory
 

@@ -50,6 +50,9 @@ class TrainConfig:
     # of the run, λ fit on the validation split); 0: none. None: chosen by resolve().
     ngram_order: int | None = None
     ngram_arpa: str | None = None  # a KenLM/SRILM ARPA file to use instead of estimating
+    # The match model over the training split, mixed in over the n-gram's mixture when
+    # it pays on validation text (models/match.py): tokens it reaches back; 0: none.
+    match_len: int = 64
 
     def resolve(self, kind: str, vocab_size: int) -> TrainConfig:
         word = kind != "char"
@@ -144,5 +147,5 @@ class TrainState:
 # What a resumed run may change: its limits, and the n-gram made when it ends.
 LIMIT_FIELDS = (
     "max_steps", "epochs", "time_budget", "patience", "save_every", "eval_every",
-    "ngram_order", "ngram_arpa",
+    "ngram_order", "ngram_arpa", "match_len",
 )  # fmt: skip

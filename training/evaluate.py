@@ -16,6 +16,7 @@ end with `<eos>` before the length cap, their mean length, and how often a
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 from collections.abc import Sequence
@@ -95,6 +96,16 @@ def evaluate_file(
         for part, part_nll in (("rnn", nll_rnn), ("ngram", nll_ngram)):
             out[f"perplexity_{part}"] = math.exp(part_nll / tokens)
             out[f"bits_per_character_{part}"] = part_nll / chars / math.log(2)
+    if engine.match is not None:
+        # The model is the match model over the mixture; the mixture alone, again.
+        plain = Engine(dataclasses.replace(engine.checkpoint, match=None))
+        nll_plain = -sum(r.logprob for s in range(0, len(lines), 1024)
+                         for r in plain.score_batch(lines[s : s + 1024]))  # fmt: skip
+        out["match"] = {
+            "max_len": engine.match.max_len,
+            "perplexity_without": math.exp(nll_plain / tokens),
+            "bits_per_character_without": nll_plain / chars / math.log(2),
+        }
     if adapt is not None:
         out["adapted"] = adapted_figures(engine, lines, adapt, chars)
     if free_running:

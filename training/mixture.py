@@ -34,42 +34,18 @@ from rnnlm.models.checkpoint import (
 )
 from rnnlm.models.engine import Engine
 from rnnlm.models.errors import RnnlmError
+from rnnlm.models.match import MAX_LEN
 from rnnlm.models.ngram import KID_BINS, NgramModel, mix_logprobs
 from rnnlm.models.tokenizers import Tokenizer
 from rnnlm.training.arpa import import_arpa, token_words
 from rnnlm.training.corpus import TokenSplit, load_corpus_tokenizer
+from rnnlm.training.match_fit import build_match, fit_match, model_logprobs, test_logprobs
 from rnnlm.training.ngram import estimate
+from rnnlm.training.weights import DEFAULT_WEIGHT, fit_mixing_weight
 
 Floats = np.ndarray[Any, np.dtype[np.float64]]
 _CHUNK = 1024  # sequences scored at a time
-DEFAULT_WEIGHT = 0.5  # λ where there is no validation text to fit it on
 MIN_BUCKET_TOKENS = 50  # validation tokens a mixing bucket needs for a λ of its own
-
-
-def fit_mixing_weight(rnn: Floats, ngram: Floats) -> float:
-    """The λ in [0, 1] that maximises Σ ln(λ·P_rnn + (1−λ)·P_ngram) (natural-log inputs).
-
-    The sum is concave in λ, so its derivative Σ (r − 1) / (1 + λ·(r − 1)), with
-    r = P_rnn / P_ngram per token, falls from λ = 0 to λ = 1: the best λ is an end
-    where the derivative keeps its sign, else where it crosses zero (bisection, to
-    1e-9: EM's fixed point, reached without EM's slow crawl near an end).
-    """
-    if not len(rnn):
-        return DEFAULT_WEIGHT
-    r = np.exp(np.clip(np.asarray(rnn, np.float64) - np.asarray(ngram, np.float64), -700, 700))
-
-    def slope(lam: float) -> float:
-        return float(np.sum((r - 1.0) / (1.0 + lam * (r - 1.0))))
-
-    if slope(0.0) <= 0:
-        return 0.0
-    if slope(1.0) >= 0:
-        return 1.0
-    lo, hi = 0.0, 1.0
-    while hi - lo > 1e-9:
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if slope(mid) > 0 else (lo, mid)
-    return (lo + hi) / 2
 
 
 def fit_bucket_weights(
@@ -210,11 +186,14 @@ def attach_ngram(
     weight: float | None = None,
     max_tokens: int | None = None,
     metrics: dict[str, Any] | None = None,
+    match_len: int = MAX_LEN,
 ) -> dict[str, Any]:
     """Put `ngram` into the checkpoint at `directory`, with λ fit on the corpus's
-    validation split (or `weight` as given); perplexities on valid and test recorded
-    (the model's, the mixture, as `test_ppl`; each part's beside it), with `metrics`
-    added to config.json's in the same write."""
+    validation split (or `weight` as given); with a corpus and `match_len` > 0, the
+    match model of its training split too, μ fit on the validation split over the
+    mixture (training/match_fit.py; left out where it does not pay). Perplexities on
+    valid and test recorded (the model's as `test_ppl`; each part's beside it), with
+    `metrics` added to config.json's in the same write."""
     ck = load_checkpoint(directory)
     splits = {}
     if corpus is not None:
@@ -241,16 +220,41 @@ def attach_ngram(
         "perplexity": {name: perplexities(s, weight, buckets) for name, s in scores.items()},
         "memory_bytes": ngram.nbytes(),
     }
+    match, match_report = None, None
+    if match_len > 0 and corpus is not None and "valid" in scores:
+        start = start_token(ck.mode)
+        table = buckets if buckets is not None else np.full(ngram.buckets(), weight)
+        # Each split's sequences, as component_logprobs scored them.
+        seqs = {
+            name: [s for c in split_sequences(splits[name], max_tokens if name == "valid" else None)
+                   for s in c]
+            for name in scores
+        }  # fmt: skip
+        match = build_match(TokenSplit(corpus, "train"), start, ck.mode, match_len)
+        model = {name: model_logprobs(parts, table) for name, parts in scores.items()}
+        fitted_match, match_report = fit_match(match, seqs["valid"], model["valid"], start)
+        for name in scores:
+            if fitted_match is not None:
+                lp = test_logprobs(fitted_match, seqs[name], model[name], start)
+                report["perplexity"][name]["with_match"] = math.exp(-float(np.mean(lp)))
+        match = fitted_match
+        report["match"] = match_report
     extra = _extra_config(directory)
     recorded = extra.setdefault("metrics", {})
     recorded |= metrics or {}
     if "test" in report["perplexity"]:
         test = report["perplexity"]["test"]
-        recorded |= {"test_ppl": test["mixture"], "test_ppl_rnn": test["rnn"],
-                     "test_ppl_ngram": test["ngram"]}  # fmt: skip
+        recorded |= {
+            "test_ppl": test.get("with_match", test["mixture"]),
+            "test_ppl_rnn": test["rnn"],
+            "test_ppl_ngram": test["ngram"],
+            "test_ppl_mixture": test["mixture"],
+        }
     if "valid" in report["perplexity"]:
         recorded["valid_ppl_mixture"] = report["perplexity"]["valid"]["mixture"]
-    save_checkpoint(directory, ck.model, ck.tokenizer, ngram, report, **extra)
+    ngram_info = {k: v for k, v in report.items() if k != "match"}
+    save_checkpoint(directory, ck.model, ck.tokenizer, ngram, ngram_info, match, match_report,
+                    **extra)  # fmt: skip
     return report
 
 
@@ -265,7 +269,7 @@ def refuse_residual(ck: Checkpoint, what: str) -> None:
 
 def _extra_config(directory: Path) -> dict[str, Any]:
     """config.json's sections other than those a save writes itself."""
-    own = ("format_version", "model", "tokenizer", "weights_sha256", "ngram")
+    own = ("format_version", "model", "tokenizer", "weights_sha256", "ngram", "match")
     return {k: v for k, v in read_config(directory).items() if k not in own}
 
 
@@ -279,7 +283,7 @@ def detach_ngram(directory: Path) -> bool:
     metrics = extra.get("metrics", {})
     if "test_ppl_rnn" in metrics:  # the model's test perplexity is the RNN's again
         metrics["test_ppl"] = metrics["test_ppl_rnn"]
-    for key in ("test_ppl_rnn", "test_ppl_ngram", "valid_ppl_mixture"):
+    for key in ("test_ppl_rnn", "test_ppl_ngram", "test_ppl_mixture", "valid_ppl_mixture"):
         metrics.pop(key, None)
     save_checkpoint(directory, ck.model, ck.tokenizer, **extra)
     return True

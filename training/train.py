@@ -632,8 +632,9 @@ def _add_ngram(
         f"{ngram.nbytes() / 1e6:.1f} MB, {info['source']} in {info['seconds']:.1f} s"
     )
     report = attach_ngram(
-        out / "best", ngram, info, corpus, max_tokens=cfg.max_eval_tokens, metrics=metrics
-    )
+        out / "best", ngram, info, corpus, max_tokens=cfg.max_eval_tokens, metrics=metrics,
+        match_len=cfg.match_len,
+    )  # fmt: skip
     ppl = report["perplexity"]
     buckets = report["lambda_buckets"]
     log(
@@ -656,9 +657,21 @@ def _add_ngram(
             "bucket_weights": buckets is not None,
         }
     }
+    if report.get("match") is not None:
+        m = report["match"]
+        summary["match"] = {
+            "kept": m["mu_from"] == "validation",
+            "max_len": m["max_len"],
+            "valid_ppl": ppl.get("valid", {}).get("with_match"),
+            "valid_guessed": m["valid_guessed"],
+            "seconds": m["seconds"],
+        }
+        log(f"match model: {m['mu_from']}; its guess right for {m['valid_guessed']:.1%} of "
+            "the validation tokens")  # fmt: skip
     if "test" in ppl:
         summary |= {
-            "test_ppl": ppl["test"]["mixture"],
+            "test_ppl": ppl["test"].get("with_match", ppl["test"]["mixture"]),
+            "test_ppl_mixture": ppl["test"]["mixture"],
             "test_ppl_rnn": ppl["test"]["rnn"],
             "test_ppl_ngram": ppl["test"]["ngram"],
             "test_tokens": ppl["test"]["tokens"],

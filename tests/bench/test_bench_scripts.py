@@ -7,6 +7,7 @@ bench/ holds scripts, not a package; these load two of them by path.
 from __future__ import annotations
 
 import importlib.util
+import math
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -245,20 +246,22 @@ def test_rnnlm_ngram_scores_a_corpus_test_split(tmp_path: Path, text_file: Path)
     assert row["test_chars_with_eol"] == sum(len(x) + 1 for x in lines[:50])
 
 
-def test_mixing_cost_serves_both_variants(tmp_path: Path) -> None:
+@pytest.mark.parametrize("part", ["ngram", "match"])
+def test_mixing_cost_serves_both_variants(tmp_path: Path, part: str) -> None:
     from tests.conftest import TEXT, make_checkpoint
 
-    model = make_checkpoint(tmp_path / "m", "char", ngram_order=3)
+    model = make_checkpoint(tmp_path / "m", "char", ngram_order=3, match_mu=0.3)
     (tmp_path / "t.txt").write_text("\n".join(TEXT) + "\n")
     rows = _script(str(BENCH / "mixing_cost.py"), str(model), "--texts", str(tmp_path / "t.txt"),
-                   "--seconds", "0.3", "--rounds", "1")  # fmt: skip
+                   "--seconds", "0.3", "--rounds", "1", "--part", part)  # fmt: skip
     variants = {(r["variant"], r["bench"]) for r in rows if "variant" in r}
-    both = ("with_ngram", "without_ngram")
+    both = (f"with_{part}", f"without_{part}")
     assert variants == {(v, b) for v in both for b in ("sample", "score")}
     summary = rows[-1]
     assert summary["bench"] == "mixing_cost" and 0 < summary["worst_ratio"] < 10
-    assert set(summary) >= {"sample_1", "sample_8", "score_64"}
-    assert "ngram" in (model / "config.json").read_text()  # the original keeps its n-gram
+    assert summary["part"] == part and set(summary) >= {"sample_1", "sample_8", "score_64"}
+    config = (model / "config.json").read_text()
+    assert '"ngram"' in config and '"match"' in config  # the original keeps both
 
 
 def test_serving_measures_engine_service_and_bound(tmp_path: Path) -> None:
@@ -455,7 +458,10 @@ def test_mixers_fit_on_valid_and_score_test(
                  str(tmp_path / "test.txt")]) == 0  # fmt: skip
     ev = json.loads(capsys.readouterr().out)
     assert ev["tokens"] == rows["linear-buckets"]["test_tokens"]
-    assert served == pytest.approx(ev["bits_per_token"], abs=1e-4)
+    # The served model is the mixture and the match model over it; eval reports the
+    # mixture alone beside it.
+    assert ev["match"]["perplexity_without"] > ev["perplexity"]
+    assert served == pytest.approx(math.log2(ev["match"]["perplexity_without"]), abs=1e-4)
     # No match model, no cache: the other rows as they were.
     plain = {r["mixer"]: r for r in _script(str(BENCH / "mixers.py"), str(tmp_path / "r" / "best"),
                                             str(tmp_path / "c"), "--steps", "20", "--match-len",

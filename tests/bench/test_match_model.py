@@ -66,16 +66,6 @@ def test_lookup_matches_a_brute_force_search(max_len: int, block: int) -> None:
     assert (length == 0).any()  # a newest token the stream never has: no match, no counts
 
 
-def test_sort_by_prefix_orders_suffixes_by_their_first_tokens() -> None:
-    rng = np.random.default_rng(1)
-    text = rng.integers(0, 3, 300).astype(np.int64)
-    for depth in (1, 2, 5, 64):
-        order = match_model.sort_by_prefix(text, depth)
-        assert sorted(order.tolist()) == list(range(300))
-        keys = [tuple(text[i : i + depth].tolist()) for i in order]
-        assert keys == sorted(keys)
-
-
 def test_an_empty_stream_has_no_matches() -> None:
     index = match_model.MatchIndex(match_model.training_stream([], BOS), 5, max_len=4)
     length, counts = index.lookup(np.array([[BOS, 4]], np.int64))

@@ -23,19 +23,22 @@ from tests.conftest import TEXT, make_checkpoint
 TEXTS = ["the cat sat on the mat.", "a dog", "", "zzq!", "the bird sang in the tree."]
 
 
-KINDS = ["char", "word", "char-buckets", "word-buckets", "char-residual", "word-buckets-residual"]
+KINDS = ["char", "word", "char-buckets", "word-buckets", "char-residual", "word-buckets-residual",
+         "char-buckets-match", "word-match", "char-residual-match"]  # fmt: skip
 
 
 @pytest.fixture(scope="module", params=KINDS)
 def engine(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Engine:
     """A model mixed with its n-gram at one λ, or at a different λ in every mixing bucket;
-    a residual model's RNN over that n-gram (models/model.py)."""
+    a residual model's RNN over that n-gram (models/model.py); a match model mixed in over
+    the rest (models/match.py)."""
     root = tmp_path_factory.mktemp("mixed")
     kind = request.param.split("-")[0]
     order = 5 if kind == "char" else 3
     path = make_checkpoint(root / "m", kind, ngram_order=order,
                            bucket_weights="buckets" in request.param,
-                           residual="residual" in request.param)  # fmt: skip
+                           residual="residual" in request.param,
+                           match_mu=0.3 if "match" in request.param else 0.0)  # fmt: skip
     return Engine(load_checkpoint(path))
 
 
@@ -43,6 +46,17 @@ def _alone(engine: Engine) -> Engine:
     """The same weights without the n-gram."""
     ck = engine.checkpoint
     return Engine(Checkpoint(ck.path, ck.model, ck.tokenizer, ck.config))
+
+
+def _unmatched(engine: Engine, text: str, p_model: np.ndarray) -> np.ndarray:
+    """P of each token of `text` (and <eos>) before the match was mixed in: the model's P
+    less μ·[t = guess], over 1 − μ (models/match.py); P itself without a match model."""
+    if engine.match is None:
+        return p_model
+    ids = [engine.start_id, *engine.tokenizer.encode(text), EOS]
+    states = engine.match.scan(np.array([ids[:-1]]))[0]
+    guess, mu = engine.match.weights(states)
+    return (p_model - mu * (guess == np.array(ids[1:]))) / (1 - mu)
 
 
 def _rnn_part(engine: Engine, text: str) -> list[float]:
@@ -90,7 +104,7 @@ def test_a_score_is_the_mixture_of_its_components(engine: Engine) -> None:
         # (one λ for all in a model without buckets); the n-gram's part is what remains.
         lam = engine.mix_table[bucket]
         p_rnn = np.exp(p)
-        p_mix = np.exp([t.logprob for t in r.tokens])
+        p_mix = _unmatched(engine, r.text, np.exp([t.logprob for t in r.tokens]))
         p_ngram = (p_mix - lam * p_rnn) / (1 - lam)
         assert (p_ngram > 0).all()
         assert r.ngram_logprob == pytest.approx(float(np.log(p_ngram).sum()), abs=1e-4)

@@ -15,11 +15,12 @@ from tests.conftest import make_checkpoint
 TEXTS = ["the cat sat on the mat.", "a bird sang in the tree", "hello world!"]
 
 
-@pytest.fixture(scope="module", params=["char", "word"])
+@pytest.fixture(scope="module", params=["char", "word", "char-match", "word-match"])
 def engine(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Engine:
     root = tmp_path_factory.mktemp("states")
-    path = make_checkpoint(root / request.param, request.param, "lstm", ngram_order=3,
-                           bucket_weights=True)  # fmt: skip
+    kind = request.param.split("-")[0]
+    path = make_checkpoint(root / request.param, kind, "lstm", ngram_order=3, bucket_weights=True,
+                           match_mu=0.4 if "match" in request.param else 0.0)  # fmt: skip
     return Engine(load_checkpoint(path))
 
 

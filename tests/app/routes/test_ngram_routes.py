@@ -23,6 +23,7 @@ def client(root: Path) -> Iterator[TestClient]:
     make_checkpoint(root / "char", "char", ngram_order=5, mix_weight=0.25)
     make_checkpoint(root / "plain", "char")
     make_checkpoint(root / "buckets", "char", ngram_order=5, bucket_weights=True)
+    make_checkpoint(root / "matched", "char", ngram_order=5, bucket_weights=True, match_mu=0.4)
     with make_client(root) as c:
         yield c
 
@@ -37,7 +38,7 @@ def test_score_gives_the_mixture_and_each_part(client: TestClient) -> None:
     assert plain["results"][0]["rnn_logprob"] is None  # no n-gram, no parts
 
 
-@pytest.mark.parametrize("model", ["char", "buckets"])
+@pytest.mark.parametrize("model", ["char", "buckets", "matched"])
 def test_a_sample_scores_back_under_the_mixture(client: TestClient, model: str) -> None:
     for seed in (4, 5, 6):
         body = {"model": model, "max_tokens": 30, "seed": seed, "n": 2}
@@ -66,3 +67,8 @@ def test_models_describes_the_ngram(client: TestClient, root: Path) -> None:
     assert by_name["plain"]["ngram"] is None
     assert len(by_name["buckets"]["ngram"]["lambda_buckets"]) == 5 * KID_BINS
     assert by_name["char"]["size_bytes"] > by_name["plain"]["size_bytes"]
+    assert by_name["char"]["match"] is None
+    match = by_name["matched"]["match"]
+    assert match["max_len"] == 16 and match["mu"][0] == 0 and set(match["mu"][1:]) == {0.4}
+    # the text (tokens, 8 bytes each) and its index, built on load
+    assert match["tokens"] > 50 and match["memory_bytes"] > 8 * match["tokens"]
