@@ -37,7 +37,7 @@ bench: install
 	@$(BIN)/python bench/run.py
 
 # The same with 10-minute training budgets for every model, issue #31's runs and
-# mixers beside the defaults (~90 min).
+# mixers beside the defaults (~100 min).
 bench-quality: install
 	@BENCH_BUDGET=600 BENCH_CHAR_BUDGET=600 $(BIN)/python bench/run.py
 
