@@ -148,5 +148,4 @@ def test_logprobs(
     """The model's ln P of each token of `seqs` with the match mixed in, from its ln P
     without (in `states_before`'s order)."""
     states, targets = states_before(match, seqs, start)
-    guess, bucket = match.guess(states)
-    return with_match(model, guess == targets, match.mu[bucket])
+    return match.token_logprobs(model, targets, states)  # the engine's own
