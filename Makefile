@@ -36,10 +36,12 @@ run: install
 bench: install
 	@$(BIN)/python bench/run.py
 
-# The same with 10-minute training budgets for every model, issue #31's runs and
-# mixers beside the defaults (~100 min).
+# The quality stages with 10-minute training budgets for every model, issue #31's
+# runs and mixers beside the defaults (~100 min): bench/results-600s.jsonl and
+# bench/RESULTS-600s.md.
 bench-quality: install
-	@BENCH_BUDGET=600 BENCH_CHAR_BUDGET=600 $(BIN)/python bench/run.py
+	@BENCH_BUDGET=600 BENCH_CHAR_BUDGET=600 BENCH_NAME=600s $(BIN)/python bench/run.py \
+		--only data,ngram,corpus,rnnlm-ngram,quality,mixing
 
 # What `make bench` needs from Debian (as root): the corpus, and a compiler for KenLM.
 bench-deps:

@@ -14,7 +14,7 @@ from starlette.responses import Response
 
 from rnnlm.app.config import Settings
 from rnnlm.app.errors import InvalidField, TooLarge
-from rnnlm.models.adapt import DEFAULT_LR, MAX_LR, Adaptation
+from rnnlm.models.adapt import DEFAULT_CACHE, DEFAULT_LR, MAX_CACHE, MAX_LR, Adaptation
 from rnnlm.models.results import SampleResult, ScoreResult, TokenLogprob
 from rnnlm.models.sampling import SEED_SPACE, SampleParams
 
@@ -260,14 +260,21 @@ class SampleResponse(BaseModel):
 class AdaptOptions(BaseModel):
     model_config = _NATIVE
 
-    lr: float = Field(default=DEFAULT_LR, gt=0, le=MAX_LR, description="SGD rate of each step")
+    lr: float = Field(
+        default=DEFAULT_LR, ge=0, le=MAX_LR, description="SGD rate of the RNN's step; 0: no step"
+    )
     decay: float = Field(
         default=0.0, ge=0, le=1,
         description="after each step, the fraction of the way back to the trained weights",
     )  # fmt: skip
+    cache: int = Field(
+        default=DEFAULT_CACHE, ge=0, le=MAX_CACHE,
+        description="tokens of the texts already read that the cache holds, the most recent; "
+        "its guess is mixed in with a weight learnt from the text read. 0: no cache",
+    )  # fmt: skip
 
     def to_adaptation(self) -> Adaptation:
-        return Adaptation(self.lr, self.decay)
+        return Adaptation(self.lr, self.decay, self.cache)
 
 
 class ScoreRequest(BaseModel):
@@ -280,10 +287,10 @@ class ScoreRequest(BaseModel):
     per_token: bool = Field(default=False, description="return each token's log-probability")
     adapt: AdaptOptions | None = Field(
         default=None,
-        description="score the texts in order as one document, the RNN taking a gradient "
-        "step on each text once scored (dynamic evaluation; {} for the defaults); each "
-        "request adapts its own copy, nothing carries over to another. Absent: every "
-        "text scored on its own",
+        description="score the texts in order as one document, the model learning from "
+        "each text once scored: the RNN's gradient step (dynamic evaluation) and a cache of "
+        "the texts read ({} for the defaults); each request adapts its own copy, nothing "
+        "carries over to another. Absent: every text scored on its own",
     )
 
     def check(self, settings: Settings) -> None:

@@ -4,7 +4,8 @@
 
 Prints one JSON object per measurement on stdout (progress goes to stderr),
 writes them to OUT/results.jsonl and a Markdown summary to OUT/RESULTS.md
-(OUT: bench/ by default). Each stage calls a script that also runs alone:
+(OUT: bench/ by default; `--name 600s`: results-600s.jsonl and RESULTS-600s.md).
+Each stage calls a script that also runs alone:
 
   data     bench/prepare_data.py: Debian's fortunes -> data/fortunes/{raw,ptb}
   ngram    bench/build_kenlm.sh (once), bench/ngram.py: KenLM word 5-gram, char 10-gram
@@ -685,6 +686,7 @@ class Bench:
         if "adapted" in ev:
             rec |= {
                 "adapt_lr": ev["adapted"]["lr"],
+                "adapt_cache": ev["adapted"].get("cache", 0),
                 "test_ppl_adapted": round(ev["adapted"]["perplexity"], 3),
                 "test_bits_per_char_adapted": round(ev["adapted"]["bits_per_character"], 4),
             }
@@ -833,6 +835,12 @@ def main(argv: list[str] | None = None) -> int:
         help="corpora, runs, logs (default data/bench)",
     )
     p.add_argument("--out", type=Path, default=BENCH, help="where results.jsonl and RESULTS.md go")
+    p.add_argument(
+        "--name",
+        default=os.environ.get("BENCH_NAME", ""),
+        help="files OUT/results-NAME.jsonl and OUT/RESULTS-NAME.md instead (env BENCH_NAME; "
+        "`make bench-quality`: 600s)",
+    )
     args = p.parse_args(argv)
     if not args.char_budget:
         args.char_budget = args.budget / 2
@@ -873,14 +881,17 @@ def main(argv: list[str] | None = None) -> int:
         interrupted = True
         bench.emit({"bench": "error", "stage": "run", "message": "interrupted (Ctrl-C)"})
     total = time.monotonic() - bench.t_start
-    bench.emit({"bench": "run", "wall_s": round(total, 1), "stages": args.only})
+    suffix = f"-{args.name}" if args.name else ""
+    jsonl, md = args.out / f"results{suffix}.jsonl", args.out / f"RESULTS{suffix}.md"
+    bench.emit({"bench": "run", "wall_s": round(total, 1), "stages": args.only,
+                "results": jsonl.as_posix()})  # fmt: skip
     bench.goals()
     args.out.mkdir(parents=True, exist_ok=True)
-    with (args.out / "results.jsonl").open("w") as f:
+    with jsonl.open("w") as f:
         for r in bench.records:
             f.write(json.dumps(r) + "\n")
-    (args.out / "RESULTS.md").write_text(report.render(bench.records))
-    bench.say(f"wrote {args.out / 'results.jsonl'} and {args.out / 'RESULTS.md'}")
+    md.write_text(report.render(bench.records))
+    bench.say(f"wrote {jsonl} and {md}")
     if interrupted:
         return 130
     return 1 if any(r["bench"] == "error" for r in bench.records) else 0

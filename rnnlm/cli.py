@@ -208,14 +208,21 @@ def _add_use(sub: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument(
         "--adapt",
         action="store_true",
-        help="also score the lines in order as one document, the RNN adapting to each line "
-        "once scored (dynamic evaluation); reported as `adapted`, beside the static figures",
+        help="also score the lines in order as one document, the model adapting to each line "
+        "once scored (the RNN's gradient step and a cache of the lines read); reported as "
+        "`adapted`, beside the static figures",
     )
     p.add_argument(
         "--adapt-lr",
-        type=_float_in(0, 10, lo_open=True),
+        type=_float_in(0, 10),
         default=None,
-        help="SGD rate of --adapt (default 0.3)",
+        help="SGD rate of --adapt's RNN step (default 0.3; 0: no step)",
+    )
+    p.add_argument(
+        "--adapt-cache",
+        type=_int_at_least(0),
+        default=None,
+        help="tokens of the lines read that --adapt's cache holds (default 8192; 0: none)",
     )
     p.add_argument(
         "--adapt-decay",

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rnnlm.models.adapt import DEFAULT_LR, Adaptation, score_adapting
+from rnnlm.models.adapt import DEFAULT_CACHE, DEFAULT_LR, Adaptation, score_adapting
 from rnnlm.models.batch import sample
 from rnnlm.models.checkpoint import load_checkpoint
 from rnnlm.models.engine import Engine
@@ -32,7 +32,7 @@ from rnnlm.models.sampling import SampleParams
 from rnnlm.models.tokenizers import EOS
 
 
-def _read_lines(path: Path) -> list[str]:
+def read_lines(path: Path) -> list[str]:
     if not path.is_file():
         raise RnnlmError(f"{path}: no such file")
     try:
@@ -59,7 +59,7 @@ def evaluate_file(
     `free_running` > 0 adds that many samples' statistics (`free_running_stats`).
     `adapt`: the lines scored again in order, adapting (models/adapt.py), as `adapted`.
     """
-    lines = _read_lines(path)
+    lines = read_lines(path)
     engine = Engine(load_checkpoint(model_dir, device=device))
     nll = nll_backward = nll_rnn = nll_ngram = 0.0
     tokens = unk = chars = 0
@@ -116,7 +116,7 @@ def evaluate_file(
 def adapted_figures(
     engine: Engine, lines: list[str], adapt: Adaptation, chars: int
 ) -> dict[str, Any]:
-    """The file's figures when its lines are read in order as one document, the RNN
+    """The file's figures when its lines are read in order as one document, the model
     adapting after each: a row of its own, never mixed into the static figures."""
     results = score_adapting(engine, lines, adapt=adapt)
     nll = -sum(r.logprob for r in results)
@@ -124,6 +124,7 @@ def adapted_figures(
     out: dict[str, Any] = {
         "lr": adapt.lr,
         "decay": adapt.decay,
+        "cache": adapt.cache,
         "logprob": -nll,
         "perplexity": math.exp(nll / tokens),
         "bits_per_token": nll / tokens / math.log(2),
@@ -186,6 +187,12 @@ def eval_command(args: argparse.Namespace) -> None:
         free_running=args.free_running,
         max_tokens=args.max_tokens,
         seed=args.seed,
-        adapt=Adaptation(args.adapt_lr or DEFAULT_LR, args.adapt_decay) if args.adapt else None,
+        adapt=Adaptation(
+            DEFAULT_LR if args.adapt_lr is None else args.adapt_lr,
+            args.adapt_decay,
+            DEFAULT_CACHE if args.adapt_cache is None else args.adapt_cache,
+        )
+        if args.adapt
+        else None,
     )
     print(json.dumps(result, indent=2))

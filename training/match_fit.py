@@ -2,7 +2,7 @@
 it) and μ per bucket, fit on the validation split over the model without it.
 
 μ is the match's share in (1 − μ)·P + μ·[t = guess] (models/match.py), fit by maximum
-likelihood as λ is (training/weights.py's `fit_mixing_weight`: the log-likelihood is
+likelihood as λ is (models/weights.py's `fit_mixing_weight`: the log-likelihood is
 concave in μ), one per bucket of the match's length and occurrences: a bucket with
 fewer than `MIN_BUCKET_TOKENS` validation tokens takes the μ of its length, or failing
 that the μ of every match. The match is kept only where it predicts held-out text
@@ -18,23 +18,14 @@ from typing import Any
 
 import numpy as np
 
-from rnnlm.models.match import (
-    BUCKETS,
-    LENGTH_CLASSES,
-    OCC_CLASSES,
-    MatchModel,
-    length_class,
-    training_stream,
-)
+from rnnlm.models.match import BUCKETS, MatchModel, training_stream
 from rnnlm.models.ngram import mix_logprobs
 from rnnlm.models.tokenizers import EOS, PAD
+from rnnlm.models.weights import fit_mu
 from rnnlm.training.corpus import TokenSplit
-from rnnlm.training.weights import fit_mixing_weight
 
 Floats = np.ndarray[Any, np.dtype[np.float64]]
 Ints = np.ndarray[Any, np.dtype[np.int64]]
-MIN_BUCKET_TOKENS = 50  # validation tokens a bucket needs for a μ of its own
-MU_MAX = 0.999  # a guess is never certain: a wrong one keeps 0.1% of the model's P
 _ROWS = 256  # sequences scanned at a time
 
 
@@ -63,29 +54,6 @@ def states_before(
     if not states:
         return np.zeros((0, 3), np.int64), np.zeros(0, np.int64)
     return np.concatenate(states), np.concatenate(targets)
-
-
-def fit_mu(hit: np.ndarray[Any, Any], model: Floats, bucket: Ints) -> Floats:
-    """μ per bucket (BUCKETS,) from each token's hit (the guess was it), the model's ln P
-    of it without the match, and its bucket (see the module's docstring)."""
-    with np.errstate(divide="ignore"):
-        guess = np.log(hit.astype(np.float64))  # ln P_guess(t): 0 or -inf
-    mu = np.zeros(BUCKETS)
-    some = bucket > 0
-    if not some.any():
-        return mu
-    mu[1:] = min(fit_mixing_weight(guess[some], model[some]), MU_MAX)
-    lc = length_class(np.maximum(bucket, 1))
-    for c in range(LENGTH_CLASSES):
-        m = some & (lc == c)
-        if m.sum() >= MIN_BUCKET_TOKENS:
-            first = 1 + c * OCC_CLASSES
-            mu[first : first + OCC_CLASSES] = min(fit_mixing_weight(guess[m], model[m]), MU_MAX)
-    for b in range(1, BUCKETS):
-        m = bucket == b
-        if m.sum() >= MIN_BUCKET_TOKENS:
-            mu[b] = min(fit_mixing_weight(guess[m], model[m]), MU_MAX)
-    return mu
 
 
 def with_match(model: Floats, hit: np.ndarray[Any, Any], mu: Floats) -> Floats:

@@ -37,11 +37,11 @@ from rnnlm.models.errors import RnnlmError
 from rnnlm.models.match import MAX_LEN
 from rnnlm.models.ngram import KID_BINS, NgramModel, mix_logprobs
 from rnnlm.models.tokenizers import Tokenizer
+from rnnlm.models.weights import DEFAULT_WEIGHT, fit_mixing_weight
 from rnnlm.training.arpa import import_arpa, token_words
 from rnnlm.training.corpus import TokenSplit, load_corpus_tokenizer
 from rnnlm.training.match_fit import build_match, fit_match, model_logprobs, test_logprobs
 from rnnlm.training.ngram import estimate
-from rnnlm.training.weights import DEFAULT_WEIGHT, fit_mixing_weight
 
 Floats = np.ndarray[Any, np.dtype[np.float64]]
 _CHUNK = 1024  # sequences scored at a time

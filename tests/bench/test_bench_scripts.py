@@ -545,3 +545,38 @@ def test_api_speed_compares_the_api_with_the_service(tmp_path: Path) -> None:
     assert api["bench"] == "api_score" and served["bench"] == "score"
     assert summary["bench"] == "api_vs_service" and summary["ratio"] > 0
     assert summary["api_tokens_per_s"] > 0 and summary["service_tokens_per_s"] > 0
+
+
+def test_run_names_its_files_and_the_report_names_its_records(tmp_path: Path) -> None:
+    """`make bench-quality` writes results-600s.jsonl and RESULTS-600s.md (--name), never
+    over `make bench`'s results.jsonl; the report says which file it was rendered from."""
+    import subprocess
+
+    subprocess.run(
+        [sys.executable, str(BENCH / "run.py"), "--only", "mixing", "--budget", "1",
+         "--work", str(tmp_path / "work"), "--out", str(tmp_path), "--name", "600s"],
+        capture_output=True, text=True, timeout=300, check=True,
+    )  # fmt: skip
+    assert sorted(p.name for p in tmp_path.glob("*.*")) == ["RESULTS-600s.md", "results-600s.jsonl"]
+    text = (tmp_path / "RESULTS-600s.md").read_text()
+    assert f"from `{tmp_path / 'results-600s.jsonl'}`" in text
+    assert "stages mixing only" in text  # a partial run, said so
+
+
+def test_adapting_scores_each_setting_beside_the_static_figures(tmp_path: Path) -> None:
+    from tests.conftest import make_checkpoint
+
+    model = make_checkpoint(tmp_path / "m", "char", ngram_order=3, match_mu=0.3)
+    texts = tmp_path / "doc.txt"
+    texts.write_text("row, row, row your boat.\ngently down the stream.\n\n" * 8)
+    rows = _script(str(BENCH / "adapting.py"), str(model), "--texts", str(texts),
+                   "--settings", "0:0,0:64,0.1:0")  # fmt: skip
+    assert [r["setting"] for r in rows] == ["static", "lr 0, cache 0", "lr 0, cache 64",
+                                            "lr 0.1, cache 0"]  # fmt: skip
+    assert {r["characters"] for r in rows} == {8 * (25 + 24)}  # blank lines skipped
+    static, neither, cache, step = (r["bits_per_character"] for r in rows)
+    assert neither == pytest.approx(static, rel=1e-6)  # no step, no cache: the model's own
+    assert cache < static and step < static  # the two lines again and again
+    with pytest.raises(Exception):  # a bad setting is refused before anything is scored
+        _script(str(BENCH / "adapting.py"), str(model), "--texts", str(texts), "--settings",
+                "0:-1")  # fmt: skip

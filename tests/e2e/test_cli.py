@@ -110,6 +110,13 @@ def test_eval_prints_perplexity_and_bits(trained: Path, text_file: Path):
     bad = run("eval", "--model", str(trained), "--input", str(short), "--adapt", "--adapt-lr",
               "-1", check=False)  # fmt: skip
     assert bad.returncode == 2 and "--adapt-lr" in bad.stderr
+    # The cache alone: no RNN step (--adapt-lr 0), the lines read held in a cache.
+    c = json.loads(run("eval", "--model", str(trained), "--input", str(short), "--adapt",
+                       "--adapt-lr", "0", "--adapt-cache", "4096").stdout)  # fmt: skip
+    assert c["adapted"]["lr"] == 0 and c["adapted"]["cache"] == 4096
+    bad = run("eval", "--model", str(trained), "--input", str(short), "--adapt",
+              "--adapt-cache", "-3", check=False)  # fmt: skip
+    assert bad.returncode == 2 and "--adapt-cache" in bad.stderr
 
 
 def test_score_texts_and_file(trained: Path, tmp_path: Path):

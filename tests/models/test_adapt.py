@@ -1,15 +1,16 @@
-"""Dynamic evaluation: texts read in order, the RNN adapting to each once scored, on a
-copy of its own per call."""
+"""Adapting: texts read in order, the RNN adapting to each once scored, on a copy of its
+own per call, and the cache of the texts read mixed in."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from rnnlm.models.adapt import Adaptation, score_adapting
+from rnnlm.models.adapt import MAX_CACHE, Adaptation, Cache, score_adapting
 from rnnlm.models.checkpoint import load_checkpoint
 from rnnlm.models.engine import Engine
 from rnnlm.models.results import ScoreResult
@@ -75,10 +76,11 @@ def test_empty_and_unscorable_texts(engine: Engine) -> None:
 
 @pytest.mark.parametrize(
     "bad",
-    [{"lr": 0.0}, {"lr": -1.0}, {"lr": math.nan}, {"lr": math.inf}, {"lr": 11.0},
-     {"decay": -0.1}, {"decay": 1.5}],
+    [{"lr": -1.0}, {"lr": math.nan}, {"lr": math.inf}, {"lr": 11.0},
+     {"decay": -0.1}, {"decay": 1.5}, {"cache": -1}, {"cache": 1.5}, {"cache": True},
+     {"cache": MAX_CACHE + 1}],
 )  # fmt: skip
-def test_bad_settings_are_refused(bad: dict[str, float]) -> None:
+def test_bad_settings_are_refused(bad: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         Adaptation(**bad)
 
@@ -89,3 +91,76 @@ def test_a_bidirectional_model_adapts_its_forward_rnn(tmp_path: Path) -> None:
     adapted = score_adapting(e, DOC, adapt=Adaptation(lr=0.5))
     assert adapted[1].logprob > static[1].logprob
     assert adapted[1].backward_logprob is not None
+
+
+# ------------------------------------------------------------------------ the cache
+
+REFRAIN = "row, row, row your boat, gently down the stream."
+SONG = [REFRAIN, "merrily merrily merrily merrily", REFRAIN, "life is but a dream.", REFRAIN] * 3
+
+
+def test_the_cache_learns_what_repeats_in_the_document(engine: Engine) -> None:
+    static = engine.score_batch(SONG)
+    cached = score_adapting(engine, SONG, adapt=Adaptation(lr=0.0))  # the cache alone
+    # μ is 0 until enough tokens had a guess: the first texts are the model's own.
+    assert cached[0].logprob == pytest.approx(static[0].logprob, abs=1e-5)
+    assert cached[1].logprob == pytest.approx(static[1].logprob, abs=1e-5)
+    # Later, each refrain is found whole in the text read: far likelier than the
+    # model's own, while the RNN and the n-gram parts are still the trained model's.
+    for a, b in zip(cached[-5:], static[-5:], strict=True):
+        if a.text == REFRAIN:
+            assert a.logprob > b.logprob + 0.5 * b.num_tokens  # half a nat a token at least
+        for part in ("rnn_logprob", "ngram_logprob"):  # one text alone, or 15 in a batch
+            assert getattr(a, part) == pytest.approx(getattr(b, part), abs=1e-5)
+    assert sum(r.logprob for r in cached) > sum(r.logprob for r in static) + 10
+    # Nothing of the engine changed, and a second call gives the same scores.
+    assert [r.logprob for r in engine.score_batch(SONG)] == [r.logprob for r in static]
+    again = score_adapting(engine, SONG, adapt=Adaptation(lr=0.0))
+    assert [r.logprob for r in again] == [r.logprob for r in cached]
+    # No cache and no step: the static scores.
+    off = score_adapting(engine, SONG, adapt=Adaptation(lr=0.0, cache=0))
+    assert [r.logprob for r in off] == pytest.approx([r.logprob for r in static], abs=1e-5)
+
+
+def test_per_token_scores_add_up_with_the_cache(engine: Engine) -> None:
+    out = score_adapting(engine, SONG, per_token=True, adapt=Adaptation(lr=0.0))
+    for r in out:
+        assert r.tokens is not None and len(r.tokens) == r.num_tokens
+        assert sum(t.logprob for t in r.tokens) == pytest.approx(r.logprob, abs=1e-6)
+    assert all(r.tokens is None for r in score_adapting(engine, SONG[:2]))
+
+
+def _read(cache: Cache, texts: list[list[int]], vocab: int) -> None:
+    for full in texts:
+        cache.mix(full, np.full(len(full) - 1, -math.log(vocab)))
+        cache.read(full)
+
+
+def test_the_mixed_distribution_sums_to_one_whatever_is_predicted() -> None:
+    """μ and the guess read the history and the texts before only: over every token v
+    taken as the one predicted, Σ_v P(v) = 1 (a uniform model under the cache)."""
+    vocab, rng = 12, np.random.default_rng(0)
+    line = [1, *rng.integers(3, vocab, 30).tolist(), 2]
+    cache = Cache(4096)
+    _read(cache, [line, line[:20] + [2], line, line], vocab)
+    assert cache.mu.max() > 0.5  # fit on the texts read: the repeats are guessed right
+    for cut in (1, 5, 12, 31):
+        history = line[:cut]
+        total = sum(
+            math.exp(cache.mix([*history, v], np.full(cut, -math.log(vocab)))[-1])
+            for v in range(vocab)
+        )
+        assert total == pytest.approx(1.0, abs=1e-9)
+
+
+def test_the_cache_holds_at_most_its_size_and_refits_as_it_grows() -> None:
+    vocab, rng = 20, np.random.default_rng(1)
+    texts = [[1, *rng.integers(3, vocab, 40).tolist(), 2] for _ in range(6)] * 4
+    cache = Cache(100)
+    fits = []
+    for full in texts:
+        _read(cache, [full], vocab)
+        assert cache.match is not None and len(cache.match.stream) <= 100
+        fits.append(cache.fitted_at)
+    assert fits[-1] == cache.seen or cache.seen < 1.5 * fits[-1]  # grown by half: fit again
+    assert len(set(fits)) > 2

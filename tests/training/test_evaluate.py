@@ -68,7 +68,7 @@ def test_eval_adapting_is_a_row_of_its_own(tmp_path: Path) -> None:
     assert "adapted" not in static
     assert {k: v for k, v in both.items() if k != "adapted"} == static  # the static figures
     row = both["adapted"]
-    assert row["lr"] == 0.5 and row["decay"] == 0.0
+    assert row["lr"] == 0.5 and row["decay"] == 0.0 and row["cache"] == 8192
     assert row["perplexity"] < static["perplexity"]  # the same line, read four times
     assert row["bits_per_character"] < static["bits_per_character"]
     assert row["perplexity_rnn"] < static["perplexity_rnn"]

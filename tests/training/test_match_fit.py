@@ -12,8 +12,9 @@ import pytest
 from rnnlm.models.checkpoint import load_checkpoint
 from rnnlm.models.engine import Engine
 from rnnlm.models.match import BUCKETS, OCC_CLASSES
+from rnnlm.models.weights import MU_MAX, fit_mu
 from rnnlm.training.corpus import CorpusOptions, TokenSplit, build_corpus
-from rnnlm.training.match_fit import MU_MAX, choose_mu, fit_mu
+from rnnlm.training.match_fit import choose_mu
 from rnnlm.training.train import TrainConfig, train
 
 SMALL = dict(hidden=48, embedding=16, layers=1, batch_size=16, eval_every=20, warmup=10, lr=0.01)

@@ -205,11 +205,32 @@ def test_score_adapting_reads_its_texts_in_order_and_keeps_nothing(client: TestC
     assert client.post("/score", json={"texts": doc}).json()["results"] == plain
     defaults = client.post("/score", json={"texts": doc, "adapt": {}})
     assert defaults.status_code == 200, defaults.text
+    # The cache alone (no RNN step), and neither: the plain scores again.
+    song = ["row, row, row your boat.", "gently down the stream."] * 6
+    plain = client.post("/score", json={"texts": song}).json()["results"]
+    cached = client.post("/score", json={"texts": song, "adapt": {"lr": 0}}).json()["results"]
+    assert sum(r["logprob"] for r in cached) > sum(r["logprob"] for r in plain) + 5
+    off = {"texts": song, "adapt": {"lr": 0, "cache": 0}}
+    assert [r["logprob"] for r in client.post("/score", json=off).json()["results"]] == (
+        pytest.approx([r["logprob"] for r in plain], abs=1e-5)
+    )
 
 
 @pytest.mark.parametrize(
     "adapt",
-    [{"lr": 0}, {"lr": -1}, {"lr": 100}, {"lr": "0.1"}, {"decay": 2}, {"rate": 1}, 1, True],
+    [
+        {"lr": -1},
+        {"lr": 100},
+        {"lr": "0.1"},
+        {"decay": 2},
+        {"rate": 1},
+        {"cache": -1},
+        {"cache": 1.5},
+        {"cache": "64"},
+        {"cache": 1 << 30},
+        1,
+        True,
+    ],
 )
 def test_score_adapting_refuses_bad_settings(client: TestClient, adapt: object) -> None:
     r = client.post("/score", json={"texts": ["the"], "adapt": adapt})
