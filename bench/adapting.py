@@ -37,8 +37,11 @@ def main() -> None:
     args = p.parse_args()
     settings = []
     for item in args.settings.split(","):
-        lr, cache = item.split(":")
-        settings.append(Adaptation(lr=float(lr), cache=int(cache)))  # refused if out of range
+        try:
+            lr, cache = item.split(":")
+            settings.append(Adaptation(lr=float(lr), cache=int(cache)))
+        except ValueError as e:
+            p.error(f"--settings {item!r}: {e}")
     if args.threads:
         import torch
 

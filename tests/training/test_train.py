@@ -304,9 +304,9 @@ def test_stream_mode_refuses_bidirectional(tmp_path: Path, corpus: Path):
         # The default optimizer depends on the tokenizer, and what follows from it too.
         ("word", None, ("sgd", 20.0, 2, 256, 0.2, True, 20, 0.25, 35, "cosine")),
         ("sentencepiece", None, ("sgd", 20.0, 2, 256, 0.2, True, 20, 0.25, 35, "cosine")),
-        ("char", None, ("adamw", 1e-2, 2, 64, 0.1, False, 64, 1.0, 200, "cosine")),
+        ("char", None, ("adamw", 1e-2, 1, 64, 0.1, False, 32, 1.0, 200, "cosine")),
         ("word", "adamw", ("adamw", 3e-3, 2, 256, 0.2, True, 20, 1.0, 35, "cosine")),
-        ("char", "sgd", ("sgd", 20.0, 2, 64, 0.1, False, 64, 0.25, 200, "cosine")),
+        ("char", "sgd", ("sgd", 20.0, 1, 64, 0.1, False, 32, 0.25, 200, "cosine")),
     ],
 )
 def test_defaults_depend_on_the_tokenizer(kind: str, optimizer: str | None, want: tuple) -> None:  # type: ignore[type-arg]
