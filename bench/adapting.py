@@ -5,16 +5,16 @@
 Issue #31's lever 4 (models/adapt.py): the lines of FILE read in order as one
 document, each setting `lr:cache` (the RNN's SGD rate, 0 for no step; the cache's
 tokens, 0 for none) scored by the same code as `rnnlm eval --adapt`
-(training/evaluate.py's `adapted_figures`), the static figures first (`static`). One
-JSON object per setting on stdout: bits per character and per token, perplexity, and
-the seconds it took. Rows of their own: adapting figures are never the model's.
+(training/evaluate.py's `adapted_figures`), after the static figures (`static`, by
+eval's `static_figures`). One JSON object per setting on stdout: bits per character
+and per token, perplexity, and the seconds it took. Rows of their own: adapting
+figures are never the model's.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -25,7 +25,11 @@ sys.path.insert(0, str(ROOT))
 from rnnlm.models.adapt import Adaptation  # noqa: E402
 from rnnlm.models.checkpoint import load_checkpoint  # noqa: E402
 from rnnlm.models.engine import Engine  # noqa: E402
-from rnnlm.training.evaluate import adapted_figures, read_lines  # noqa: E402
+from rnnlm.training.evaluate import (  # noqa: E402
+    adapted_figures,
+    read_lines,
+    static_figures,
+)
 
 
 def main() -> None:
@@ -48,15 +52,13 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     lines = read_lines(args.texts)
     engine = Engine(load_checkpoint(args.model))
-    chars = sum(len(line) + 1 for line in lines)  # the end of each line is a character
     t0 = time.perf_counter()
-    results = engine.score_batch(lines)
-    nll = -sum(r.logprob for r in results)
-    tokens = sum(r.num_tokens for r in results)
+    static = static_figures(engine, lines)
+    tokens, chars = static["tokens"], static["characters"]
     row = {"bench": "adapting", "setting": "static", "model": str(args.model),
            "lines": len(lines), "tokens": tokens, "characters": chars,
-           "bits_per_character": nll / chars / math.log(2),
-           "perplexity": math.exp(nll / tokens),
+           "bits_per_character": static["bits_per_character"],
+           "perplexity": static["perplexity"],
            "seconds": round(time.perf_counter() - t0, 2)}  # fmt: skip
     print(json.dumps(row), flush=True)
     for adapt in settings:

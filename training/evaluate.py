@@ -61,6 +61,29 @@ def evaluate_file(
     """
     lines = read_lines(path)
     engine = Engine(load_checkpoint(model_dir, device=device))
+    out: dict[str, Any] = {"model": str(model_dir), "input": str(path)}
+    out.update(static_figures(engine, lines))
+    tokens, chars = out["tokens"], out["characters"]
+    if engine.match is not None:
+        # The model is the match model over the mixture; the mixture alone, again.
+        plain = Engine(dataclasses.replace(engine.checkpoint, match=None))
+        nll_plain = -sum(r.logprob for s in range(0, len(lines), 1024)
+                         for r in plain.score_batch(lines[s : s + 1024]))  # fmt: skip
+        out["match"] = {
+            "max_len": engine.match.max_len,
+            "perplexity_without": math.exp(nll_plain / tokens),
+            "bits_per_character_without": nll_plain / chars / math.log(2),
+        }
+    if adapt is not None:
+        out["adapted"] = adapted_figures(engine, lines, adapt, chars)
+    if free_running:
+        out["free_running"] = free_running_stats(engine, lines, free_running, max_tokens, seed)
+    return out
+
+
+def static_figures(engine: Engine, lines: list[str]) -> dict[str, Any]:
+    """The lines' figures, each line scored alone as `<bos> ... <eos>`: the model's own
+    (with an n-gram, the mixture's) and, with an n-gram, each part's on the same tokens."""
     nll = nll_backward = nll_rnn = nll_ngram = 0.0
     tokens = unk = chars = 0
     for start in range(0, len(lines), 1024):
@@ -73,8 +96,6 @@ def evaluate_file(
             unk += r.oov_count
             chars += len(r.text) + 1  # the end of the line counts as a character
     out: dict[str, Any] = {
-        "model": str(model_dir),
-        "input": str(path),
         "sequences": len(lines),
         "tokens": tokens,  # <eos> included
         "characters": chars,  # newline included
@@ -96,20 +117,6 @@ def evaluate_file(
         for part, part_nll in (("rnn", nll_rnn), ("ngram", nll_ngram)):
             out[f"perplexity_{part}"] = math.exp(part_nll / tokens)
             out[f"bits_per_character_{part}"] = part_nll / chars / math.log(2)
-    if engine.match is not None:
-        # The model is the match model over the mixture; the mixture alone, again.
-        plain = Engine(dataclasses.replace(engine.checkpoint, match=None))
-        nll_plain = -sum(r.logprob for s in range(0, len(lines), 1024)
-                         for r in plain.score_batch(lines[s : s + 1024]))  # fmt: skip
-        out["match"] = {
-            "max_len": engine.match.max_len,
-            "perplexity_without": math.exp(nll_plain / tokens),
-            "bits_per_character_without": nll_plain / chars / math.log(2),
-        }
-    if adapt is not None:
-        out["adapted"] = adapted_figures(engine, lines, adapt, chars)
-    if free_running:
-        out["free_running"] = free_running_stats(engine, lines, free_running, max_tokens, seed)
     return out
 
 
