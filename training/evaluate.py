@@ -67,8 +67,7 @@ def evaluate_file(
     if engine.match is not None:
         # The model is the match model over the mixture; the mixture alone, again.
         plain = Engine(dataclasses.replace(engine.checkpoint, match=None))
-        nll_plain = -sum(r.logprob for s in range(0, len(lines), 1024)
-                         for r in plain.score_batch(lines[s : s + 1024]))  # fmt: skip
+        nll_plain = -static_figures(plain, lines)["logprob"]
         out["match"] = {
             "max_len": engine.match.max_len,
             "perplexity_without": math.exp(nll_plain / tokens),
