@@ -26,6 +26,10 @@ positions, what other mixers would give:
   length alone: what a match model of one pointer into the text knows;
 - `match-linear-gated`: the RNN, the n-gram and the match model, weights
   softmax(W·φ' + b), φ' = φ and the match model's features;
+- `match1-gated-guess`, `-rnn`, `-both`: gates a served model could read (`served_features`):
+  the same over the match's one guess, φ the mixing and the served match buckets, the
+  occurrences and each part's ln P of the guess; then the RNN's entropy and largest ln P
+  too; then the n-gram's (its whole distribution at every position, which scoring lacks);
 - `cache-adapting`, `match+cache-adapting`: the same with a *cache*, the match model
   over the split's own lines read before (lever 4's other half: counts of the text
   already scored); adapting to the text, so rows of their own.
@@ -73,6 +77,8 @@ from match_model import (  # noqa: E402
 )
 
 from rnnlm.models.checkpoint import load_checkpoint, start_token  # noqa: E402
+from rnnlm.models.match import BUCKETS as SERVED_BUCKETS  # noqa: E402
+from rnnlm.models.match import bucket as served_bucket  # noqa: E402
 from rnnlm.models.ngram import KID_BINS, histories_of  # noqa: E402
 from rnnlm.models.ngram_next import layout_of  # noqa: E402
 from rnnlm.models.tokenizers import EOS, PAD  # noqa: E402
@@ -187,6 +193,28 @@ def features(p: Positions, buckets: int) -> Tensor:
         probs = lp.exp()
         cols += [-(probs * lp).sum(1), lp.max(1).values]
     return torch.cat([onehot, torch.stack(cols, 1)], 1)
+
+
+def served_features(p: Positions, buckets: int, spread: str) -> Tensor:
+    """φ a served gate could read at every scored position without the n-gram's whole
+    distribution (N, ·): the mixing bucket and the served match bucket (length by
+    occurrences; models/match.py) one-hot, the RNN's entropy and largest ln P, ln of the
+    occurrences, and each part's ln P of the match's one guess (a token chosen by the
+    history: 0 where there is none). `spread` "none": neither part's entropy and largest
+    ln P; "rnn": the RNN's; "both": the n-gram's too (its whole distribution at every
+    position)."""
+    lp1, stats = p.counted["match1"]
+    length, occ = stats[:, 0].long(), stats[:, 1].long()
+    has = length > 0
+    mb = torch.from_numpy(served_bucket(np.maximum(length.numpy(), 1), occ.numpy()))
+    mb = torch.where(has, mb, torch.zeros_like(mb))
+    guess = lp1.argmax(1)[:, None]
+    cols = [stats[:, 1].log1p(), torch.where(has, p.rnn.gather(1, guess)[:, 0], 0.0),
+            torch.where(has, p.ngram.gather(1, guess)[:, 0], 0.0)]  # fmt: skip
+    for lp in (p.rnn, p.ngram)[: {"none": 0, "rnn": 1, "both": 2}[spread]]:
+        cols += [-(lp.exp() * lp).sum(1), lp.max(1).values]
+    return torch.cat([F.one_hot(p.bucket, buckets).double(),
+                      F.one_hot(mb, SERVED_BUCKETS).double(), torch.stack(cols, 1)], 1)  # fmt: skip
 
 
 class Mixer(nn.Module):
@@ -409,6 +437,13 @@ def main() -> None:
         if names in with_counted:
             phis[row] = with_counted[names]
             mixers[row] = MatchLinear(phis[row][0].shape[1], names, lam=lam_mean)
+    if "match1" in valid.counted:  # gates a served model could read (its one guess)
+        for row, spread in (("match1-gated-guess", "none"), ("match1-gated-rnn", "rnn"),
+                            ("match1-gated-both", "both")):  # fmt: skip
+            fv, ft = served_features(valid, buckets, spread), served_features(test, buckets, spread)
+            f_mean, f_std = fv.mean(0), fv.std(0).clamp(min=1e-6)
+            phis[row] = ((fv - f_mean) / f_std, (ft - f_mean) / f_std)
+            mixers[row] = MatchLinear(fv.shape[1], ("match1",), lam=lam_mean)
     ngram_bits = bits(mixers["ngram"], test, phi_t)
     for name, mixer in mixers.items():
         if args.mixers and name not in args.mixers.split(","):

@@ -146,6 +146,11 @@ def _add_train(sub: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument("--schedule", choices=["cosine", "plateau", "constant"], default=None)
     p.add_argument("--batch-size", type=_positive_int, default=None)
     p.add_argument("--bptt", type=_positive_int, default=None)
+    p.add_argument(
+        "--precision", choices=["fp32", "bf16", "auto"], default=None,
+        help="the training step's matrix products: bf16 autocast (weights stay float32); "
+        "auto: bf16 where the CPU multiplies bf16 natively (AMX, AVX-512 BF16) or on a GPU",
+    )  # fmt: skip
     p.add_argument("--clip", type=_float_in(0, 1e6), default=None, help="0: no clipping")
     p.add_argument(
         "--patience",

@@ -92,7 +92,8 @@ def resume_config(out: Path, cfg: TrainConfig, given: set[str]) -> TrainConfig:
     path = recover(out / "latest") / "trainer_state.json"
     if not path.is_file():
         raise RnnlmError(f"{path}: nothing to resume (no trainer state in {out}/latest)")
-    saved = TrainConfig(**json.loads(path.read_text())["config"])
+    # A run saved before `precision` existed multiplied in fp32.
+    saved = TrainConfig(**{"precision": "fp32", **json.loads(path.read_text())["config"]})
     for name in given:
         new, old = getattr(cfg, name), getattr(saved, name)
         if name in LIMIT_FIELDS and not (saved.residual and name.startswith("ngram")):

@@ -67,6 +67,7 @@ from rnnlm.training.distributed import agree, is_main, largest, launch_distribut
 from rnnlm.training.mixture import attach_ngram, build_ngram
 from rnnlm.training.objective import LossModule, evaluate_split
 from rnnlm.training.plot import plot_curve
+from rnnlm.training.precision import uses_bf16
 from rnnlm.training.prior import fold_priors, with_prior
 from rnnlm.training.state import load_latest, resume_config, save_latest
 
@@ -273,6 +274,10 @@ def _train(
         raise RnnlmError(f"{corpus}: no model can be built for this corpus ({e})") from None
     model = RNNLM(model_cfg).to(dev)
     opt = make_optimizer(cfg, model)
+    # The step's products (training/precision.py); `auto` recorded as what it chose, so a
+    # resumed run multiplies as it began, on whatever machine it resumes.
+    bf16 = uses_bf16(cfg.precision, dev)
+    cfg.precision = "bf16" if bf16 else "fp32"
     # A residual model trains over priors from n-grams without each fold, and is saved
     # and validated with the n-gram of the whole split (training/prior.py); the time
     # this takes counts in the time budget.
@@ -315,7 +320,8 @@ def _train(
         f"model: {model_cfg.cell} {model_cfg.layers}x{model_cfg.hidden}"
         f"{' bidirectional' if model_cfg.bidirectional else ''}, "
         f"{model.num_parameters():,} parameters, vocabulary {tok.vocab_size}; "
-        f"{units_per_epoch} {'batches' if cfg.mode == 'sentence' else 'windows'} per epoch"
+        f"{units_per_epoch} {'batches' if cfg.mode == 'sentence' else 'windows'} per epoch; "
+        f"{'bf16' if bf16 else 'fp32'} steps"
     )
 
     def meta_now(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -367,7 +373,8 @@ def _train(
                 for group in opt.param_groups:
                     group["lr"] = learning_rate(cfg, st, units_per_epoch)
                 win_prior = None if prior_win is None else prior_win.to(dev)
-                nll, n_t, new_state = net(inp, tgt, state, win_prior)  # nll (directions,)
+                with torch.autocast(dev.type, torch.bfloat16, enabled=bf16):
+                    nll, n_t, new_state = net(inp, tgt, state, win_prior)  # nll (directions,)
                 total = n_t
                 if world > 1:
                     total = n_t.detach().clone()
@@ -381,7 +388,7 @@ def _train(
                 if cfg.clip:
                     nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
                 opt.step()
-                state = tuple(s.detach() for s in new_state)
+                state = tuple(s.detach().float() for s in new_state)  # bf16's, carried in fp32
                 n = int(n_t)
                 for d, v in enumerate(nll.detach().tolist()):
                     train_nll[d] += v
@@ -579,6 +586,7 @@ def _finish(
         "epochs": st.epoch,
         "elapsed_s": round(st.elapsed, 1),
         "tokens": st.tokens,
+        "precision": cfg.precision,  # what `auto` chose
     }
     if not is_main():
         return summary

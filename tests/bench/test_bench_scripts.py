@@ -432,7 +432,8 @@ def test_mixers_fit_on_valid_and_score_test(
     assert set(rows) == {"rnn", "ngram", "linear-buckets", "linear-gated", "loglinear-buckets",
                          "loglinear-gated", "match", "match-linear-buckets",
                          "match1-linear-buckets", "match1-linear-lengths",
-                         "match-linear-gated", "cache-adapting",
+                         "match-linear-gated", "match1-gated-guess", "match1-gated-rnn",
+                         "match1-gated-both", "cache-adapting",
                          "match+cache-adapting"}  # fmt: skip
     for r in rows.values():
         assert r["max_sum_error"] < 1e-6 and r["test_tokens"] > 100
@@ -446,6 +447,9 @@ def test_mixers_fit_on_valid_and_score_test(
         "match1-linear-buckets",
         "match1-linear-lengths",
         "match-linear-gated",
+        "match1-gated-guess",
+        "match1-gated-rnn",
+        "match1-gated-both",
     ):
         assert rows[m]["test_bits"] < rows["linear-buckets"]["test_bits"]
     assert rows["ngram"]["test_bits_vs_ngram"] == 1.0
