@@ -9,9 +9,10 @@ carried from one BPTT window to the next is kept in float32 too.
 Why: on a CPU that multiplies bfloat16 natively (Intel's AMX or AVX-512 BF16) a step of
 the character defaults (one LSTM layer of 512, batch 32, BPTT 200) takes a third of
 the time on 2 threads (fortunes, 2026-12-06, Intel Xeon: 107-121 ms against 291-376),
-so a time budget sees about twice the tokens (docs/measured.md). Where the CPU does not
-(AVX2 only, as on AMD EPYC before Zen 4), bfloat16 is emulated and slower than float32:
-`auto` then keeps float32. On a GPU, `auto` is bf16 where the device supports it.
+and a 600-s run sees 1.3-1.8x the tokens and ends better (docs/measured.md). Where the
+CPU does not (AVX2 only, as on AMD EPYC before Zen 4), the products would be converted
+in software (not measured here): `auto` keeps float32 there. On a GPU, `auto` is bf16
+where the device supports it.
 """
 
 from __future__ import annotations

@@ -55,7 +55,7 @@ def test_an_unknown_precision_is_refused() -> None:
 
 
 def test_a_bf16_run_learns_and_saves_a_float32_model(tmp_path: Path, corpus: Path) -> None:
-    # bf16 is emulated where the CPU lacks it: slower, never wrong, so this runs anywhere.
+    # Where the CPU lacks native bf16 autocast still runs (converted in software): anywhere.
     summary = train(TrainConfig(max_steps=120, precision="bf16", ngram_order=0, **SMALL), corpus,
                     tmp_path / "run", progress=False)  # fmt: skip
     assert summary["precision"] == "bf16"
