@@ -23,6 +23,7 @@ STAGES = (
     "data", "ngram", "corpus", "rnnlm-ngram", "speed", "service", "quality", "mixing", "asr",
 )  # fmt: skip
 Rec = dict[str, Any]
+_DTYPE = {"float32": "fp32", "bfloat16": "bf16"}  # bench/speed.py gemm's names
 
 
 def _find(records: Iterable[Rec], bench: str, **match: Any) -> Rec | None:
@@ -413,6 +414,7 @@ def render(records: list[Rec]) -> str:
         for q in words:
             vs = _vs(q["ppl_ratio_to_ngram"]) if q.get("ppl_ratio_to_ngram") is not None else "–"
             mixed = f", λ {q['lambda']:.3f}" if "lambda" in q else ""
+            mixed += f", {q['precision']} steps" if q.get("precision") else ""
             add(
                 _row(
                     f"{q['name']}: {q['recipe']} ({_model_text(q['model'])}, "
@@ -515,6 +517,7 @@ def render(records: list[Rec]) -> str:
         for q in chars:
             vs = _vs(q["bpc_ratio_to_ngram"]) if q.get("bpc_ratio_to_ngram") is not None else "–"
             mixed = f", λ {q['lambda']:.3f}" if "lambda" in q else ""
+            mixed += f", {q['precision']} steps" if q.get("precision") else ""
             add(
                 _row(
                     f"{q['name']}: {q['recipe']} ({_model_text(q['model'])}, "
@@ -588,7 +591,8 @@ def render(records: list[Rec]) -> str:
         add("")
         for g in gemms:
             add(
-                f"- fp32 GEMM (`torch.matmul`, {g['n']}x{g['n']}), {g['threads']} thread(s): "
+                f"- {_DTYPE.get(g.get('dtype', 'float32'), g.get('dtype'))} GEMM "
+                f"(`torch.matmul`, {g['n']}x{g['n']}), {g['threads']} thread(s): "
                 f"**{g['gflops']:,.1f} GFLOP/s**"
             )
         if ts:
@@ -612,11 +616,11 @@ def render(records: list[Rec]) -> str:
                     f"{c['embedding']}-d emb., vocab {c['vocab_size']:,}, "
                     f"adaptive {c['adaptive_cutoffs']}, {c['mode']} mode, "
                     f"batch {c['batch_size']}, BPTT {c['bptt']}, {c['optimizer']}, "
-                    f"{ts['threads']} threads",
+                    f"{ts['threads']} threads, {ts.get('precision', 'fp32')} steps",
                     f"**{ts['tokens_per_s']:,.0f}**",
                     f"{ts['train_flops_per_token'] / 1e6:.2f} M",
                     f"{ts['achieved_gflops']:.2f}",
-                    f"{ts['gemm_gflops']:,.1f}",
+                    f"{ts['gemm_gflops']:,.1f} ({ts.get('precision', 'fp32')})",
                     f"**{ts['pct_of_gemm_peak']:.1f}%**",
                 )
             )
@@ -627,8 +631,10 @@ def render(records: list[Rec]) -> str:
                 f"(adaptive tail clusters hold {ts['tail_cluster_shares']} of the training "
                 f"targets); training = 3 x forward. Formula: {ts['flops_formula']}. "
                 f"Timed {ts['steps']} optimizer steps ({ts['seconds']} s) of the real training "
-                "step (`bench/speed.py train`: forward, backward, clipping, AdamW) on the "
-                f"corpus's own batches; padding was {100 * ts['padding_share']:.1f}% of positions."
+                f"step (`bench/speed.py train`: forward, backward, clipping, {c['optimizer']}) "
+                f"on the corpus's own batches; padding was {100 * ts['padding_share']:.1f}% of "
+                "positions. The share of peak is against the GEMM rate in the step's precision "
+                "(bf16 steps: bfloat16 `torch.matmul`)."
             )
             add("")
 

@@ -15,7 +15,9 @@ Each stage calls a script that also runs alone:
            5-gram of 10M word tokens (Python's own sources), time and memory,
            beside KenLM's lmplz on the same text
   speed    bench/speed.py: fp32 GEMM rate (1 thread and the training threads);
-           training tokens/s of the word-level default and its share of that rate
+           training tokens/s of the word-level default in the precision training
+           picks (bf16 where the CPU multiplies it natively) and its share of the
+           GEMM rate in that precision
   service  bench/bench_service.py through the real HTTP server: an untrained
            1x256 char LSTM (pure speed: every sample runs to max_tokens) and
            the demo model (`rnnlm demo`, built once into checkpoints/demo)
@@ -473,7 +475,8 @@ class Bench:
         corpus = self.work / "corpus-word"
         if not (corpus / "corpus.json").is_file():
             raise StageError(f"{corpus}: missing (the corpus stage builds it)")
-        gemm = self.find("gemm", threads=self.args.threads)
+        # The step runs in the precision `rnnlm train` picks here (bf16 on a CPU that
+        # multiplies it natively): speed.py measures the GEMM rate in that precision.
         cmd = [
             self.py,
             "bench/speed.py",
@@ -484,8 +487,6 @@ class Bench:
             "--threads",
             str(self.args.threads),
         ]
-        if gemm:
-            cmd += ["--gemm-gflops", str(gemm["gflops"])]
         self.emit(json.loads(self.run(cmd, "train_speed")))
 
     def service(self) -> None:
@@ -655,6 +656,7 @@ class Bench:
                 )
             },
             "parameters": int(params.group(1).replace(",", "")) if params else None,
+            "precision": summary.get("precision"),  # what --precision auto chose
             "stopped": summary["stopped"],
             "steps": summary["steps"],
             "epochs": round(rows[-1]["epoch"], 2) if rows else summary["epochs"],

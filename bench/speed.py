@@ -1,21 +1,28 @@
-"""The machine's fp32 matrix-multiply rate, and training speed against it.
+"""The machine's matrix-multiply rate, and training speed against it.
 
-    python bench/speed.py gemm [--threads 1 2] [--seconds 3]
-    python bench/speed.py train CORPUS_DIR [--seconds 30] [--threads N] [--gemm-gflops X]
+    python bench/speed.py gemm [--threads 1 2] [--seconds 3] [--dtype fp32 bf16]
+    python bench/speed.py train CORPUS_DIR [--seconds 30] [--threads N]
+        [--precision fp32|bf16|auto] [--gemm-gflops X]
 
-`gemm`: torch.matmul of square fp32 matrices (n = 1024 and 2048), each timed
-for about `--seconds` after a warm-up; the best median rate over the sizes is
-the machine's peak for that many threads. One JSON object per thread count.
+`gemm`: torch.matmul of square matrices (n = 1024 and 2048) in float32 (and in
+bfloat16 with `--dtype bf16`), each timed for about `--seconds` after a warm-up; the
+best median rate over the sizes is the machine's peak for that many threads and that
+type. One JSON object per thread count and type.
 
 `train`: the training step of `rnnlm train`'s default configuration for the
-corpus (what `TrainConfig.resolve` picks: for a word corpus a 1x256 LSTM,
-128-d embeddings, adaptive softmax, sentence mode, batch 64, BPTT 70, AdamW,
-clip 1.0), on the corpus's own length-sorted batches, timed for `--seconds`
-after 5 warm-up steps, without evaluation or checkpointing. Tokens are the
-real (non-padding) targets. FLOPs per token come from the layer sizes
-(bench/flops.py; training = 3 x forward); the share of peak is
-FLOPs/token x tokens/s over the GEMM rate measured here with the same threads
-(or `--gemm-gflops`). Prints one JSON object.
+corpus (what `TrainConfig.resolve` picks, written into the record's `config`: for
+a word corpus today a 2x256 LSTM with tied 256-d embeddings, a full softmax,
+sentence mode, batch 20, BPTT 35, SGD, clip 0.25), on the corpus's own length-sorted
+batches, timed for `--seconds`
+after 5 warm-up steps, without evaluation or checkpointing, in the precision
+`rnnlm train --precision` would use (default `auto`: bf16 autocast where the CPU
+multiplies bfloat16 natively, as training/precision.py decides; the step's
+forward under torch.autocast and the carried state in float32, as training/train.py
+does). Tokens are the real (non-padding) targets. FLOPs per token come from the
+layer sizes (bench/flops.py; training = 3 x forward); the share of peak is
+FLOPs/token x tokens/s over the GEMM rate in the step's precision, measured here
+with the same threads (or `--gemm-gflops`, which must be that precision's).
+Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -34,17 +41,21 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from rnnlm.training.precision import PRECISIONS
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import flops  # noqa: E402
 
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
 
 def measure_gemm(
-    threads: int, seconds: float, sizes: tuple[int, ...] = (1024, 2048)
+    threads: int, seconds: float, sizes: tuple[int, ...] = (1024, 2048), dtype: str = "fp32"
 ) -> dict[str, Any]:
     torch.set_num_threads(threads)
     best: dict[str, Any] = {}
     for n in sizes:
-        a, b = torch.randn(n, n), torch.randn(n, n)
+        a, b = torch.randn(n, n, dtype=DTYPES[dtype]), torch.randn(n, n, dtype=DTYPES[dtype])
         for _ in range(2):
             torch.matmul(a, b)
         times: list[float] = []
@@ -56,18 +67,25 @@ def measure_gemm(
         rate = 2 * n**3 / statistics.median(times) / 1e9
         if rate > best.get("gflops", 0.0):
             best = {"n": n, "gflops": round(rate, 2), "repeats": len(times)}
-    return {"bench": "gemm", "dtype": "float32", "threads": threads, **best}
+    name = {"fp32": "float32", "bf16": "bfloat16"}[dtype]
+    return {"bench": "gemm", "dtype": name, "threads": threads, **best}
 
 
 def train_speed(
-    corpus: Path, seconds: float, threads: int, gemm_gflops: float | None
+    corpus: Path,
+    seconds: float,
+    threads: int,
+    gemm_gflops: float | None,
+    precision: str = "auto",
 ) -> dict[str, Any]:
     from rnnlm.models.model import RNNLM
     from rnnlm.training.corpus import TokenSplit, load_corpus_tokenizer, read_corpus_meta
     from rnnlm.training.data import sentence_batches, sentence_windows
+    from rnnlm.training.precision import uses_bf16  # the choice `rnnlm train` makes
     from rnnlm.training.train import LossModule, TrainConfig, make_optimizer
 
     torch.set_num_threads(threads)
+    bf16 = uses_bf16(precision, torch.device("cpu"))
     meta = read_corpus_meta(corpus)
     tok = load_corpus_tokenizer(corpus)
     cfg = TrainConfig().resolve(meta["tokenizer"]["kind"], tok.vocab_size)
@@ -100,12 +118,13 @@ def train_speed(
     for i, (inp, tgt, fresh) in enumerate(windows_forever()):
         if i == warmup:
             t0 = time.perf_counter()
-        nll, n_t, new_state = net(inp, tgt, None if fresh else state)
+        with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+            nll, n_t, new_state = net(inp, tgt, None if fresh else state)
         opt.zero_grad(set_to_none=True)
         (nll.mean() / n_t).backward()  # nll: (directions,)
         nn.utils.clip_grad_norm_(model.parameters(), clip)
         opt.step()
-        state = tuple(s.detach() for s in new_state)
+        state = tuple(s.detach().float() for s in new_state)  # as training carries it
         if i >= warmup:
             tokens += int(n_t)
             positions += inp.numel()
@@ -115,13 +134,14 @@ def train_speed(
     elapsed = time.perf_counter() - t0
     tps = tokens / elapsed
     if gemm_gflops is None:
-        gemm_gflops = measure_gemm(threads, 2.0)["gflops"]
+        gemm_gflops = measure_gemm(threads, 2.0, dtype="bf16" if bf16 else "fp32")["gflops"]
         torch.set_num_threads(threads)
     achieved = per_token * tps / 1e9
     return {
         "bench": "train_speed",
         "corpus": str(corpus),
         "threads": threads,
+        "precision": "bf16" if bf16 else "fp32",
         "config": {
             "mode": cfg.mode,
             "cell": model_cfg.cell,
@@ -154,20 +174,29 @@ def train_speed(
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     sub = p.add_subparsers(dest="what", required=True)
-    g = sub.add_parser("gemm", help="fp32 matmul GFLOP/s")
+    g = sub.add_parser("gemm", help="matmul GFLOP/s")
     g.add_argument("--threads", type=int, nargs="+", default=[1, torch.get_num_threads()])
     g.add_argument("--seconds", type=float, default=3.0, help="per matrix size")
+    g.add_argument("--dtype", nargs="+", choices=sorted(DTYPES), default=["fp32"])
     t = sub.add_parser("train", help="training tokens/s and share of GEMM peak")
     t.add_argument("corpus", type=Path, help="directory written by `rnnlm corpus`")
     t.add_argument("--seconds", type=float, default=30.0)
     t.add_argument("--threads", type=int, default=torch.get_num_threads())
-    t.add_argument("--gemm-gflops", type=float, default=None, help="default: measure it")
+    t.add_argument("--precision", choices=PRECISIONS, default="auto")
+    t.add_argument(
+        "--gemm-gflops",
+        type=float,
+        default=None,
+        help="the GEMM rate in the step's precision (default: measure it)",
+    )
     args = p.parse_args()
     if args.what == "gemm":
-        for n in dict.fromkeys(args.threads):
-            print(json.dumps(measure_gemm(n, args.seconds)), flush=True)
+        for dtype in dict.fromkeys(args.dtype):
+            for n in dict.fromkeys(args.threads):
+                print(json.dumps(measure_gemm(n, args.seconds, dtype=dtype)), flush=True)
     else:
-        print(json.dumps(train_speed(args.corpus, args.seconds, args.threads, args.gemm_gflops)))
+        row = train_speed(args.corpus, args.seconds, args.threads, args.gemm_gflops, args.precision)
+        print(json.dumps(row))
 
 
 if __name__ == "__main__":

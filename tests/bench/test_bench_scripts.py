@@ -191,6 +191,24 @@ def test_report_renders_the_mixers_rows_apart() -> None:
     assert "Other mixers" not in report.render([])
 
 
+def test_report_names_the_precision_of_the_training_step_and_its_gemm() -> None:
+    rows = [
+        {"bench": "gemm", "dtype": "bfloat16", "threads": 2, "n": 2048, "gflops": 900.0},
+        {"bench": "train_speed", "threads": 2, "precision": "bf16", "config": {
+            "mode": "sentence", "cell": "lstm", "layers": 2, "hidden": 256, "embedding": 256,
+            "vocab_size": 10004, "adaptive_cutoffs": None, "tied": True, "batch_size": 20,
+            "bptt": 35, "optimizer": "sgd"}, "tokens_per_s": 9000.0,
+         "train_flops_per_token": 3e7, "achieved_gflops": 270.0, "gemm_gflops": 900.0,
+         "pct_of_gemm_peak": 30.0, "forward_flops_per_token": {"recurrent": 5e6,
+         "projection": 0.0, "output": 5e6, "total": 1e7}, "tail_cluster_shares": [],
+         "flops_formula": "f", "steps": 10, "seconds": 1.0, "padding_share": 0.1},
+    ]  # fmt: skip
+    text = report.render(rows)
+    assert "- bf16 GEMM (`torch.matmul`, 2048x2048), 2 thread(s): **900.0 GFLOP/s**" in text
+    assert "2 threads, bf16 steps | **9,000** |" in text and "| 900.0 (bf16) | **30.0%** |" in text
+    assert "clipping, sgd)" in text
+
+
 def test_missing_measurements_are_not_measured():
     records = [{"bench": "machine"}, {"bench": "run", "wall_s": 60.0, "stages": ["service"]}]
     gs = report.goals(records)
@@ -224,6 +242,39 @@ def _script(*argv: str, timeout: float = 300) -> list[dict[str, Any]]:
     out = subprocess.run([sys.executable, *argv], capture_output=True, text=True,
                          timeout=timeout, check=True)  # fmt: skip
     return [json.loads(line) for line in out.stdout.splitlines()]
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_gemm_rate_is_measured_in_the_type_asked(dtype: str) -> None:
+    speed = _load("speed")
+    row = speed.measure_gemm(1, 0.01, sizes=(32, 64), dtype=dtype)
+    assert row["dtype"] == {"fp32": "float32", "bf16": "bfloat16"}[dtype]
+    assert row["n"] in (32, 64) and row["gflops"] > 0 and row["repeats"] >= 3
+
+
+def test_train_speed_times_the_step_in_the_precision_training_picks(
+    tmp_path: Path, text_file: Path
+) -> None:
+    import subprocess
+
+    from rnnlm.cli import main
+    from rnnlm.training.precision import uses_bf16
+
+    assert main(["corpus", str(text_file), "--out", str(tmp_path / "c"),
+                 "--tokenizer", "word"]) == 0  # fmt: skip
+    rows = {}
+    for precision in ("fp32", "bf16", "auto"):
+        (rows[precision],) = _script(str(BENCH / "speed.py"), "train", str(tmp_path / "c"),
+                                     "--seconds", "0.2", "--threads", "1", "--precision",
+                                     precision, "--gemm-gflops", "50")  # fmt: skip
+    auto = "bf16" if uses_bf16("auto", torch.device("cpu")) else "fp32"
+    assert [r["precision"] for r in rows.values()] == ["fp32", "bf16", auto]
+    for r in rows.values():
+        assert r["steps"] >= 1 and r["tokens"] > 0 and r["gemm_gflops"] == 50
+        assert r["pct_of_gemm_peak"] == pytest.approx(2 * r["achieved_gflops"], abs=0.01)
+    bad = subprocess.run([sys.executable, str(BENCH / "speed.py"), "train", str(tmp_path / "c"),
+                          "--precision", "fp16"], capture_output=True, text=True)  # fmt: skip
+    assert bad.returncode == 2 and "invalid choice: 'fp16'" in bad.stderr
 
 
 def test_ngram_speed_measures_estimation_at_toy_sizes() -> None:
