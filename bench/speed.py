@@ -13,8 +13,8 @@ type. One JSON object per thread count and type.
 corpus (what `TrainConfig.resolve` picks, written into the record's `config`: for
 a word corpus today a 2x256 LSTM with tied 256-d embeddings, a full softmax,
 sentence mode, batch 20, BPTT 35, SGD, clip 0.25), on the corpus's own length-sorted
-batches, timed for `--seconds`
-after 5 warm-up steps, without evaluation or checkpointing, in the precision
+batches, timed for `--seconds` after 5 warm-up steps, without evaluation or
+checkpointing, in the precision
 `rnnlm train --precision` would use (default `auto`: bf16 autocast where the CPU
 multiplies bfloat16 natively, as training/precision.py decides; the step's
 forward under torch.autocast and the carried state in float32, as training/train.py
@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from rnnlm.training.precision import PRECISIONS
+from rnnlm.training.precision import PRECISIONS, uses_bf16
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import flops  # noqa: E402
@@ -67,7 +67,7 @@ def measure_gemm(
         rate = 2 * n**3 / statistics.median(times) / 1e9
         if rate > best.get("gflops", 0.0):
             best = {"n": n, "gflops": round(rate, 2), "repeats": len(times)}
-    name = {"fp32": "float32", "bf16": "bfloat16"}[dtype]
+    name = str(DTYPES[dtype]).removeprefix("torch.")  # float32, bfloat16
     return {"bench": "gemm", "dtype": name, "threads": threads, **best}
 
 
@@ -81,11 +81,10 @@ def train_speed(
     from rnnlm.models.model import RNNLM
     from rnnlm.training.corpus import TokenSplit, load_corpus_tokenizer, read_corpus_meta
     from rnnlm.training.data import sentence_batches, sentence_windows
-    from rnnlm.training.precision import uses_bf16  # the choice `rnnlm train` makes
     from rnnlm.training.train import LossModule, TrainConfig, make_optimizer
 
     torch.set_num_threads(threads)
-    bf16 = uses_bf16(precision, torch.device("cpu"))
+    bf16 = uses_bf16(precision, torch.device("cpu"))  # the choice `rnnlm train` makes
     meta = read_corpus_meta(corpus)
     tok = load_corpus_tokenizer(corpus)
     cfg = TrainConfig().resolve(meta["tokenizer"]["kind"], tok.vocab_size)
