@@ -14,14 +14,13 @@ corpus (what `TrainConfig.resolve` picks, written into the record's `config`: fo
 a word corpus today a 2x256 LSTM with tied 256-d embeddings, a full softmax,
 sentence mode, batch 20, BPTT 35, SGD, clip 0.25), on the corpus's own length-sorted
 batches, timed for `--seconds` after 5 warm-up steps, without evaluation or
-checkpointing, in the precision
-`rnnlm train --precision` would use (default `auto`: bf16 autocast where the CPU
-multiplies bfloat16 natively, as training/precision.py decides; the step's
-forward under torch.autocast and the carried state in float32, as training/train.py
-does). Tokens are the real (non-padding) targets. FLOPs per token come from the
-layer sizes (bench/flops.py; training = 3 x forward); the share of peak is
-FLOPs/token x tokens/s over the GEMM rate in the step's precision, measured here
-with the same threads (or `--gemm-gflops`, which must be that precision's).
+checkpointing, in the precision `rnnlm train --precision` would use (default
+`auto`: bf16 autocast where the CPU multiplies bfloat16 natively, as
+training/precision.py decides), each step training/train.py's own `train_step`.
+Tokens are the real (non-padding) targets. FLOPs per token come from the layer
+sizes (bench/flops.py; training = 3 x forward); the share of peak is FLOPs/token x
+tokens/s over the GEMM rate in the step's precision, measured here with the same
+threads (or `--gemm-gflops`, which must be that precision's).
 Prints one JSON object.
 """
 
@@ -39,7 +38,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from rnnlm.training.precision import PRECISIONS, uses_bf16
 
@@ -81,7 +80,7 @@ def train_speed(
     from rnnlm.models.model import RNNLM
     from rnnlm.training.corpus import TokenSplit, load_corpus_tokenizer, read_corpus_meta
     from rnnlm.training.data import sentence_batches, sentence_windows
-    from rnnlm.training.train import LossModule, TrainConfig, make_optimizer
+    from rnnlm.training.train import LossModule, TrainConfig, make_optimizer, train_step
 
     torch.set_num_threads(threads)
     bf16 = uses_bf16(precision, torch.device("cpu"))  # the choice `rnnlm train` makes
@@ -117,13 +116,8 @@ def train_speed(
     for i, (inp, tgt, fresh) in enumerate(windows_forever()):
         if i == warmup:
             t0 = time.perf_counter()
-        with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
-            nll, n_t, new_state = net(inp, tgt, None if fresh else state)
-        opt.zero_grad(set_to_none=True)
-        (nll.mean() / n_t).backward()  # nll: (directions,)
-        nn.utils.clip_grad_norm_(model.parameters(), clip)
-        opt.step()
-        state = tuple(s.detach().float() for s in new_state)  # as training carries it
+        window = (inp, tgt, None if fresh else state, None)
+        _, n_t, _, state = train_step(net, model, opt, window, bf16, clip)  # training's own
         if i >= warmup:
             tokens += int(n_t)
             positions += inp.numel()

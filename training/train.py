@@ -71,7 +71,15 @@ from rnnlm.training.precision import uses_bf16
 from rnnlm.training.prior import fold_priors, with_prior
 from rnnlm.training.state import load_latest, resume_config, save_latest
 
-__all__ = ["LossModule", "TrainConfig", "learning_rate", "make_optimizer", "train", "train_command"]
+__all__ = [
+    "LossModule",
+    "TrainConfig",
+    "learning_rate",
+    "make_optimizer",
+    "train",
+    "train_command",
+    "train_step",
+]
 
 
 def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -168,6 +176,40 @@ def _in_step(
     pad = torch.full((rows, 1), PAD, dtype=torch.long)
     padding = ((pad, pad, None) for _ in range(n_all - max(n, first)))
     return n_all, itertools.chain(wins, padding), True
+
+
+def train_step(
+    net: nn.Module,
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    window: tuple[Tensor, Tensor, State | None, Tensor | None],
+    bf16: bool,
+    clip: float,
+    world: int = 1,
+) -> tuple[Tensor, Tensor, Tensor, State]:
+    """One optimizer step on one window (inputs, targets (B, T), the state carried in,
+    a residual model's prior): the forward under bf16 autocast where `bf16`
+    (training/precision.py), the loss, the gradients clipped to `clip` (0: not), the
+    step. `net` is `model`'s LossModule, DDP-wrapped when `world` > 1. Returns the NLL
+    summed per direction (directions,), detached, the tokens predicted here and in the
+    global batch, and the state after the window, detached and in float32 (bf16's
+    carried on in float32). bench/speed.py times this same step."""
+    inp, tgt, state, prior = window
+    with torch.autocast(inp.device.type, torch.bfloat16, enabled=bf16):
+        nll, n_t, new_state = net(inp, tgt, state, prior)  # nll (directions,)
+    total = n_t
+    if world > 1:
+        total = n_t.detach().clone()
+        dist.all_reduce(total)  # tokens in the global batch
+    # The mean over every token of the global batch (and over the two directions, which
+    # predict as many tokens each); DDP averages the ranks' gradients, hence `world`.
+    loss = nll.mean() * world / total.clamp(min=1)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip:
+        nn.utils.clip_grad_norm_(model.parameters(), clip)
+    opt.step()
+    return nll.detach(), n_t, total, tuple(s.detach().float() for s in new_state)
 
 
 def _limit(cfg: TrainConfig, st: TrainState, epoch_end: bool) -> str:
@@ -373,24 +415,11 @@ def _train(
                 for group in opt.param_groups:
                     group["lr"] = learning_rate(cfg, st, units_per_epoch)
                 win_prior = None if prior_win is None else prior_win.to(dev)
-                with torch.autocast(dev.type, torch.bfloat16, enabled=bf16):
-                    nll, n_t, new_state = net(inp, tgt, state, win_prior)  # nll (directions,)
-                total = n_t
-                if world > 1:
-                    total = n_t.detach().clone()
-                    dist.all_reduce(total)  # tokens in the global batch
-                # The mean over every token of the global batch (and over the two
-                # directions, which predict as many tokens each); DDP averages the
-                # ranks' gradients, hence the factor `world`.
-                loss = nll.mean() * world / total.clamp(min=1)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.clip:
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-                opt.step()
-                state = tuple(s.detach().float() for s in new_state)  # bf16's, carried in fp32
+                nll, n_t, total, state = train_step(
+                    net, model, opt, (inp, tgt, state, win_prior), bf16, cfg.clip, world
+                )
                 n = int(n_t)
-                for d, v in enumerate(nll.detach().tolist()):
+                for d, v in enumerate(nll.tolist()):
                     train_nll[d] += v
                 train_n += n
                 window_tokens += n
