@@ -30,6 +30,16 @@ positions, what other mixers would give:
   the same over the match's one guess, φ the mixing and the served match buckets, the
   occurrences and each part's ln P of the guess; then the RNN's entropy and largest ln P
   too; then the n-gram's (its whole distribution at every position, which scoring lacks);
+- `linear-gated-rnn`: λ from φ without the n-gram's entropy and largest ln P (what
+  scoring has without the n-gram's whole distribution); `linear-peak4`, `-peak8`: λ per
+  bucket and per quantile bin of the n-gram's largest ln P (the served table, one
+  dimension more);
+- `match1-lambda-gated`, `-gated-rnn`, `match1-linear-peak4`, `-peak8`: those λs, then
+  the served match's one guess with μ per served match bucket; `match1-mu-served`,
+  `-parts`, `-rnn`: the served λ table, μ from a gate on the served match bucket, the
+  occurrences and the served mixture's ln P of the guess (`mu_features`), then each
+  part's ln P of it, then the RNN's entropy and largest ln P: which part of the gates'
+  gain a served model could have cheaply;
 - `cache-adapting`, `match+cache-adapting`: the same with a *cache*, the match model
   over the split's own lines read before (lever 4's other half: counts of the text
   already scored); adapting to the text, so rows of their own.
@@ -184,15 +194,28 @@ def match_index(run: Path, corpus: Path, max_len: int) -> MatchIndex:
     return MatchIndex(stream, ckpt.model.config.vocab_size, max_len)
 
 
-def features(p: Positions, buckets: int) -> Tensor:
+def features(p: Positions, buckets: int, ngram: bool = True) -> Tensor:
     """φ of each position (N, buckets + 4): the bucket one-hot; each part's entropy and
-    largest ln P. Functions of the two distributions and the bucket: the history's."""
+    largest ln P. Functions of the two distributions and the bucket: the history's.
+    ngram=False: the RNN's only (N, buckets + 2), what scoring has without the n-gram's
+    whole distribution."""
     onehot = F.one_hot(p.bucket, buckets).double()
     cols = []
-    for lp in (p.rnn, p.ngram):
+    for lp in (p.rnn, p.ngram) if ngram else (p.rnn,):
         probs = lp.exp()
         cols += [-(probs * lp).sum(1), lp.max(1).values]
     return torch.cat([onehot, torch.stack(cols, 1)], 1)
+
+
+def served_match(p: Positions) -> tuple[Tensor, Tensor, Tensor]:
+    """What the served match model knows at each position, from the match's one guess:
+    whether there is a match (N,), its served μ bucket (N,; 0 without; models/match.py's
+    `bucket` of its length and occurrences) and the guess (N, 1)."""
+    lp1, stats = p.counted["match1"]
+    length, occ = stats[:, 0].long(), stats[:, 1].long()
+    has = length > 0
+    mb = torch.from_numpy(served_bucket(np.maximum(length.numpy(), 1), occ.numpy()))
+    return has, torch.where(has, mb, torch.zeros_like(mb)), lp1.argmax(1)[:, None]
 
 
 def served_features(p: Positions, buckets: int, spread: str) -> Tensor:
@@ -203,12 +226,8 @@ def served_features(p: Positions, buckets: int, spread: str) -> Tensor:
     history: 0 where there is none). `spread` "none": neither part's entropy and largest
     ln P; "rnn": the RNN's; "both": the n-gram's too (its whole distribution at every
     position)."""
-    lp1, stats = p.counted["match1"]
-    length, occ = stats[:, 0].long(), stats[:, 1].long()
-    has = length > 0
-    mb = torch.from_numpy(served_bucket(np.maximum(length.numpy(), 1), occ.numpy()))
-    mb = torch.where(has, mb, torch.zeros_like(mb))
-    guess = lp1.argmax(1)[:, None]
+    has, mb, guess = served_match(p)
+    stats = p.counted["match1"][1]
     cols = [stats[:, 1].log1p(), torch.where(has, p.rnn.gather(1, guess)[:, 0], 0.0),
             torch.where(has, p.ngram.gather(1, guess)[:, 0], 0.0)]  # fmt: skip
     for lp in (p.rnn, p.ngram)[: {"none": 0, "rnn": 1, "both": 2}[spread]]:
@@ -293,6 +312,82 @@ class MatchLinear(Mixer):
         served = self.served.log_probs(p, phi)
         mu = self.mu[match_bucket(stats, self.by_kinds)][:, None]
         return torch.logaddexp(served + F.logsigmoid(-mu), match + F.logsigmoid(mu))
+
+
+class PeakTable(Mixer):
+    """λ per (mixing bucket, bin of the n-gram's largest ln P): a table as served, one
+    dimension more, the n-gram's peak cut at `edges` (valid's quantiles). The peak is a
+    function of the history (its n-gram distribution), not of the token predicted."""
+
+    def __init__(self, table: Tensor, edges: Tensor) -> None:
+        super().__init__()
+        self.edges = edges
+        start = table.clamp(1e-4, 1 - 1e-4).logit()[:, None].repeat(1, len(edges) + 1)
+        self.logit = nn.Parameter(start)  # (buckets, bins), from the served λ
+
+    def log_probs(self, p: Positions, phi: Tensor) -> Tensor:
+        peak = torch.bucketize(p.ngram.max(1).values.contiguous(), self.edges)
+        lam = torch.sigmoid(self.logit[p.bucket, peak]).clamp(1e-6, 1 - 1e-6)[:, None]
+        return torch.logaddexp(p.rnn + lam.log(), p.ngram + (-lam).log1p())
+
+
+class GatedMatch(Mixer):
+    """λ = σ(w·φ + b) between the RNN and the n-gram (or `mixture`'s), then (1−μ)·P +
+    μ·[t = guess] with μ per served match bucket (models/match.py's `bucket`): a gate a
+    served model could use in place of its λ table, the match model as served."""
+
+    def __init__(self, width: int, lam: float, mixture: Mixer | None = None) -> None:
+        super().__init__()
+        if mixture is None:
+            mixture = Linear(width)
+            assert mixture.gate is not None
+            nn.init.zeros_(mixture.gate.weight)
+            nn.init.constant_(mixture.gate.bias, math.log(lam / (1 - lam)))
+        self.mixture = mixture
+        self.mu = nn.Parameter(torch.full((SERVED_BUCKETS,), -2.944))
+
+    def log_probs(self, p: Positions, phi: Tensor) -> Tensor:
+        has, mb, _ = served_match(p)
+        mu = torch.where(has, self.mu[mb], -1e9)[:, None]
+        lp1 = p.counted["match1"][0]
+        mixed = self.mixture.log_probs(p, phi)
+        return torch.logaddexp(mixed + F.logsigmoid(-mu), lp1 + F.logsigmoid(mu))
+
+
+class MatchGatedMu(Mixer):
+    """The served mixture (the checkpoint's λ per bucket), then (1−μ)·P_served +
+    μ·[t = guess] with μ = σ(w·φ + b) on `mu_features`: a gate on the match's weight
+    alone, the λ table kept; μ = 0 where nothing matched, as served."""
+
+    def __init__(self, width: int, table: Tensor) -> None:
+        super().__init__()
+        self.served = Linear(width, table)
+        self.gate = nn.Linear(width, 1)
+        nn.init.zeros_(self.gate.weight)
+        nn.init.constant_(self.gate.bias, -2.944)  # σ⁻¹(0.05), as MatchLinear's μ
+
+    def log_probs(self, p: Positions, phi: Tensor) -> Tensor:
+        lp1, stats = p.counted["match1"]
+        has = (stats[:, 0] > 0)[:, None]
+        mu = torch.where(has, self.gate(phi), torch.full_like(has, -1e9, dtype=phi.dtype))
+        served = self.served.log_probs(p, phi)
+        return torch.logaddexp(served + F.logsigmoid(-mu), lp1 + F.logsigmoid(mu))
+
+
+def mu_features(p: Positions, table: Tensor, spread: str) -> Tensor:
+    """φ of `MatchGatedMu` (N, ·): the served match bucket one-hot, ln of the
+    occurrences, the served mixture's ln P of the guess (0 where none); "parts": each
+    part's ln P of the guess too; "rnn": and the RNN's entropy and largest ln P."""
+    has, mb, guess = served_match(p)
+    stats = p.counted["match1"][1]
+    served = Linear(1, table).log_probs(p, p.rnn[:, :1]).gather(1, guess)[:, 0]
+    cols = [stats[:, 1].log1p(), torch.where(has, served, 0.0)]
+    if spread in ("parts", "rnn"):
+        cols += [torch.where(has, p.rnn.gather(1, guess)[:, 0], 0.0),
+                 torch.where(has, p.ngram.gather(1, guess)[:, 0], 0.0)]  # fmt: skip
+    if spread == "rnn":
+        cols += [-(p.rnn.exp() * p.rnn).sum(1), p.rnn.max(1).values]
+    return torch.cat([F.one_hot(mb, SERVED_BUCKETS).double(), torch.stack(cols, 1)], 1)
 
 
 class LogLinear(Mixer):
@@ -425,6 +520,17 @@ def main() -> None:
         "loglinear-gated": LogLinear(width, buckets, gated=True),
     }
     phis: dict[str, tuple[Tensor, Tensor]] = {}
+    # λ from what scoring has cheaply, the RNN's distribution: its entropy and largest ln P.
+    fv, ft = features(valid, buckets, ngram=False), features(test, buckets, ngram=False)
+    f_mean, f_std = fv.mean(0), fv.std(0).clamp(min=1e-6)
+    phis["linear-gated-rnn"] = rnn_phis = ((fv - f_mean) / f_std, (ft - f_mean) / f_std)
+    mixers["linear-gated-rnn"] = Linear(fv.shape[1])
+    # λ per bucket and per bin of the n-gram's largest ln P (bins: valid's quantiles).
+    peak_edges: dict[int, Tensor] = {}
+    for bins in (4, 8):
+        q = torch.linspace(0, 1, bins + 1, dtype=torch.float64)[1:-1]
+        peak_edges[bins] = torch.quantile(valid.ngram.max(1).values, q).contiguous()
+        mixers[f"linear-peak{bins}"] = PeakTable(table, peak_edges[bins])
     lam_mean = min(max(float(table[valid.bucket].mean()), 0.01), 0.99)  # served λ, mean
     if "match" in valid.counted:
         mixers["match"] = CountedAlone("match")
@@ -444,6 +550,18 @@ def main() -> None:
             f_mean, f_std = fv.mean(0), fv.std(0).clamp(min=1e-6)
             phis[row] = ((fv - f_mean) / f_std, (ft - f_mean) / f_std)
             mixers[row] = MatchLinear(fv.shape[1], ("match1",), lam=lam_mean)
+        phis["match1-lambda-gated-rnn"] = rnn_phis
+        mixers["match1-lambda-gated-rnn"] = GatedMatch(rnn_phis[0].shape[1], lam_mean)
+        for bins, edges in peak_edges.items():
+            mixers[f"match1-linear-peak{bins}"] = GatedMatch(
+                width, lam_mean, PeakTable(table, edges))  # fmt: skip
+        mixers["match1-lambda-gated"] = GatedMatch(width, lam_mean)
+        for row, spread in (("match1-mu-served", "served"), ("match1-mu-parts", "parts"),
+                            ("match1-mu-rnn", "rnn")):  # fmt: skip
+            fv, ft = mu_features(valid, table, spread), mu_features(test, table, spread)
+            f_mean, f_std = fv.mean(0), fv.std(0).clamp(min=1e-6)
+            phis[row] = ((fv - f_mean) / f_std, (ft - f_mean) / f_std)
+            mixers[row] = MatchGatedMu(fv.shape[1], table)
     ngram_bits = bits(mixers["ngram"], test, phi_t)
     for name, mixer in mixers.items():
         if args.mixers and name not in args.mixers.split(","):

@@ -377,7 +377,7 @@ class Bench:
         self.say(f"mixing: {name}: other mixers, fit on validation (bench/mixers.py)")
         corpus = self.work / f"corpus-{corpus_name}"
         out = self.run([self.py, "bench/mixers.py", str(best), str(corpus), "--threads",
-                        str(self.args.threads)], f"mixers-{name}", timeout=3600)  # fmt: skip
+                        str(self.args.threads)], f"mixers-{name}", timeout=5400)  # fmt: skip
         for line in out.splitlines():
             self.emit(json.loads(line) | {"model": name})
 

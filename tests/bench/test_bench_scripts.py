@@ -484,8 +484,11 @@ def test_mixers_fit_on_valid_and_score_test(
                          "loglinear-gated", "match", "match-linear-buckets",
                          "match1-linear-buckets", "match1-linear-lengths",
                          "match-linear-gated", "match1-gated-guess", "match1-gated-rnn",
-                         "match1-gated-both", "cache-adapting",
-                         "match+cache-adapting"}  # fmt: skip
+                         "match1-gated-both", "cache-adapting", "match+cache-adapting",
+                         "linear-gated-rnn", "match1-lambda-gated-rnn", "match1-lambda-gated",
+                         "linear-peak4", "linear-peak8", "match1-linear-peak4",
+                         "match1-linear-peak8", "match1-mu-served", "match1-mu-parts",
+                         "match1-mu-rnn"}  # fmt: skip
     for r in rows.values():
         assert r["max_sum_error"] < 1e-6 and r["test_tokens"] > 100
         assert r["test_match_len_mean"] >= 1 and 0 <= r["test_match_beyond_ngram"] <= 1
@@ -501,6 +504,9 @@ def test_mixers_fit_on_valid_and_score_test(
         "match1-gated-guess",
         "match1-gated-rnn",
         "match1-gated-both",
+        "match1-lambda-gated",
+        "match1-linear-peak4",
+        "match1-mu-served",
     ):
         assert rows[m]["test_bits"] < rows["linear-buckets"]["test_bits"]
     assert rows["ngram"]["test_bits_vs_ngram"] == 1.0
@@ -522,7 +528,8 @@ def test_mixers_fit_on_valid_and_score_test(
                                             str(tmp_path / "c"), "--steps", "20", "--match-len",
                                             "0", "--cache-len", "0")}  # fmt: skip
     assert set(plain) == {"rnn", "ngram", "linear-buckets", "linear-gated", "loglinear-buckets",
-                          "loglinear-gated"}  # fmt: skip
+                          "loglinear-gated", "linear-gated-rnn", "linear-peak4",
+                          "linear-peak8"}  # fmt: skip
     only = _script(str(BENCH / "mixers.py"), str(tmp_path / "r" / "best"), str(tmp_path / "c"),
                    "--steps", "20", "--cache-len", "0", "--mixers", "ngram,match")  # fmt: skip
     assert [r["mixer"] for r in only] == ["ngram", "match"]
