@@ -119,6 +119,17 @@ class Positions:
                          counted)  # fmt: skip
 
 
+def padded(seqs: list[list[int]]) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    """Each sequence (start token … <eos>) as a row of inputs and of targets, the one
+    shifted from the other, right-padded with PAD: (B, T), (B, T)."""
+    T = max(len(s) for s in seqs) - 1
+    inp = np.full((len(seqs), T), PAD, np.int64)
+    tgt = np.full((len(seqs), T), PAD, np.int64)
+    for r, s in enumerate(seqs):
+        inp[r, : len(s) - 1], tgt[r, : len(s) - 1] = s[:-1], s[1:]
+    return inp, tgt
+
+
 def positions(
     run: Path, corpus: Path, split: str, max_tokens: int,
     index: MatchIndex | None = None, cache_len: int = 0,
@@ -148,11 +159,7 @@ def positions(
                 seqs.append(s)
                 seen += len(s) - 1
                 i += 1
-            T = max(len(s) for s in seqs) - 1
-            inp = np.full((len(seqs), T), PAD, np.int64)
-            tgt = np.full((len(seqs), T), PAD, np.int64)
-            for r, s in enumerate(seqs):
-                inp[r, : len(s) - 1], tgt[r, : len(s) - 1] = s[:-1], s[1:]
+            inp, tgt = padded(seqs)
             mask = inp != PAD
             feats, _ = model.features(torch.from_numpy(inp))
             lp = model.log_probs(feats)[torch.from_numpy(mask)]  # (N, V)

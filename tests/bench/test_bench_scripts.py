@@ -646,3 +646,31 @@ def test_adapting_scores_each_setting_beside_the_static_figures(tmp_path: Path) 
                             str(texts), "--settings", bad], capture_output=True, text=True,
                            timeout=300)  # fmt: skip
         assert r.returncode == 2 and f"--settings {bad!r}" in r.stderr and not r.stdout
+
+
+def test_gate_cost_times_the_ngram_lookup_and_its_whole_distribution(
+    tmp_path: Path, text_file: Path
+) -> None:
+    import subprocess
+
+    from rnnlm.cli import main
+
+    lines = text_file.read_text().splitlines()
+    (tmp_path / "valid.txt").write_text("\n".join(lines[:30]) + "\n")
+    (tmp_path / "test.txt").write_text("\n".join(lines[30:60]) + "\n")
+    assert main(["corpus", str(text_file), "--valid", str(tmp_path / "valid.txt"), "--test",
+                 str(tmp_path / "test.txt"), "--out", str(tmp_path / "c")]) == 0  # fmt: skip
+    for name, order in (("r", "4"), ("plain", "0")):
+        assert main(["train", "--corpus", str(tmp_path / "c"), "--out", str(tmp_path / name),
+                     "--max-steps", "2", "--hidden", "16", "--embedding", "8", "--ngram-order",
+                     order, "--match-len", "0", "--no-progress"]) == 0  # fmt: skip
+    (row,) = _script(str(BENCH / "gate_cost.py"), str(tmp_path / "r" / "best"),
+                     str(tmp_path / "c"), "--lines", "20")  # fmt: skip
+    assert row["positions"] == sum(len(x) + 1 for x in lines[30:50])  # characters, then <eos>
+    assert min(row["ngram_targets_s"], row["ngram_whole_s"], row["engine_scoring_s"]) > 0
+    assert row["scoring_with_gate_x"] > 0
+    # A model without an n-gram has nothing to gate: said, and nothing printed.
+    r = subprocess.run([sys.executable, str(BENCH / "gate_cost.py"),
+                        str(tmp_path / "plain" / "best"), str(tmp_path / "c")],
+                       capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert r.returncode == 1 and "no n-gram" in r.stderr and not r.stdout
