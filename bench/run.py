@@ -568,7 +568,7 @@ class Bench:
             recipes[2:2] = [  # the word RNN's compute in bf16 (docs/measured.md, 2026-12-07)
                 ("word-2x384", "word", ["--hidden", "384", "--embedding", "384"], b, word_test,
                  "the word defaults at 2x384 (tied 384-d embeddings): the shape bf16's speed "
-                 "may favour; two seeds on other days 60.45 and 60.65 against 60.71 and 61.27"),
+                 "may favour; at two seeds 60.45 and 60.65 against the defaults' 60.71 and 61.43"),
             ]  # fmt: skip
         failures = []
         for name, corpus_name, flags, budget, test_file, what in recipes:
