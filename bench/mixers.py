@@ -243,6 +243,13 @@ def served_features(p: Positions, buckets: int, spread: str) -> Tensor:
                       F.one_hot(mb, SERVED_BUCKETS).double(), torch.stack(cols, 1)], 1)  # fmt: skip
 
 
+def on_valid_scale(fv: Tensor, ft: Tensor) -> tuple[Tensor, Tensor]:
+    """Validation's and test's φ standardised by validation's mean and spread, the
+    scale every gate is fit on."""
+    mean, std = fv.mean(0), fv.std(0).clamp(min=1e-6)
+    return (fv - mean) / std, (ft - mean) / std
+
+
 class Mixer(nn.Module):
     """ln P(· | history) (N, V) of a mixture, normalised over the vocabulary."""
 
@@ -376,7 +383,7 @@ class MatchGatedMu(Mixer):
     def log_probs(self, p: Positions, phi: Tensor) -> Tensor:
         lp1, stats = p.counted["match1"]
         has = (stats[:, 0] > 0)[:, None]
-        mu = torch.where(has, self.gate(phi), torch.full_like(has, -1e9, dtype=phi.dtype))
+        mu = torch.where(has, self.gate(phi), -1e9)
         served = self.served.log_probs(p, phi)
         return torch.logaddexp(served + F.logsigmoid(-mu), lp1 + F.logsigmoid(mu))
 
@@ -486,9 +493,7 @@ def main() -> None:
     assert ckpt.ngram is not None
     buckets = ckpt.ngram.order * KID_BINS
     table = torch.from_numpy(np.asarray(ckpt.mixing_table(), np.float64))
-    phi_v, phi_t = features(valid, buckets), features(test, buckets)
-    mean, std = phi_v.mean(0), phi_v.std(0).clamp(min=1e-6)
-    phi_v, phi_t = (phi_v - mean) / std, (phi_t - mean) / std  # valid's scale for both
+    phi_v, phi_t = on_valid_scale(features(valid, buckets), features(test, buckets))
     width = phi_v.shape[1]
     common: dict[str, Any] = {
         "run": str(args.run),
@@ -514,9 +519,8 @@ def main() -> None:
         if all(k in valid.counted for k in names):
             mf_v = torch.cat([match_features(*valid.counted[k]) for k in names], 1)
             mf_t = torch.cat([match_features(*test.counted[k]) for k in names], 1)
-            m_mean, m_std = mf_v.mean(0), mf_v.std(0).clamp(min=1e-6)
-            with_counted[names] = (torch.cat([phi_v, (mf_v - m_mean) / m_std], 1),
-                                   torch.cat([phi_t, (mf_t - m_mean) / m_std], 1))  # fmt: skip
+            mf_v, mf_t = on_valid_scale(mf_v, mf_t)
+            with_counted[names] = (torch.cat([phi_v, mf_v], 1), torch.cat([phi_t, mf_t], 1))
     torch.set_default_dtype(torch.float64)  # the gates' weights, as the positions
     mixers: dict[str, Mixer] = {
         "rnn": Linear(width, torch.ones(buckets, dtype=torch.float64)),
@@ -528,10 +532,10 @@ def main() -> None:
     }
     phis: dict[str, tuple[Tensor, Tensor]] = {}
     # λ from what scoring has cheaply, the RNN's distribution: its entropy and largest ln P.
-    fv, ft = features(valid, buckets, ngram=False), features(test, buckets, ngram=False)
-    f_mean, f_std = fv.mean(0), fv.std(0).clamp(min=1e-6)
-    phis["linear-gated-rnn"] = rnn_phis = ((fv - f_mean) / f_std, (ft - f_mean) / f_std)
-    mixers["linear-gated-rnn"] = Linear(fv.shape[1])
+    rnn_phis = on_valid_scale(features(valid, buckets, ngram=False),
+                              features(test, buckets, ngram=False))  # fmt: skip
+    phis["linear-gated-rnn"] = rnn_phis
+    mixers["linear-gated-rnn"] = Linear(rnn_phis[0].shape[1])
     # λ per bucket and per bin of the n-gram's largest ln P (bins: valid's quantiles).
     peak_edges: dict[int, Tensor] = {}
     for bins in (4, 8):
@@ -553,10 +557,9 @@ def main() -> None:
     if "match1" in valid.counted:  # gates a served model could read (its one guess)
         for row, spread in (("match1-gated-guess", "none"), ("match1-gated-rnn", "rnn"),
                             ("match1-gated-both", "both")):  # fmt: skip
-            fv, ft = served_features(valid, buckets, spread), served_features(test, buckets, spread)
-            f_mean, f_std = fv.mean(0), fv.std(0).clamp(min=1e-6)
-            phis[row] = ((fv - f_mean) / f_std, (ft - f_mean) / f_std)
-            mixers[row] = MatchLinear(fv.shape[1], ("match1",), lam=lam_mean)
+            phis[row] = on_valid_scale(served_features(valid, buckets, spread),
+                                       served_features(test, buckets, spread))  # fmt: skip
+            mixers[row] = MatchLinear(phis[row][0].shape[1], ("match1",), lam=lam_mean)
         phis["match1-lambda-gated-rnn"] = rnn_phis
         mixers["match1-lambda-gated-rnn"] = GatedMatch(rnn_phis[0].shape[1], lam_mean)
         for bins, edges in peak_edges.items():
@@ -565,10 +568,9 @@ def main() -> None:
         mixers["match1-lambda-gated"] = GatedMatch(width, lam_mean)
         for row, spread in (("match1-mu-served", "served"), ("match1-mu-parts", "parts"),
                             ("match1-mu-rnn", "rnn")):  # fmt: skip
-            fv, ft = mu_features(valid, table, spread), mu_features(test, table, spread)
-            f_mean, f_std = fv.mean(0), fv.std(0).clamp(min=1e-6)
-            phis[row] = ((fv - f_mean) / f_std, (ft - f_mean) / f_std)
-            mixers[row] = MatchGatedMu(fv.shape[1], table)
+            phis[row] = on_valid_scale(mu_features(valid, table, spread),
+                                       mu_features(test, table, spread))  # fmt: skip
+            mixers[row] = MatchGatedMu(phis[row][0].shape[1], table)
     ngram_bits = bits(mixers["ngram"], test, phi_t)
     for name, mixer in mixers.items():
         if args.mixers and name not in args.mixers.split(","):
