@@ -86,7 +86,7 @@ def train_speed(
     bf16 = uses_bf16(precision, torch.device("cpu"))  # the choice `rnnlm train` makes
     meta = read_corpus_meta(corpus)
     tok = load_corpus_tokenizer(corpus)
-    cfg = TrainConfig().resolve(meta["tokenizer"]["kind"], tok.vocab_size)
+    cfg = TrainConfig().resolve(meta["tokenizer"]["kind"], tok.vocab_size, bf16)
     assert cfg.bptt is not None and cfg.batch_size is not None and cfg.clip is not None
     bptt, batch_size, clip = cfg.bptt, cfg.batch_size, cfg.clip
     torch.manual_seed(cfg.seed)

@@ -60,8 +60,12 @@ class TrainConfig:
     # it pays on validation text (models/match.py): tokens it reaches back; 0: none.
     match_len: int = 64
 
-    def resolve(self, kind: str, vocab_size: int) -> TrainConfig:
+    def resolve(self, kind: str, vocab_size: int, bf16: bool = False) -> TrainConfig:
+        """Fill the settings left None with the defaults for `kind`'s tokens; `bf16`:
+        whether the run's steps multiply in bfloat16 (training/precision.py), which
+        makes a wider word model pay."""
         word = kind != "char"
+        wide = bf16 and kind == "word"  # measured for words; subwords keep 2x256
         if self.optimizer is None:
             # Words: the PyTorch word_language_model recipe's SGD, in sentence mode. On
             # fortunes, 600 s on one thread, the mixture with the 5-gram reached test PPL
@@ -73,14 +77,21 @@ class TrainConfig:
         # 1x256 word LSTM sees ~5x the tokens of a 2x512 one and ends far better.
         pick = {
             # Words: 2x256, tied 256-d embeddings and a full softmax (one layer: 67.34;
-            # the previous 1x256 adaptive-softmax model: 69.77, both mixed). Characters:
+            # the previous 1x256 adaptive-softmax model: 69.77, both mixed); 2x384 where
+            # the steps run in bf16, whose products of that width cost little more
+            # (fortunes, 600 s, 2 threads, Intel Xeon AMX, mixed with the 5-gram and the
+            # match model: 60.42 against 60.91 side by side in `make bench-quality`, and
+            # 60.45 and 60.65 against 60.71, 61.27 and 61.43 in runs of their own; fp32,
+            # where a step of 2x384 takes about twice as long, was not measured at 384, so
+            # it keeps 2x256, as do subwords, not measured at 384; docs/measured.md,
+            # 2026-12-07). Characters:
             # one layer of 512 at batch 32 (fortunes, 2 threads, with the 10-gram and the
             # match model; 300 s: 1.976 bits a character against 2.013 for 2x256 at batch
             # 64, 2.008 for 1x512 at 64, 2.001 for 2x256 at 32; 600 s, two seeds: 1.945
             # and 1.951 against 1.994 and 1.978; docs/measured.md, 2026-12-06).
             "layers": 2 if word else 1,
-            "hidden": 256 if word else 512,
-            "embedding": 256 if word else 64,
+            "hidden": 512 if not word else 384 if wide else 256,
+            "embedding": 64 if not word else 384 if wide else 256,
             # Locked dropout (AWD-LSTM). DropConnect on the recurrent weights
             # (`--weight-drop`) is off: fortunes, 600 s, 2 threads, two seeds, mixed test
             # PPL 63.20 and 63.17 without it against 63.92 and 64.40 with 0.3, whose masks

@@ -273,7 +273,9 @@ def _train(
         if cfg.ngram_order is None:  # a run from before the n-gram existed
             cfg.ngram_order = default_ngram_order(meta["tokenizer"]["kind"])
     else:
-        cfg.resolve(meta["tokenizer"]["kind"], tok.vocab_size)
+        # The defaults depend on whether the steps will run in bf16 (training/precision.py).
+        bf16_steps = uses_bf16(cfg.precision, torch.device(device))
+        cfg.resolve(meta["tokenizer"]["kind"], tok.vocab_size, bf16_steps)
         if (out / "latest").exists() or (out / "best").exists():
             raise RnnlmError(f"{out}: already holds a run; use --resume, or another --out")
     if cfg.residual and (

@@ -315,6 +315,12 @@ def test_defaults_depend_on_the_tokenizer(kind: str, optimizer: str | None, want
            cfg.batch_size, cfg.clip, cfg.bptt, cfg.schedule)  # fmt: skip
     assert got == want
     assert TrainConfig(lr=0.5).resolve(kind, 100).lr == 0.5  # a given value always wins
+    # Steps in bf16: a word model of 2x384 (measured to pay there); the others as they are.
+    wide = TrainConfig(optimizer=optimizer).resolve(kind, vocab_size=100, bf16=True)
+    want_width = {"word": (384, 384), "sentencepiece": (256, 256), "char": (512, 64)}[kind]
+    assert (wide.hidden, wide.embedding) == want_width
+    assert (cfg.hidden, cfg.embedding) == {"char": (512, 64)}.get(kind, (256, 256))
+    assert TrainConfig(hidden=128).resolve(kind, 100, bf16=True).hidden == 128
     # A vocabulary too large for a full softmax: an adaptive one, which cannot be tied.
     big = TrainConfig().resolve(kind, vocab_size=30_000)
     assert big.tied is False and big.model_config(30_000).adaptive_cutoffs == [2000, 10000]
