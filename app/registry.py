@@ -282,6 +282,8 @@ def describe(path: Path, engine: Engine) -> dict[str, Any]:
             "lambda_buckets": None
             if engine.checkpoint.mix_buckets is None
             else engine.checkpoint.mix_buckets.tolist(),
+            # λ from a gate on each part's distribution too (models/gate.py), or null
+            "lambda_gate": None if engine.mix_gate is None else engine.mix_gate.to_dict(),
             "ngrams": sum(engine.ngram.counts()),
             "memory_bytes": engine.ngram.memory_bytes(),
             "source": cfg.get("ngram", {}).get("source"),

@@ -1,11 +1,14 @@
-"""What a served gate on the n-gram's distribution would cost scoring.
+"""What a gate on the n-gram's distribution costs scoring, for any model.
 
     python bench/gate_cost.py RUN/best CORPUS [--split test] [--lines 2000] [--threads 1]
 
-Issue #31: the gate that pays (`bench/mixers.py`'s `match1-lambda-gated`, 0.5% of a
-character model's bits) reads the n-gram's entropy and largest ln P at every position,
-so scoring would need the n-gram's whole distribution where it now looks up the
-target's probability alone. On the split's first `--lines` sequences, at the positions
+Issue #31: the gate (models/gate.py, served for vocabularies of at most 1,024 tokens)
+reads the n-gram's entropy and largest ln P at every position, so scoring needs the
+n-gram's whole distribution where without it it looks up the target's probability
+alone: this says what that part would cost a model of any vocabulary (a word model's,
+which takes no gate, too). The engine's scoring is timed without the model's gate, if
+it has one (bench/mixing_cost.py `--part gate` times the gate as served). On the
+split's first `--lines` sequences, at the positions
 the engine scores (each from the start token, <eos> predicted), this times, best of
 three: the n-gram's lookup of the targets (`logprob_and_bucket`, what scoring does),
 its whole distribution (`log_probabilities_at` in chunks of 4,096 positions, what the
@@ -16,6 +19,7 @@ the figure the difference is a share of. Prints one JSON object.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -73,7 +77,7 @@ def main() -> None:
         for i in range(0, len(hist), _CHUNK):
             layout.log_probabilities_at(layout.contexts(hist[i : i + _CHUNK]), np.float32)
 
-    engine = Engine(ckpt)
+    engine = Engine(dataclasses.replace(ckpt, mix_gate=None))  # scoring as without a gate
     engine.score_token_ids(seqs[:50])  # warm: the first call builds what scoring keeps
     target_s = best_of(lambda: ngram.logprob_and_bucket(hist, targets), 3)
     whole_s = best_of(whole, 3)

@@ -9,8 +9,11 @@ positions, what other mixers would give:
 
 - `rnn`, `ngram`: each part alone;
 - `linear-buckets`: λ·P_rnn + (1−λ)·P_ngram with the checkpoint's λ per bucket (the
-  served mixture; its bits match `rnnlm eval`'s up to the positions scored, or, for a
-  model with a match model (models/match.py), eval's `match.perplexity_without`);
+  served mixture of a model without a gate; its bits match `rnnlm eval`'s up to the
+  positions scored, or, for a model with a match model (models/match.py), eval's
+  `match.perplexity_without`); `served-gate`, for a model with a gate (models/gate.py),
+  its served mixture, and `match1-served-gate` that with μ per served match bucket
+  fit here (what training fits over it);
 - `linear-gated`: λ = σ(w·φ + b), φ the history's features below;
 - `loglinear-buckets`: P ∝ P_rnn^a · P_ngram^c, a and c per bucket (geometric
   mixing, as PAQ and cmix mix; log-linear interpolation in Heafield et al. 2016);
@@ -87,6 +90,7 @@ from match_model import (  # noqa: E402
 )
 
 from rnnlm.models.checkpoint import load_checkpoint, start_token  # noqa: E402
+from rnnlm.models.gate import MixingGate, log_features  # noqa: E402
 from rnnlm.models.match import BUCKETS as SERVED_BUCKETS  # noqa: E402
 from rnnlm.models.match import bucket as served_bucket  # noqa: E402
 from rnnlm.models.ngram import KID_BINS, histories_of  # noqa: E402
@@ -368,6 +372,21 @@ class GatedMatch(Mixer):
         return torch.logaddexp(mixed + F.logsigmoid(-mu), lp1 + F.logsigmoid(mu))
 
 
+class ServedGate(Mixer):
+    """The checkpoint's own gate (models/gate.py), as served: λ from the bucket and each
+    part's entropy and largest ln P, nothing fit here."""
+
+    def __init__(self, gate: MixingGate) -> None:
+        super().__init__()
+        self.gate = gate
+
+    def log_probs(self, p: Positions, phi: Tensor) -> Tensor:
+        rnn, ngram = log_features(p.rnn.numpy()), log_features(p.ngram.numpy())
+        lam = torch.from_numpy(self.gate.weights(p.bucket.numpy(), rnn, ngram))
+        lam = lam.clamp(1e-12, 1 - 1e-12)[:, None]
+        return torch.logaddexp(p.rnn + lam.log(), p.ngram + (-lam).log1p())
+
+
 class MatchGatedMu(Mixer):
     """The served mixture (the checkpoint's λ per bucket), then (1−μ)·P_served +
     μ·[t = guess] with μ = σ(w·φ + b) on `mu_features`: a gate on the match's weight
@@ -543,6 +562,8 @@ def main() -> None:
         peak_edges[bins] = torch.quantile(valid.ngram.max(1).values, q).contiguous()
         mixers[f"linear-peak{bins}"] = PeakTable(table, peak_edges[bins])
     lam_mean = min(max(float(table[valid.bucket].mean()), 0.01), 0.99)  # served λ, mean
+    if ckpt.mix_gate is not None:  # the served mixture is the gate's; the table is its start
+        mixers["served-gate"] = ServedGate(ckpt.mix_gate)
     if "match" in valid.counted:
         mixers["match"] = CountedAlone("match")
         mixers["match-linear-buckets"] = MatchLinear(width, ("match",), table)
@@ -566,6 +587,8 @@ def main() -> None:
             mixers[f"match1-linear-peak{bins}"] = GatedMatch(
                 width, lam_mean, PeakTable(table, edges))  # fmt: skip
         mixers["match1-lambda-gated"] = GatedMatch(width, lam_mean)
+        if ckpt.mix_gate is not None:  # the served gate, then μ per match bucket, as served
+            mixers["match1-served-gate"] = GatedMatch(width, lam_mean, ServedGate(ckpt.mix_gate))
         for row, spread in (("match1-mu-served", "served"), ("match1-mu-parts", "parts"),
                             ("match1-mu-rnn", "rnn")):  # fmt: skip
             phis[row] = on_valid_scale(mu_features(valid, table, spread),

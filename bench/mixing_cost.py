@@ -1,12 +1,13 @@
-"""What the n-gram, or the match model, costs the service: the same model served with
-and without it.
+"""What the n-gram, the match model or the mixing gate costs the service: the same
+model served with and without it.
 
-    python bench/mixing_cost.py CHECKPOINT --texts FILE [--part ngram|match]
+    python bench/mixing_cost.py CHECKPOINT --texts FILE [--part ngram|match|gate]
                                 [--seconds 6] [--rounds 2]
 
 CHECKPOINT must hold the part (a model `rnnlm train` made). A copy without it
 (`rnnlm ngram remove`; for the match model, config.json's "match" and its file
-removed) is served beside it, one server at a time, on the same
+removed; for the gate (models/gate.py), config.json's "ngram.lambda_gate" removed,
+so that its λ table mixes) is served beside it, one server at a time, on the same
 port settings; the server runs on CPU 0 with one torch thread and this load
 generator on CPU 1 (where the machine has two), so that the figures are the
 server's and not a fight for the cores. Each round measures both variants in
@@ -66,18 +67,32 @@ def detach_match(directory: Path) -> None:
     config_path.write_text(json.dumps(config, indent=2))
 
 
+def detach_gate(directory: Path) -> None:
+    """The checkpoint without its gate: λ from its table, as before the gate was fit."""
+    config_path = directory / "config.json"
+    config = json.loads(config_path.read_text())
+    config["ngram"]["lambda_gate"] = None
+    config_path.write_text(json.dumps(config, indent=2))
+
+
+def has_part(config: dict[str, Any], part: str) -> bool:
+    if part == "gate":
+        return (config.get("ngram") or {}).get("lambda_gate") is not None
+    return part in config
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("checkpoint", type=Path)
     p.add_argument("--texts", type=Path, required=True, help="lines to score (a test split)")
     p.add_argument("--seconds", type=float, default=6.0)
     p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--part", choices=["ngram", "match"], default="ngram")
+    p.add_argument("--part", choices=["ngram", "match", "gate"], default="ngram")
     args = p.parse_args()
     from rnnlm.training.mixture import detach_ngram
 
     part = args.part
-    if part not in json.loads((args.checkpoint / "config.json").read_text()):
+    if not has_part(json.loads((args.checkpoint / "config.json").read_text()), part):
         raise SystemExit(f"{args.checkpoint}: has no {part} to measure")
     lines = [ln for ln in args.texts.read_text(encoding="utf-8").splitlines() if ln.strip()]
     with tempfile.TemporaryDirectory() as tmp:
@@ -85,6 +100,8 @@ def main() -> None:
         shutil.copytree(args.checkpoint, plain)
         if part == "ngram":
             detach_ngram(plain)
+        elif part == "gate":
+            detach_gate(plain)
         else:
             detach_match(plain)
         variants = {f"with_{part}": args.checkpoint, f"without_{part}": plain}

@@ -188,7 +188,8 @@ def ngram_goals(records: list[Rec]) -> list[Rec]:
     for m in _all(records, "mixing_cost"):
         worst = m.get("worst_ratio")
         parts = ", ".join(f"{k} {v['ratio']:.2f}x" for k, v in m.items() if isinstance(v, dict))
-        what = "its match model" if m.get("part") == "match" else "the n-gram"
+        what = {"match": "its match model", "gate": "its mixing gate (against its λ table)"
+                }.get(m.get("part", ""), "the n-gram")  # fmt: skip
         out.append(_goal(f"mixing in {what} keeps >= 80% of tokens/s ({m['model']})", worst,
                          0.8, ">=", parts or "–", ">= 0.80x"))  # fmt: skip
     return out

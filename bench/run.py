@@ -74,7 +74,8 @@ MIXER_ROWS = (
     "rnn", "ngram", "linear-buckets", "linear-gated", "loglinear-buckets", "loglinear-gated",
     "match", "match-linear-buckets", "match1-linear-buckets", "match1-linear-lengths",
     "match-linear-gated", "cache-adapting", "match+cache-adapting", "match1-gated-guess",
-    "match1-gated-rnn", "match1-gated-both", "match1-lambda-gated",
+    "match1-gated-rnn", "match1-gated-both", "match1-lambda-gated", "served-gate",
+    "match1-served-gate",
 )  # fmt: skip
 APT_HINT = "apt-get install -y fortunes fortunes-min"
 KENLM_HINT = (
@@ -362,8 +363,11 @@ class Bench:
                 self.say(f"mixing: {name}: no trained model (the quality stage makes it)")
                 continue
             parts = ["ngram"]
-            if "match" in json.loads((best / "config.json").read_text()):
+            config = json.loads((best / "config.json").read_text())
+            if "match" in config:
                 parts.append("match")
+            if (config.get("ngram") or {}).get("lambda_gate") is not None:  # characters
+                parts.append("gate")
             for part in parts:
                 self.say(f"mixing: {name} served with and without its {part}")
                 out = self.run([self.py, "bench/mixing_cost.py", str(best), "--texts", str(test),

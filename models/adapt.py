@@ -28,7 +28,8 @@ same call, and on nothing else. Two ways, each on by default:
   to 1 as in training, then `decay` of the way back to the trained weights (Krause et
   al.'s pull toward the global weights, which keeps a long document from drifting).
   Dropout is off: the step is on the text as it was scored.
-- The n-gram and λ stay as trained; the mixture mixes the adapted RNN.
+- The n-gram and λ's table (or gate) stay as trained; the mixture mixes the adapted
+  RNN (a gate reads the adapted RNN's entropy and peak, as it would any RNN's).
 
 Cost: a forward and a backward pass per text besides its score, and the texts are
 scored one at a time, not batched: several times slower than plain scoring. The
@@ -41,13 +42,12 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import torch
 
-from rnnlm.models.checkpoint import Checkpoint
 from rnnlm.models.engine import Engine
 from rnnlm.models.match import BUCKETS, MAX_LEN, MatchModel
 from rnnlm.models.ngram import histories_of
@@ -165,11 +165,10 @@ def score_adapting(
         # torch's path throughout: the host step keeps its own prepared copies of the
         # weights, which would not follow the updates.
         reader = Engine(
-            Checkpoint(ck.path, model, ck.tokenizer, ck.config, ck.ngram, ck.mix_weight,
-                       ck.mix_buckets, ck.match),
+            replace(ck, model=model),  # everything else the engine's own
             max_batch=engine.max_batch,
             host=False,
-        )  # fmt: skip
+        )
     max_len = engine.match.max_len if engine.match is not None else MAX_LEN
     cache = Cache(adapt.cache, max_len) if adapt.cache else None
     results = []

@@ -8,7 +8,8 @@ one token for every sequence and advances the model once for all that continue,
 and finished sequences leave at once. A batch holds only its rows' bookkeeping (ids,
 states, parameters, random numbers, stop strings); every step, prefill and
 distribution is the engine's (models/engine.py). With an n-gram, each step's distribution
-is the mixture, each row's λ that of its history's mixing bucket; each row
+is the mixture, each row's λ that of its history's mixing bucket (or its gate's:
+models/gate.py); each row
 carries where its history stands in the n-gram (its stored contexts), advanced
 by one search per step instead of a walk down the n-gram's orders.
 """

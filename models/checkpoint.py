@@ -7,7 +7,9 @@
     <dir>/ngram.safetensors   optional: the n-gram mixed with the RNN (models/ngram.py);
                               config.json's "ngram" holds its order, the mixing
                               weight λ (and optionally one per mixing bucket,
-                              "lambda_buckets") and the file's sha256
+                              "lambda_buckets", and a gate that reads each part's
+                              distribution too, "lambda_gate": models/gate.py) and
+                              the file's sha256
     <dir>/match.safetensors   optional: the match model over the training text
                               (models/match.py); config.json's "match" holds its
                               max_len, μ per bucket ("mu") and the file's sha256
@@ -39,6 +41,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 
 from rnnlm.models.errors import CheckpointError, TokenizerError
+from rnnlm.models.gate import MixingGate
 from rnnlm.models.match import MATCH_FILE, MatchModel
 from rnnlm.models.model import RNNLM, ModelConfig
 from rnnlm.models.ngram import (
@@ -69,6 +72,9 @@ class Checkpoint:
     # The match model over the training text, mixed in over all of the above
     # (models/match.py).
     match: MatchModel | None = None
+    # λ from each part's distribution as well as the bucket (models/gate.py); None: the
+    # table above alone.
+    mix_gate: MixingGate | None = None
 
     def mixing_table(self) -> Floats | None:
         """λ of every mixing bucket (the single λ repeated where there is one), or None."""
@@ -210,6 +216,10 @@ def write_checkpoint_files(
         check_mixing_weight(info.get("lambda"), "the n-gram's settings")
         if info.get("lambda_buckets") is not None:
             check_bucket_weights(info["lambda_buckets"], ngram.order, "the n-gram's settings")
+        if info.get("lambda_gate") is not None:
+            if model.config.residual:
+                raise CheckpointError("a residual model mixes by its λ table alone, no gate")
+            MixingGate.from_dict(info["lambda_gate"], ngram.buckets(), "the n-gram's gate")
         ngram.save(directory / NGRAM_FILE)
         config["ngram"] = {
             **info,
@@ -390,5 +400,11 @@ def load_checkpoint(
             f"{directory / CONFIG}: a residual model (its logits correct an n-gram's) but "
             f"no n-gram: {NGRAM_FILE} and config.json's 'ngram' belong with it"
         )
+    gate = None
+    if ngram is not None and config["ngram"].get("lambda_gate") is not None:
+        where = f"{directory / CONFIG}: ngram.lambda_gate"
+        if model_config.residual:  # its mixture reads the n-gram twice (models/engine.py)
+            raise CheckpointError(f"{where}: a residual model mixes by its table alone")
+        gate = MixingGate.from_dict(config["ngram"]["lambda_gate"], ngram.buckets(), where)
     match = load_match(directory, config, verify)
-    return Checkpoint(directory, model, tokenizer, config, ngram, weight, buckets, match)
+    return Checkpoint(directory, model, tokenizer, config, ngram, weight, buckets, match, gate)

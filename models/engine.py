@@ -29,6 +29,7 @@ from torch import Tensor
 from rnnlm.models.blas import Choice
 from rnnlm.models.checkpoint import Checkpoint, start_token
 from rnnlm.models.errors import CheckpointError
+from rnnlm.models.gate import mix_gated_
 from rnnlm.models.host_step import HostStep
 from rnnlm.models.model import State
 from rnnlm.models.ngram import NO_TOKEN, mix_
@@ -66,8 +67,12 @@ class Engine(Scoring):
         self.ngram = checkpoint.ngram
         self.mix_weight = checkpoint.mix_weight
         self.mix_table = checkpoint.mixing_table()  # λ per mixing bucket (N·KID_BINS,)
+        # λ from each part's distribution too (models/gate.py), in place of the table.
+        self.mix_gate = checkpoint.mix_gate
         # λ = 1 everywhere: the n-gram takes no part in the mixture.
-        self.rnn_only = self.mix_table is None or bool((self.mix_table == 1.0).all())
+        self.rnn_only = self.mix_gate is None and (
+            self.mix_table is None or bool((self.mix_table == 1.0).all())
+        )
         # A residual model's logits are added to its n-gram's ln P before the softmax
         # (models/model.py): it needs the n-gram's whole distribution at every step,
         # whatever λ is.
@@ -76,6 +81,8 @@ class Engine(Scoring):
             raise CheckpointError(
                 f"{checkpoint.path}: a residual model predicts over its n-gram, and has none"
             )
+        if self.residual and self.mix_gate is not None:
+            raise CheckpointError(f"{checkpoint.path}: a residual model takes no mixing gate")
         self.uses_ngram = self.ngram is not None and (self.residual or not self.rnn_only)
         # The match model over the training text, mixed in over the rest (models/match.py).
         self.match = checkpoint.match
@@ -244,7 +251,8 @@ class Engine(Scoring):
     ) -> Tensor:
         """The model's next-token log-probs (B, V) after a step's features (B, F): the
         RNN's, or (with each row's n-gram contexts) the mixture λ·P_rnn + (1−λ)·P_ngram,
-        each row's λ its history's bucket's (models/ngram.py `mix_`); a residual model's
+        each row's λ its history's bucket's, or its gate's (models/gate.py; models/ngram.py
+        `mix_` mixes); a residual model's
         P_rnn is over the n-gram's ln P (models/model.py); then, with a match model, its
         guess mixed in by μ (models/match.py). `contexts`: `contexts_after`'s, or
         `advance_contexts`'. A new tensor each call (callers keep it)."""
@@ -270,6 +278,10 @@ class Engine(Scoring):
                 return host.log_probs(feats)
             logits = host.output(np.ascontiguousarray(feats.numpy()))  # (B, V), new
             assert ngram is not None and table is not None and contexts is not None
+            if self.mix_gate is not None:
+                return torch.from_numpy(
+                    mix_gated_(logits, self.mix_gate, layout_of(ngram), contexts, logits=True)
+                )
             part, bucket = layout_of(ngram).mixture_part_at(
                 contexts, table, logits.dtype
             )  # (1-λ)·P_ngram
@@ -279,9 +291,12 @@ class Engine(Scoring):
         if not mixing:
             return rnn
         assert ngram is not None and table is not None and contexts is not None
+        # On the host, where the n-gram is (a GPU's (B, V) comes over and goes back).
+        if self.mix_gate is not None:
+            mixed = mix_gated_(rnn.cpu().numpy(), self.mix_gate, layout_of(ngram), contexts)
+            return torch.from_numpy(mixed).to(rnn.device)
         dtype = np.float32 if rnn.dtype == torch.float32 else np.float64
         part, bucket = layout_of(ngram).mixture_part_at(contexts, table, dtype)
-        # On the host, where the n-gram is (a GPU's (B, V) comes over and goes back).
         mixed = mix_(rnn.cpu().numpy(), table[bucket], part)
         return torch.from_numpy(mixed).to(rnn.device)
 
@@ -310,8 +325,8 @@ class Engine(Scoring):
     def prepare_sampling(self) -> None:
         """Build now what the first sample would otherwise wait for: the n-gram's layout
         for sampling (models/ngram_next.py: 0.6 s and 28 bytes an n-gram for a character
-        10-gram of 2.6M n-grams), which scoring never needs, and the match model's index
-        (which scoring needs too). A server calls it on load."""
+        10-gram of 2.6M n-grams), which scoring needs only with a gate, and the match
+        model's index (which scoring needs too). A server calls it on load."""
         if self.ngram is not None and self.uses_ngram:
             layout_of(self.ngram)
         if self.match is not None:

@@ -69,7 +69,8 @@ class NgramModel:
     backoff: list[Floats]
     _children: list[tuple[Int64s, Int64s]] = field(default_factory=list, repr=False)
     # The layout for next-token distributions (models/ngram_next.py `layout_of`), built
-    # there on first use and kept here: scoring never needs it.
+    # there on first use and kept here: sampling needs it, and scoring with a gate
+    # (models/gate.py).
     layout: Any = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from rnnlm.models.gate import MixingGate, log_features, mix_gated_
 from rnnlm.models.match import MatchModel
 from rnnlm.models.model import RNNLM, State
 from rnnlm.models.ngram import NgramModel, histories_of, mix_, mix_logprobs
@@ -68,6 +69,8 @@ class _Scored:
     rnn: list[float] | None = None
     ngram: list[float] | None = None
     bucket: list[int] | None = None  # each position's mixing bucket (models/ngram.py)
+    # With `features`: each position's φ (models/gate.py's FEATURES), what a gate reads.
+    features: list[list[float]] | None = None
 
 
 class Scoring:
@@ -83,6 +86,7 @@ class Scoring:
         bidirectional: bool
         ngram: NgramModel | None
         mix_table: np.ndarray[Any, Any] | None
+        mix_gate: MixingGate | None
         residual: bool
         match: MatchModel | None
 
@@ -122,23 +126,35 @@ class Scoring:
 
     @torch.inference_mode()
     def score_components(
-        self, seqs: Sequence[Sequence[int]], bos: bool = True, eos: bool = True
-    ) -> list[tuple[list[float], list[float], list[int]]]:
+        self,
+        seqs: Sequence[Sequence[int]],
+        bos: bool = True,
+        eos: bool = True,
+        features: bool = False,
+    ) -> list[tuple[list[float], list[float], list[int], list[list[float]] | None]]:
         """A model with an n-gram: each sequence's per-token ln P_rnn, ln P_ngram and
-        mixing bucket (the tokens `score_token_ids` scores), from which any mixture follows."""
+        mixing bucket (the tokens `score_token_ids` scores), from which any mixture follows;
+        with `features`, each token's φ (models/gate.py: what a gate reads), else None."""
         if self.ngram is None:
             raise ValueError("this model has no n-gram")
+        if features and self.residual:
+            raise ValueError("a residual model mixes by its table alone (models/gate.py)")
         fulls = [([self.start_id] if bos else []) + list(s) + ([EOS] if eos else []) for s in seqs]
         return [
-            (r.rnn or [], r.ngram or [], r.bucket or [])
-            for r in self._score(fulls, 0, backward=False)
+            (r.rnn or [], r.ngram or [], r.bucket or [], r.features)
+            for r in self._score(fulls, 0, backward=False, features=features)
         ]
 
-    def _score(self, fulls: list[list[int]], top: int, backward: bool) -> list[_Scored]:
+    def _score(
+        self, fulls: list[list[int]], top: int, backward: bool, features: bool = False
+    ) -> list[_Scored]:
         """Each full sequence's ids after the first, their log-probs and top alternatives
-        (and, with an n-gram, each component's log-probs)."""
+        (and, with an n-gram, each component's log-probs; with `features` or a gate,
+        each position's φ)."""
         out = [_Scored(f[1:]) for f in fulls]
         mixing = self.ngram is not None and not backward
+        # φ of every position (models/gate.py): what the gate reads, or what fits one.
+        feats_too = mixing and (features or self.mix_gate is not None)
         order = sorted(range(len(fulls)), key=lambda i: -len(fulls[i]))
         order = [i for i in order if len(fulls[i]) >= 2]
         while order:
@@ -162,15 +178,17 @@ class Scoring:
             matched = None if self.match is None or backward else self.match.scan(inp_np, lens)
             mask = torch.arange(T).unsqueeze(0) < lengths.unsqueeze(1)  # (B, T)
             # float64: a mixture's log-probs are computed in it, and summed later.
-            # [mixture, RNN, n-gram, mixing bucket (exact in float64)] with an n-gram.
-            lps = torch.zeros(4 if mixing else 1, len(chunk), T, dtype=torch.float64)
+            # [mixture, RNN, n-gram, mixing bucket (exact in float64)] with an n-gram,
+            # then φ's four (models/gate.py's FEATURES) where they are asked for.
+            whole = mixing and not top and not self.residual
+            n_rows = 8 if feats_too and whole else 4 if mixing else 1
+            lps = torch.zeros(n_rows, len(chunk), T, dtype=torch.float64)
             tops: list[tuple[Tensor, Tensor]] = []
             state: State | None = None
             spans = windows(lengths.tolist(), T)
             # Without alternatives, the n-gram and the mixture are computed once for the
             # whole chunk (one lookup over every position), the RNN's window by window;
-            # a residual RNN needs the n-gram's distributions window by window.
-            whole = mixing and not top and not self.residual
+            # a residual RNN needs the n-gram's distributions window by window (`whole`).
             for t0, t1, n in spans:
                 if state is not None and n < state[0].shape[1]:  # rows that ended drop out
                     state = tuple(z[:, :n].contiguous() for z in state)
@@ -179,21 +197,30 @@ class Scoring:
                 h = None if hist is None or whole else hist[:n, t0:t1][m.numpy()]
                 ms = None if matched is None or whole else matched[:n, t0:t1][m.numpy()]
                 parts, top_win = self._gather(
-                    feats[m.to(self.device)], tgt[:n, t0:t1][m], top, h, ms
+                    feats[m.to(self.device)], tgt[:n, t0:t1][m], top, h, ms, feats_too
                 )
-                for d, part in enumerate(parts):
-                    lps[1 if whole else d, :n, t0:t1][m] = part
+                for d, part in zip(self._rows(whole, len(parts)), parts, strict=True):
+                    lps[d, :n, t0:t1][m] = part
                 if top:
                     tops.append(top_win)
             if whole:
                 assert self.ngram is not None and hist is not None
-                ngram, bucket = self.ngram.logprob_and_bucket(
-                    hist[mask.numpy()], tgt[mask].cpu().numpy()
-                )
+                at_hist = hist[mask.numpy()]
+                ngram, bucket = self.ngram.logprob_and_bucket(at_hist, tgt[mask].cpu().numpy())
                 lps[2][mask] = torch.from_numpy(ngram)
                 lps[3][mask] = torch.from_numpy(bucket).double()
                 rnn = lps[1][mask].numpy()
-                mixed = mix_logprobs(rnn, ngram, self._weights(bucket))
+                if feats_too:  # the n-gram's φ: its whole distribution at every position
+                    ngram_phi = self._ngram_features(at_hist)
+                    lps[6][mask] = torch.from_numpy(ngram_phi[:, 0])
+                    lps[7][mask] = torch.from_numpy(ngram_phi[:, 1])
+                    rnn_phi = torch.stack([lps[4][mask], lps[5][mask]], 1).numpy()
+                weights = (
+                    self._weights(bucket)
+                    if self.mix_gate is None
+                    else self.mix_gate.weights(bucket, rnn_phi, ngram_phi)
+                )
+                mixed = mix_logprobs(rnn, ngram, weights)
                 if matched is not None:
                     assert self.match is not None
                     at = mask.numpy()
@@ -224,6 +251,10 @@ class Scoring:
                 if mixing:
                     res.rnn, res.ngram = lp_rows[1][row][:n], lp_rows[2][row][:n]
                     res.bucket = [int(b) for b in lp_rows[3][row][:n]]
+                if features and whole:
+                    res.features = [
+                        list(f) for f in zip(*(r[row][:n] for r in lp_rows[4:]), strict=True)
+                    ]
         return out
 
     def _gather(
@@ -233,12 +264,17 @@ class Scoring:
         top: int,
         hist: np.ndarray[Any, np.dtype[np.int64]] | None = None,
         matched: np.ndarray[Any, np.dtype[np.int64]] | None = None,
+        rnn_features: bool = False,
     ) -> tuple[list[Tensor], tuple[Tensor, Tensor]]:
         """feats (N, F), targets (N,) -> [log P(target)] (N,) (with `hist` (N, order-1):
-        [mixture, RNN, n-gram, mixing bucket]), top-k (values, ids) (N, k) of the model's
+        [mixture, RNN, n-gram, mixing bucket]; without, and with `rnn_features`: [log P,
+        the RNN's entropy, its largest ln P]), top-k (values, ids) (N, k) of the model's
         distribution; with `matched` (N, 3), the match's states, the model's log P and
         distribution have the match mixed in (models/match.py)."""
-        parts: list[list[Tensor]] = [[], [], [], []] if hist is not None else [[]]
+        phi = rnn_features and hist is None and not top
+        parts: list[list[Tensor]] = (
+            [[], [], [], []] if hist is not None else [[], [], []] if phi else [[]]
+        )
         vals, ids = [], []
         for s in range(0, feats.shape[0], _OUTPUT_CHUNK):
             f, t = feats[s : s + _OUTPUT_CHUNK], targets[s : s + _OUTPUT_CHUNK]
@@ -259,14 +295,19 @@ class Scoring:
                 rnn = full.gather(1, t.unsqueeze(1)).squeeze(1)
                 if h is not None:
                     assert self.ngram is not None and self.mix_table is not None
-                    part, bucket = layout_of(self.ngram).mixture_part(
-                        h, self.mix_table
-                    )  # (1-λ)·P_ngram
                     # On the host, where the n-gram is; `full` is a new tensor, mixed in place.
-                    mixed = mix_(full.cpu().numpy(), self._weights(bucket), part)
+                    layout = layout_of(self.ngram)
+                    ngram_np, bucket = self.ngram.logprob_and_bucket(h, t.cpu().numpy())
+                    if self.mix_gate is not None:
+                        mixed = mix_gated_(
+                            full.cpu().numpy(), self.mix_gate, layout, layout.contexts(h)
+                        )
+                    else:
+                        part, _ = layout.mixture_part(h, self.mix_table)  # (1-λ)·P_ngram
+                        mixed = mix_(full.cpu().numpy(), self._weights(bucket), part)
                     full = torch.from_numpy(mixed).to(feats.device)
                     parts[1].append(rnn.cpu())
-                    parts[2].append(torch.from_numpy(self.ngram.logprob_of(h, t.cpu().numpy())))
+                    parts[2].append(torch.from_numpy(ngram_np))
                     parts[3].append(torch.from_numpy(bucket).double())
                 if ms is not None:
                     assert self.match is not None
@@ -276,6 +317,12 @@ class Scoring:
                 v, i = full.topk(min(top, full.shape[1]), dim=-1)
                 vals.append(v)
                 ids.append(i)
+            elif phi:  # the whole distribution, for its entropy and peak (models/gate.py)
+                full_np = self.model.log_probs(f, prior).double().cpu().numpy()
+                rnn_phi = torch.from_numpy(log_features(full_np))
+                parts[0].append(torch.from_numpy(full_np[np.arange(len(full_np)), t.cpu().numpy()]))
+                parts[1].append(rnn_phi[:, 0])
+                parts[2].append(rnn_phi[:, 1])
             else:
                 rnn = self.model.token_log_probs(f, t, prior).double().cpu()
                 if h is None:
@@ -304,6 +351,23 @@ class Scoring:
         assert self.match is not None
         lp = self.match.token_logprobs(logprobs.numpy(), targets.cpu().numpy(), states)
         return torch.from_numpy(lp)
+
+    @staticmethod
+    def _rows(whole: bool, n: int) -> list[int]:
+        """Which of `_score`'s rows `_gather`'s n parts go to: all of them in order, or,
+        when the n-gram is scored over the whole chunk, the RNN's and its φ."""
+        return [1, 4, 5][:n] if whole else list(range(n))
+
+    def _ngram_features(self, hist: np.ndarray[Any, np.dtype[np.int64]]) -> np.ndarray[Any, Any]:
+        """The n-gram's φ (entropy, largest ln P) (N, 2) after each history (N, order-1):
+        its whole distribution, a chunk of positions at a time."""
+        assert self.ngram is not None
+        layout = layout_of(self.ngram)
+        out = [
+            log_features(layout.log_probabilities_at(layout.contexts(h), np.float64)[0])
+            for h in (hist[s : s + _OUTPUT_CHUNK] for s in range(0, len(hist), _OUTPUT_CHUNK))
+        ]
+        return np.concatenate(out) if out else np.zeros((0, 2))
 
     def _weights(self, bucket: np.ndarray[Any, np.dtype[np.int64]]) -> np.ndarray[Any, Any]:
         """λ of each position, from its history's mixing bucket."""

@@ -301,7 +301,8 @@ def _add_ngram(sub: argparse._SubParsersAction[_Parser]) -> None:
     where.add_argument("--arpa", metavar="FILE", help="write it as an ARPA file instead")
     a.add_argument("--lambda", dest="weight", type=_float_in(0, 1), default=None,
                    help="the RNN's weight in the mixture for every history, instead of "
-                   "fitting one per mixing bucket")  # fmt: skip
+                   "fitting one per mixing bucket (and, for a vocabulary of at most 1,024 "
+                   "tokens, a gate)")  # fmt: skip
     a = actions.add_parser("import", help="use an ARPA file (KenLM, SRILM) as a model's n-gram")
     a.add_argument("--model", required=True, help="checkpoint directory")
     a.add_argument("--arpa", required=True, metavar="FILE", help=".arpa or .arpa.gz")

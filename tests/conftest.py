@@ -11,6 +11,7 @@ import torch
 
 from rnnlm.demo import stdlib_docstrings
 from rnnlm.models.checkpoint import save_checkpoint
+from rnnlm.models.gate import MixingGate
 from rnnlm.models.match import BUCKETS, MatchModel, training_stream
 from rnnlm.models.model import RNNLM, ModelConfig
 from rnnlm.models.tokenizers import BOS, EOS, CharTokenizer, WordTokenizer
@@ -22,6 +23,9 @@ TEXT = [
     "a bird sang in the tree, and the cat listened.",
     "hello world! it's a fine day.",
 ]
+
+
+GATE_SLOPES = (0.3, 0.5, -0.4, 0.6)  # make_checkpoint's gate: λ moves with every feature
 
 
 def make_checkpoint(
@@ -36,13 +40,15 @@ def make_checkpoint(
     bucket_weights: bool = False,
     residual: bool = False,
     match_mu: float = 0.0,
+    gate: bool = False,
 ) -> Path:
     """A small random-weight model: enough to test scoring, sampling and serving.
     `ngram_order` > 0: with an n-gram of TEXT mixed in at λ = `mix_weight`, or with
     `bucket_weights` at a different λ in every mixing bucket (0.05 to 0.95); `residual`:
     the RNN's logits over that n-gram (models/model.py), the output bias random so the
     RNN's part is not near zero. `match_mu` > 0: with a match model over TEXT mixed in
-    (models/match.py), μ that in every bucket with a match."""
+    (models/match.py), μ that in every bucket with a match. `gate`: λ from a gate
+    (models/gate.py) from the table's λ with slopes on every feature (GATE_SLOPES)."""
     torch.manual_seed(seed)
     if kind == "char":
         tok: CharTokenizer | WordTokenizer = CharTokenizer.fit(Counter("".join(TEXT)))
@@ -63,6 +69,10 @@ def make_checkpoint(
     if ngram is not None and bucket_weights:
         table = np.random.default_rng(seed).permutation(np.linspace(0.05, 0.95, ngram.buckets()))
         info["lambda_buckets"] = table.tolist()
+    if ngram is not None and gate:
+        lam = np.asarray(info.get("lambda_buckets", np.full(ngram.buckets(), mix_weight)))
+        bias = np.log(lam / (1 - lam))
+        info["lambda_gate"] = MixingGate(bias, np.array(GATE_SLOPES)).to_dict()
     model = RNNLM(cfg)
     if residual:
         assert model.decoder is not None

@@ -112,6 +112,7 @@ def static_figures(engine: Engine, lines: list[str]) -> dict[str, Any]:
             "order": engine.ngram.order,
             "lambda": engine.mix_weight,
             "bucket_weights": engine.checkpoint.mix_buckets is not None,
+            "gate": engine.mix_gate is not None,
         }
         for part, part_nll in (("rnn", nll_rnn), ("ngram", nll_ngram)):
             out[f"perplexity_{part}"] = math.exp(part_nll / tokens)

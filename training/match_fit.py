@@ -78,12 +78,6 @@ def choose_mu(hit: np.ndarray[Any, Any], model: Floats, bucket: Ints) -> Floats 
     return fit_mu(hit, model, bucket) if gain > 0 else None
 
 
-def model_logprobs(parts: tuple[Floats, Floats, Ints], weights: Floats) -> Floats:
-    """Each token's ln P of the mixture at λ `weights` (per bucket) from its parts."""
-    rnn, ngram, bucket = parts
-    return mix_logprobs(rnn, ngram, weights[bucket])
-
-
 def fit_match(
     match: MatchModel,
     valid_seqs: Sequence[Sequence[int]],

@@ -13,6 +13,12 @@ kept only where they predict held-out text better than one λ does: fit on one
 half of the validation tokens, scored on the other, and the other way round
 (`choose_weights`); a small validation split keeps one λ. On `fortunes` they
 cut the word model's test perplexity by about 1% against one λ (docs/ngram.md).
+
+Then, for a vocabulary small enough to read each part's whole distribution at every
+scored position (models/gate.py's `GATE_MAX_VOCAB`: characters, not words), a gate:
+λ = σ(a[bucket] + w·φ), φ each part's entropy and largest ln P, fit by Adam on the
+validation split from the table's λ (`fit_gate`), and kept only where it predicts
+held-out validation text better than the table does, two-fold as above (`choose_gate`).
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from rnnlm.models.checkpoint import (
     Checkpoint,
@@ -34,13 +42,14 @@ from rnnlm.models.checkpoint import (
 )
 from rnnlm.models.engine import Engine
 from rnnlm.models.errors import RnnlmError
+from rnnlm.models.gate import GATE_MAX_VOCAB, MixingGate
 from rnnlm.models.match import MAX_LEN
 from rnnlm.models.ngram import KID_BINS, NgramModel, mix_logprobs
 from rnnlm.models.tokenizers import Tokenizer
 from rnnlm.models.weights import DEFAULT_WEIGHT, fit_mixing_weight
 from rnnlm.training.arpa import import_arpa, token_words
 from rnnlm.training.corpus import TokenSplit, load_corpus_tokenizer
-from rnnlm.training.match_fit import build_match, fit_match, model_logprobs, test_logprobs
+from rnnlm.training.match_fit import build_match, fit_match, test_logprobs
 from rnnlm.training.ngram import estimate
 
 Floats = np.ndarray[Any, np.dtype[np.float64]]
@@ -107,6 +116,7 @@ def split_sequences(split: TokenSplit, max_tokens: int | None = None) -> Iterato
 
 
 Components = tuple[Floats, Floats, np.ndarray[Any, np.dtype[np.int64]]]
+GATE_STEPS = 300  # Adam steps of a gate's fit (full batch; a few seconds for 120k tokens)
 
 
 def component_logprobs(
@@ -114,25 +124,108 @@ def component_logprobs(
 ) -> Components:
     """Every token's ln P_rnn, ln P_ngram and mixing bucket over a split, as the engine
     scores it."""
+    return components_and_features(checkpoint, ngram, split, max_tokens)[0]
+
+
+def components_and_features(
+    checkpoint: Checkpoint,
+    ngram: NgramModel,
+    split: TokenSplit,
+    max_tokens: int | None = None,
+    features: bool = False,
+) -> tuple[Components, Floats | None]:
+    """`component_logprobs`, and with `features` each token's φ (N, 4) (models/gate.py)."""
     mixed = Checkpoint(checkpoint.path, checkpoint.model, checkpoint.tokenizer,
                        checkpoint.config, ngram, DEFAULT_WEIGHT)  # fmt: skip
     engine = Engine(mixed)
     rnn: list[float] = []
     ng: list[float] = []
     buckets: list[int] = []
+    phi: list[list[float]] = []
     for seqs in split_sequences(split, max_tokens):
-        for r, n, b in engine.score_components(seqs):
+        for r, n, b, f in engine.score_components(seqs, features=features):
             rnn.extend(r)
             ng.extend(n)
             buckets.extend(b)
-    return np.array(rnn), np.array(ng), np.array(buckets, dtype=np.int64)
+            phi.extend(f or [])
+    parts = np.array(rnn), np.array(ng), np.array(buckets, dtype=np.int64)
+    return parts, np.array(phi, np.float64).reshape(-1, 4) if features else None
+
+
+def gate_weights(gate: MixingGate, bucket: np.ndarray[Any, Any], phi: Floats) -> Floats:
+    """λ of each token from its bucket and φ (N, 4)."""
+    return gate.weights(bucket, phi[:, :2], phi[:, 2:])
+
+
+def fit_gate(parts: Components, phi: Floats, table: Floats, steps: int = GATE_STEPS) -> MixingGate:
+    """The gate that maximises the mixture's likelihood of `parts`' tokens, by Adam from
+    the table's λ (bias = logit λ[bucket], no slopes), on φ standardised by its mean and
+    spread (folded back into the bias and slopes at the end, so the gate reads raw φ).
+    A bucket with fewer than MIN_BUCKET_TOKENS of the tokens keeps the table's logit, as
+    the table itself falls back there (Adam would move its bias as far as any other's)."""
+    rnn, ngram, bucket = (torch.from_numpy(np.asarray(x)) for x in parts)
+    x = torch.from_numpy(phi)
+    mean, std = x.mean(0), (x.std(0).clamp(min=1e-6) if len(x) > 1 else torch.ones(4))
+    x = (x - mean) / std
+    lam = torch.from_numpy(np.clip(table, 1e-4, 1 - 1e-4))
+    start = torch.log(lam / (1 - lam))  # (buckets,)
+    free = torch.bincount(bucket, minlength=len(table)) >= MIN_BUCKET_TOKENS
+    offset = torch.zeros(len(table), dtype=torch.float64, requires_grad=True)
+    slopes = torch.zeros(4, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.Adam([offset, slopes], lr=0.05)
+    for _ in range(steps):
+        opt.zero_grad()
+        z = (start + offset * free)[bucket] + x @ slopes
+        nll = -torch.logaddexp(rnn + F.logsigmoid(z), ngram + F.logsigmoid(-z)).mean()
+        nll.backward()  # type: ignore[no-untyped-call]
+        opt.step()
+    with torch.no_grad():
+        w = slopes / std
+        bias = start + offset * free - (w * mean).sum()
+        return MixingGate(bias.numpy().copy(), w.numpy().copy())
+
+
+def choose_gate(
+    parts: Components, phi: Floats, order: int, buckets: bool, steps: int = GATE_STEPS
+) -> tuple[MixingGate | None, float]:
+    """A gate fit on all of `parts` (from the table `choose_weights` fits on them: per
+    bucket with `buckets`, else one λ), if on each half of the tokens the table and the
+    gate fit on the other half predict it better with the gate; and that held-out gain,
+    nats a token (two-fold, as `choose_weights`)."""
+    rnn, ngram, bucket = parts
+    half = len(rnn) // 2
+    if not half:
+        return None, 0.0
+
+    def table_of(r: Floats, n: Floats, b: np.ndarray[Any, Any]) -> Floats:
+        w = fit_mixing_weight(r, n)
+        return fit_bucket_weights(r, n, b, order, w) if buckets else np.full(order * KID_BINS, w)
+
+    gain = 0.0
+    for fit_on, score_on in ((slice(0, half), slice(half, None)),
+                             (slice(half, None), slice(0, half))):  # fmt: skip
+        fit = rnn[fit_on], ngram[fit_on], bucket[fit_on]
+        table = table_of(*fit)
+        gate = fit_gate(fit, phi[fit_on], table, steps)
+        r, n, b = rnn[score_on], ngram[score_on], bucket[score_on]
+        gain += float(mix_logprobs(r, n, gate_weights(gate, b, phi[score_on])).sum())
+        gain -= float(mix_logprobs(r, n, table[b]).sum())
+    gain /= len(rnn)
+    if gain <= 0:
+        return None, gain
+    return fit_gate(parts, phi, table_of(rnn, ngram, bucket), steps), gain
 
 
 def perplexities(
-    parts: Components, weight: float, bucket_weights: Floats | None = None
+    parts: Components,
+    weight: float,
+    bucket_weights: Floats | None = None,
+    gated: Floats | None = None,
 ) -> dict[str, float | None]:
     """Perplexity of the RNN alone, the n-gram alone and the mixture at `weight` (and,
-    with `bucket_weights`, `mixture` at those, `mixture_one_weight` at `weight`)."""
+    with `bucket_weights`, `mixture` at those, `mixture_one_weight` at `weight`; with
+    `gated`, λ of every token from a gate, `mixture` at those, `mixture_table` at the
+    table's)."""
     rnn, ngram, bucket = parts
     if not len(rnn):
         return {"tokens": 0, "rnn": None, "ngram": None, "mixture": None}
@@ -146,6 +239,9 @@ def perplexities(
     if bucket_weights is not None:
         out["mixture"] = math.exp(-float(np.mean(mix_logprobs(rnn, ngram, bucket_weights[bucket]))))
         out["mixture_one_weight"] = single
+    if gated is not None:
+        out["mixture_table"] = out["mixture"]
+        out["mixture"] = math.exp(-float(np.mean(mix_logprobs(rnn, ngram, gated))))
     return out
 
 
@@ -200,11 +296,21 @@ def attach_ngram(
         if not same_vocabulary(load_corpus_tokenizer(corpus), ck.tokenizer):
             raise RnnlmError(f"{corpus}: its vocabulary is not the model's")
         splits = {s: TokenSplit(corpus, s) for s in ("valid", "test")}
-    scores = {
-        name: component_logprobs(ck, ngram, split, max_tokens if name == "valid" else None)
+    # A gate is fit where λ is, for a vocabulary small enough (models/gate.py).
+    gating = (
+        weight is None
+        and "valid" in splits
+        and ck.tokenizer.vocab_size <= GATE_MAX_VOCAB
+        and not ck.model.config.residual
+    )
+    scored = {
+        name: components_and_features(
+            ck, ngram, split, max_tokens if name == "valid" else None, gating
+        )
         for name, split in splits.items()
         if len(split)
     }
+    scores = {name: parts for name, (parts, _) in scored.items()}
     fitted, buckets = "given", None
     if weight is None:
         if "valid" in scores:
@@ -212,18 +318,37 @@ def attach_ngram(
             fitted = "validation"
         else:
             weight, fitted = DEFAULT_WEIGHT, "default (no validation text)"
+    table = buckets if buckets is not None else np.full(ngram.buckets(), weight)
+    gate, gain = None, None
+    if gating and "valid" in scores:
+        phi_valid = scored["valid"][1]
+        assert phi_valid is not None
+        gate, gain = choose_gate(scores["valid"], phi_valid, ngram.order, buckets is not None)
+    # λ of every scored token: the gate's, or the table's.
+    lams: dict[str, Floats] = {}
+    for name, (parts, phi) in scored.items():
+        if gate is None:
+            lams[name] = table[parts[2]]
+        else:
+            assert phi is not None  # scored with φ where a gate was fit
+            lams[name] = gate_weights(gate, parts[2], phi)
     report = {
         **info,
         "lambda": weight,
         "lambda_from": fitted,
         "lambda_buckets": None if buckets is None else [float(b) for b in buckets],
-        "perplexity": {name: perplexities(s, weight, buckets) for name, s in scores.items()},
+        "lambda_gate": None if gate is None else gate.to_dict(),
+        # nats a token the gate gained over the table on held-out validation text
+        "gate_gain": gain,
+        "perplexity": {
+            name: perplexities(s, weight, buckets, None if gate is None else lams[name])
+            for name, s in scores.items()
+        },
         "memory_bytes": ngram.nbytes(),
     }
     match, match_report = None, None
     if match_len > 0 and corpus is not None and "valid" in scores:
         start = start_token(ck.mode)
-        table = buckets if buckets is not None else np.full(ngram.buckets(), weight)
         # Each split's sequences, as component_logprobs scored them.
         seqs = {
             name: [s for c in split_sequences(splits[name], max_tokens if name == "valid" else None)
@@ -231,7 +356,7 @@ def attach_ngram(
             for name in scores
         }  # fmt: skip
         match = build_match(TokenSplit(corpus, "train"), start, ck.mode, match_len)
-        model = {name: model_logprobs(parts, table) for name, parts in scores.items()}
+        model = {name: mix_logprobs(p[0], p[1], lams[name]) for name, p in scores.items()}
         fitted_match, match_report = fit_match(match, seqs["valid"], model["valid"], start)
         for name in scores:
             if fitted_match is not None:

@@ -685,6 +685,12 @@ def _add_ngram(
             else ""
         )
     )
+    if report.get("lambda_gate") is not None:
+        log(
+            "n-gram: λ from a gate on each part's entropy and largest ln P too "
+            f"(models/gate.py): {report['gate_gain']:.4f} nats a token better than the "
+            "table on held-out validation text"
+        )
     summary: dict[str, Any] = {
         "ngram": {
             "order": ngram.order,
@@ -694,6 +700,7 @@ def _add_ngram(
             "megabytes": round(ngram.nbytes() / 1e6, 1),
             "valid_ppl_mixture": ppl.get("valid", {}).get("mixture"),
             "bucket_weights": buckets is not None,
+            "gate": report.get("lambda_gate") is not None,
         }
     }
     if report.get("match") is not None:

@@ -7,6 +7,7 @@ bench/ holds scripts, not a package; these load two of them by path.
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import sys
 from pathlib import Path
@@ -297,11 +298,11 @@ def test_rnnlm_ngram_scores_a_corpus_test_split(tmp_path: Path, text_file: Path)
     assert row["test_chars_with_eol"] == sum(len(x) + 1 for x in lines[:50])
 
 
-@pytest.mark.parametrize("part", ["ngram", "match"])
+@pytest.mark.parametrize("part", ["ngram", "match", "gate"])
 def test_mixing_cost_serves_both_variants(tmp_path: Path, part: str) -> None:
     from tests.conftest import TEXT, make_checkpoint
 
-    model = make_checkpoint(tmp_path / "m", "char", ngram_order=3, match_mu=0.3)
+    model = make_checkpoint(tmp_path / "m", "char", ngram_order=3, match_mu=0.3, gate=True)
     (tmp_path / "t.txt").write_text("\n".join(TEXT) + "\n")
     rows = _script(str(BENCH / "mixing_cost.py"), str(model), "--texts", str(tmp_path / "t.txt"),
                    "--seconds", "0.3", "--rounds", "1", "--part", part)  # fmt: skip
@@ -312,7 +313,8 @@ def test_mixing_cost_serves_both_variants(tmp_path: Path, part: str) -> None:
     assert summary["bench"] == "mixing_cost" and 0 < summary["worst_ratio"] < 10
     assert summary["part"] == part and set(summary) >= {"sample_1", "sample_8", "score_64"}
     config = (model / "config.json").read_text()
-    assert '"ngram"' in config and '"match"' in config  # the original keeps both
+    assert '"ngram"' in config and '"match"' in config  # the original keeps them all
+    assert json.loads(config)["ngram"]["lambda_gate"] is not None
 
 
 def test_serving_measures_engine_service_and_bound(tmp_path: Path) -> None:
@@ -454,9 +456,8 @@ def test_a_mixer_that_reads_the_token_fails_the_sum_check() -> None:
 def test_mixers_fit_on_valid_and_score_test(
     tmp_path: Path, text_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import json
-
     from rnnlm.cli import main
+    from rnnlm.models.checkpoint import load_checkpoint
 
     lines = text_file.read_text().splitlines()
     test_lines = lines[40:180]
@@ -480,6 +481,10 @@ def test_mixers_fit_on_valid_and_score_test(
     assert torch.equal(cache_len[start : start + per_line[100]], want)
     rows = {r["mixer"]: r for r in _script(str(BENCH / "mixers.py"), str(tmp_path / "r" / "best"),
                                            str(tmp_path / "c"), "--steps", "20")}  # fmt: skip
+    # Training fits a mixing gate for characters where it pays on held-out validation
+    # text (models/gate.py): the served mixture is then the gate's, with rows of its own.
+    gated = load_checkpoint(tmp_path / "r" / "best").mix_gate is not None
+    served_rows = {"served-gate", "match1-served-gate"} if gated else set()
     assert set(rows) == {"rnn", "ngram", "linear-buckets", "linear-gated", "loglinear-buckets",
                          "loglinear-gated", "match", "match-linear-buckets",
                          "match1-linear-buckets", "match1-linear-lengths",
@@ -488,7 +493,7 @@ def test_mixers_fit_on_valid_and_score_test(
                          "linear-gated-rnn", "match1-lambda-gated-rnn", "match1-lambda-gated",
                          "linear-peak4", "linear-peak8", "match1-linear-peak4",
                          "match1-linear-peak8", "match1-mu-served", "match1-mu-parts",
-                         "match1-mu-rnn"}  # fmt: skip
+                         "match1-mu-rnn"} | served_rows  # fmt: skip
     for r in rows.values():
         assert r["max_sum_error"] < 1e-6 and r["test_tokens"] > 100
         assert r["test_match_len_mean"] >= 1 and 0 <= r["test_match_beyond_ngram"] <= 1
@@ -511,7 +516,7 @@ def test_mixers_fit_on_valid_and_score_test(
         assert rows[m]["test_bits"] < rows["linear-buckets"]["test_bits"]
     assert rows["ngram"]["test_bits_vs_ngram"] == 1.0
     # The served mixture scores as `rnnlm eval` does: between its two parts, or better.
-    served = rows["linear-buckets"]["test_bits"]
+    served = rows["served-gate" if gated else "linear-buckets"]["test_bits"]
     assert served <= max(rows["rnn"]["test_bits"], rows["ngram"]["test_bits"]) + 1e-6
     # ... and is the model as `rnnlm eval` scores the same test text.
     capsys.readouterr()
@@ -529,12 +534,12 @@ def test_mixers_fit_on_valid_and_score_test(
                                             "0", "--cache-len", "0")}  # fmt: skip
     assert set(plain) == {"rnn", "ngram", "linear-buckets", "linear-gated", "loglinear-buckets",
                           "loglinear-gated", "linear-gated-rnn", "linear-peak4",
-                          "linear-peak8"}  # fmt: skip
+                          "linear-peak8"} | ({"served-gate"} if gated else set())  # fmt: skip
     only = _script(str(BENCH / "mixers.py"), str(tmp_path / "r" / "best"), str(tmp_path / "c"),
                    "--steps", "20", "--cache-len", "0", "--mixers", "ngram,match")  # fmt: skip
     assert [r["mixer"] for r in only] == ["ngram", "match"]
     assert "test_match_len_mean" not in plain["rnn"]
-    assert plain["linear-buckets"]["test_bits"] == served
+    assert plain["served-gate" if gated else "linear-buckets"]["test_bits"] == served
     # `make bench-quality`'s mixing stage runs the same script on its character model.
     import argparse
 
@@ -545,9 +550,10 @@ def test_mixers_fit_on_valid_and_score_test(
     (work / "corpus-char").symlink_to(tmp_path / "c")
     bench = run.Bench(argparse.Namespace(data=tmp_path, work=work, threads=1))
     bench.mixers("char-default", "char")
-    # The rows it names (MIXER_ROWS), each a row the script has.
-    assert set(run.MIXER_ROWS) <= set(rows)
-    assert {r["mixer"] for r in bench.records} == set(run.MIXER_ROWS)
+    # The rows it names (MIXER_ROWS), each a row the script has (the served gate's where
+    # the model has a gate).
+    assert set(run.MIXER_ROWS) <= set(rows) | {"served-gate", "match1-served-gate"}
+    assert {r["mixer"] for r in bench.records} == set(run.MIXER_ROWS) & set(rows)
     assert all(r["model"] == "char-default" for r in bench.records)
     assert "### Other mixers of `char-default`" in report.render(bench.records)
 

@@ -385,7 +385,7 @@ def test_ngram_commands_export_remove_import_estimate(trained: Path, tmp_path: P
     from rnnlm.models.ngram import mix_logprobs
 
     engine = Engine(load_checkpoint(model))
-    ((rnn, ngram, _),) = engine.score_components([engine.tokenizer.encode(text)])
+    ((rnn, ngram, _, _),) = engine.score_components([engine.tokenizer.encode(text)])
     want = mix_logprobs(np.array(rnn), np.array(ngram), 0.3)
     assert [t["logprob"] for t in given["tokens"]] == pytest.approx(want.tolist(), abs=1e-5)
     # Estimated afresh from the corpus, at another order, λ fit on its validation split.

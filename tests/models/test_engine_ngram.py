@@ -24,21 +24,23 @@ TEXTS = ["the cat sat on the mat.", "a dog", "", "zzq!", "the bird sang in the t
 
 
 KINDS = ["char", "word", "char-buckets", "word-buckets", "char-residual", "word-buckets-residual",
-         "char-buckets-match", "word-match", "char-residual-match"]  # fmt: skip
+         "char-buckets-match", "word-match", "char-residual-match", "char-gate",
+         "char-buckets-gate-match", "word-gate"]  # fmt: skip
 
 
 @pytest.fixture(scope="module", params=KINDS)
 def engine(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Engine:
     """A model mixed with its n-gram at one λ, or at a different λ in every mixing bucket;
     a residual model's RNN over that n-gram (models/model.py); a match model mixed in over
-    the rest (models/match.py)."""
+    the rest (models/match.py); λ from a gate (models/gate.py)."""
     root = tmp_path_factory.mktemp("mixed")
     kind = request.param.split("-")[0]
     order = 5 if kind == "char" else 3
     path = make_checkpoint(root / "m", kind, ngram_order=order,
                            bucket_weights="buckets" in request.param,
                            residual="residual" in request.param,
-                           match_mu=0.3 if "match" in request.param else 0.0)  # fmt: skip
+                           match_mu=0.3 if "match" in request.param else 0.0,
+                           gate="gate" in request.param)  # fmt: skip
     return Engine(load_checkpoint(path))
 
 
@@ -91,18 +93,24 @@ def test_a_residual_model_needs_its_ngram(tmp_path: Path) -> None:
 
 def test_a_score_is_the_mixture_of_its_components(engine: Engine) -> None:
     plain = [_rnn_part(engine, t) for t in TEXTS]
-    parts = engine.score_components([engine.tokenizer.encode(t) for t in TEXTS])
+    gated = engine.mix_gate is not None
+    parts = engine.score_components([engine.tokenizer.encode(t) for t in TEXTS], features=gated)
     assert engine.mix_table is not None
-    for r, p, (_, _, bucket) in zip(engine.score_batch(TEXTS, per_token=True), plain, parts,
-                                    strict=True):  # fmt: skip
+    for r, p, (_, _, bucket, phi) in zip(engine.score_batch(TEXTS, per_token=True), plain, parts,
+                                         strict=True):  # fmt: skip
         assert r.tokens is not None
         assert r.rnn_logprob == pytest.approx(sum(p), abs=1e-4)  # the RNN's part, unchanged
         assert sum(t.logprob for t in r.tokens) == pytest.approx(r.logprob, abs=1e-6)
         if not r.num_tokens:
             continue
         # Per token: ln(λ·P_rnn + (1-λ)·P_ngram), λ that of the history's mixing bucket
-        # (one λ for all in a model without buckets); the n-gram's part is what remains.
+        # (one λ for all in a model without buckets), or the gate's from the bucket and
+        # φ (tests/models/test_gate.py checks φ); the n-gram's part is what remains.
         lam = engine.mix_table[bucket]
+        if engine.mix_gate is not None:
+            assert phi is not None
+            lam = engine.mix_gate.weights(np.array(bucket), np.array(phi)[:, :2],
+                                          np.array(phi)[:, 2:])  # fmt: skip
         p_rnn = np.exp(p)
         p_mix = _unmatched(engine, r.text, np.exp([t.logprob for t in r.tokens]))
         p_ngram = (p_mix - lam * p_rnn) / (1 - lam)

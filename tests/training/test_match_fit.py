@@ -13,7 +13,7 @@ from rnnlm.models.checkpoint import load_checkpoint
 from rnnlm.models.engine import Engine
 from rnnlm.models.match import BUCKETS, OCC_CLASSES
 from rnnlm.models.weights import MU_MAX, fit_mu
-from rnnlm.training.corpus import CorpusOptions, TokenSplit, build_corpus
+from rnnlm.training.corpus import TokenSplit
 from rnnlm.training.match_fit import choose_mu
 from rnnlm.training.train import TrainConfig, train
 
@@ -49,36 +49,29 @@ def test_a_match_that_never_guesses_right_is_left_out() -> None:
     assert choose_mu(np.ones(1, bool), np.zeros(1), np.ones(1, np.int64)) is None  # too few
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory, text_file: Path) -> Path:
-    out = tmp_path_factory.mktemp("corpus") / "char"
-    build_corpus([text_file], out, CorpusOptions(seed=1))
-    return out
-
-
 def test_a_run_ends_with_the_match_model_and_records_what_the_engine_serves(
-    tmp_path: Path, corpus: Path
+    tmp_path: Path, char_corpus: Path
 ) -> None:
-    summary = train(TrainConfig(max_steps=10, ngram_order=3, **SMALL), corpus, tmp_path / "run",
-                    progress=False)  # fmt: skip
+    summary = train(TrainConfig(max_steps=10, ngram_order=3, **SMALL), char_corpus,
+                    tmp_path / "run", progress=False)  # fmt: skip
     ck = load_checkpoint(tmp_path / "run" / "best")
     # Docstrings repeat: a 10-step RNN and a 3-gram gain from a 64-character match.
     assert ck.match is not None and summary["match"]["kept"]
-    assert len(ck.match.stream) == len(TokenSplit(corpus, "train").tokens) + len(
-        TokenSplit(corpus, "train")
+    assert len(ck.match.stream) == len(TokenSplit(char_corpus, "train").tokens) + len(
+        TokenSplit(char_corpus, "train")
     )  # each training line after the start token
     valid = ck.config["ngram"]["perplexity"]["valid"]
     assert valid["with_match"] < valid["mixture"]
     assert summary["test_ppl_mixture"] == ck.config["metrics"]["test_ppl_mixture"]
     # The test perplexity recorded is the served model's: the engine's scores of the split.
-    test = TokenSplit(corpus, "test")
+    test = TokenSplit(char_corpus, "test")
     seqs = [test.sequence(i)[:-1].tolist() for i in range(len(test))]
     scored = Engine(ck).score_token_ids(seqs)
     lps = [lp for _, lp_row, _ in scored for lp in lp_row]
     assert summary["test_ppl"] == pytest.approx(math.exp(-sum(lps) / len(lps)), rel=1e-5)
     assert summary["test_ppl"] == ck.config["metrics"]["test_ppl"]
     # --match-len 0: none, and the model's figures are the mixture's.
-    plain = train(TrainConfig(max_steps=10, ngram_order=3, match_len=0, **SMALL), corpus,
+    plain = train(TrainConfig(max_steps=10, ngram_order=3, match_len=0, **SMALL), char_corpus,
                   tmp_path / "plain", progress=False)  # fmt: skip
     assert load_checkpoint(tmp_path / "plain" / "best").match is None
     assert "match" not in plain and plain["test_ppl"] == plain["test_ppl_mixture"]

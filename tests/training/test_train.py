@@ -372,7 +372,7 @@ def test_the_end_of_a_run_scores_the_test_split_once_and_writes_best_once(
     test_split = TokenSplit(corpus, "test")
     scored: list[str] = []
     writes: list[str] = []
-    evaluate, components = train_module.evaluate_split, mixture.component_logprobs
+    evaluate, components = train_module.evaluate_split, mixture.components_and_features
     write, save = train_module.write_checkpoint_files, mixture.save_checkpoint
 
     def counting_evaluate(model, tok, split, *args, **kwargs):  # type: ignore[no-untyped-def]
@@ -382,7 +382,7 @@ def test_the_end_of_a_run_scores_the_test_split_once_and_writes_best_once(
 
     def counting_components(ck, ngram, split, *args, **kwargs):  # type: ignore[no-untyped-def]
         if len(split) == len(test_split):
-            scored.append("component_logprobs")
+            scored.append("components_and_features")
         return components(ck, ngram, split, *args, **kwargs)
 
     def counting_write(*args, **kwargs):  # type: ignore[no-untyped-def]
@@ -394,7 +394,7 @@ def test_the_end_of_a_run_scores_the_test_split_once_and_writes_best_once(
         return save(*args, **kwargs)
 
     monkeypatch.setattr(train_module, "evaluate_split", counting_evaluate)
-    monkeypatch.setattr(mixture, "component_logprobs", counting_components)
+    monkeypatch.setattr(mixture, "components_and_features", counting_components)
     monkeypatch.setattr(mixture, "save_checkpoint", counting_save)
     cfg = TrainConfig(max_steps=20, ngram_order=ngram_order, **{**SMALL, "eval_every": 1000})
     finish = train_module._finish
@@ -412,7 +412,7 @@ def test_the_end_of_a_run_scores_the_test_split_once_and_writes_best_once(
     assert metrics["test_ppl"] == pytest.approx(summary["test_ppl"])
     assert summary["test_tokens"] > 0
     if ngram_order:  # the model is the mixture; the RNN's figure is named as such
-        assert scored == ["component_logprobs"] and writes == ["best, with the n-gram"]
+        assert scored == ["components_and_features"] and writes == ["best, with the n-gram"]
         assert metrics["test_ppl_rnn"] == pytest.approx(summary["test_ppl_rnn"])
         assert summary["test_ppl"] != summary["test_ppl_rnn"]
     else:
