@@ -13,13 +13,15 @@ is the table (a = logit of the table's λ).
 
 Why: an n-gram that has seen a context often but spreads its mass over many tokens
 is trusted less than its counts suggest, and an RNN that is sure is worth more. On
-fortunes' character model (bench/mixers.py, 2026-12-07) the gate took the mixture
-from 1.966 to 1.957 bits a character, and with the match model over it from 1.933 to
-1.923. Its price is the n-gram's whole distribution at every scored position, which
-scoring otherwise does not compute (bench/gate_cost.py: scoring 1.14× as long for
-characters, 1.78× for words): training fits one only for vocabularies of at most
-`GATE_MAX_VOCAB` tokens (training/mixture.py). Sampling and beam search have both
-whole distributions anyway.
+fortunes' 600-s character model of `make bench-quality` at 0622af5 (docs/measured.md,
+2026-12-07), fit as training fits it, it took the test split from 1.916 to 1.908 bits
+a character (the match model over it in both). Its price is the n-gram's whole
+distribution at every scored position, which scoring otherwise does not compute
+(bench/gate_cost.py: scoring 1.14× as long for characters, 1.78× for words): training
+fits one only for vocabularies of at most `GATE_MAX_VOCAB` tokens (training/mixture.py).
+Served, that character model kept 0.90× of its tokens/s sampling one stream and 0.92×
+scoring at batch 64 (bench/mixing_cost.py `--part gate`). Sampling and beam search have
+both whole distributions anyway.
 """
 
 from __future__ import annotations
