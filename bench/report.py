@@ -518,6 +518,8 @@ def render(records: list[Rec]) -> str:
         for q in chars:
             vs = _vs(q["bpc_ratio_to_ngram"]) if q.get("bpc_ratio_to_ngram") is not None else "–"
             mixed = f", λ {q['lambda']:.3f}" if "lambda" in q else ""
+            if q.get("gate"):
+                mixed += f" gated (+{q['gate_gain']:.4f} nats a token on validation)"
             mixed += f", {q['precision']} steps" if q.get("precision") else ""
             add(
                 _row(

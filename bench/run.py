@@ -718,6 +718,10 @@ class Bench:
             rec |= {
                 "ngram_order": ev["ngram"]["order"],
                 "lambda": round(ev["ngram"]["lambda"], 4),
+                # λ from the mixing gate (models/gate.py) where training kept one, and
+                # what it gained over the λ table on held-out validation text, nats a token
+                "gate": bool(ev["ngram"].get("gate")),
+                "gate_gain": (best_cfg.get("ngram") or {}).get("gate_gain"),
                 "test_ppl_rnn": round(ev["perplexity_rnn"], 3),
                 "test_ppl_rnnlm_ngram": round(ev["perplexity_ngram"], 3),
                 "test_bits_per_char_rnn": round(ev["bits_per_character_rnn"], 4),

@@ -186,12 +186,18 @@ def fit_gate(parts: Components, phi: Floats, table: Floats, steps: int = GATE_ST
 
 
 def choose_gate(
-    parts: Components, phi: Floats, order: int, buckets: bool, steps: int = GATE_STEPS
+    parts: Components,
+    phi: Floats,
+    order: int,
+    table: Floats,
+    buckets: bool,
+    steps: int = GATE_STEPS,
 ) -> tuple[MixingGate | None, float]:
-    """A gate fit on all of `parts` (from the table `choose_weights` fits on them: per
-    bucket with `buckets`, else one λ), if on each half of the tokens the table and the
-    gate fit on the other half predict it better with the gate; and that held-out gain,
-    nats a token (two-fold, as `choose_weights`)."""
+    """A gate fit on all of `parts` from `table` (the λ per bucket `choose_weights` chose
+    on them: per bucket with `buckets`, else one λ everywhere), if on each half of the
+    tokens the table and the gate fit on the other half predict it better with the gate;
+    and that held-out gain, nats a token (two-fold, as `choose_weights`: each fold's
+    table is refit on its half, so the held-out half judges both alike)."""
     rnn, ngram, bucket = parts
     half = len(rnn) // 2
     if not half:
@@ -213,7 +219,7 @@ def choose_gate(
     gain /= len(rnn)
     if gain <= 0:
         return None, gain
-    return fit_gate(parts, phi, table_of(rnn, ngram, bucket), steps), gain
+    return fit_gate(parts, phi, table, steps), gain
 
 
 def perplexities(
@@ -303,27 +309,26 @@ def attach_ngram(
         and ck.tokenizer.vocab_size <= GATE_MAX_VOCAB
         and not ck.model.config.residual
     )
-    scored = {
-        name: components_and_features(
-            ck, ngram, split, max_tokens if name == "valid" else None, gating
-        )
-        for name, split in splits.items()
-        if len(split)
-    }
-    scores = {name: parts for name, (parts, _) in scored.items()}
+    splits = {name: split for name, split in splits.items() if len(split)}
+    scored: dict[str, tuple[Components, Floats | None]] = {}
+    if "valid" in splits:
+        scored["valid"] = components_and_features(ck, ngram, splits["valid"], max_tokens, gating)
     fitted, buckets = "given", None
     if weight is None:
-        if "valid" in scores:
-            weight, buckets = choose_weights(*scores["valid"], ngram.order)
+        if "valid" in scored:
+            weight, buckets = choose_weights(*scored["valid"][0], ngram.order)
             fitted = "validation"
         else:
             weight, fitted = DEFAULT_WEIGHT, "default (no validation text)"
     table = buckets if buckets is not None else np.full(ngram.buckets(), weight)
     gate, gain = None, None
-    if gating and "valid" in scores:
-        phi_valid = scored["valid"][1]
+    if gating and "valid" in scored:
+        parts, phi_valid = scored["valid"]
         assert phi_valid is not None
-        gate, gain = choose_gate(scores["valid"], phi_valid, ngram.order, buckets is not None)
+        gate, gain = choose_gate(parts, phi_valid, ngram.order, table, buckets is not None)
+    if "test" in splits:  # φ only where a gate was kept (the whole distribution: seconds)
+        scored["test"] = components_and_features(ck, ngram, splits["test"], None, gate is not None)
+    scores = {name: parts for name, (parts, _) in scored.items()}
     # λ of every scored token: the gate's, or the table's.
     lams: dict[str, Floats] = {}
     for name, (parts, phi) in scored.items():

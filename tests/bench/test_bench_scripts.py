@@ -175,6 +175,10 @@ def test_goals_say_pass_and_missed_plainly():
     text = report.render(_records(70.0, 40.0, 11.3) + _ngram_records(1.02, 0.9, 75.0, 0.7) + bad)
     assert "**MISSED**" in text and "**PASS**" in text and "11.3x" in text
     assert "rnnlm's own character 10-gram" in text and "its RNN alone" in text
+    assert "gated (+" not in text  # a model without a gate
+    gated = _ngram_records(1.02, 0.9, 75.0, 0.7)
+    gated[3] |= {"gate": True, "gate_gain": 0.0053}  # the char-default quality record
+    assert "λ 0.500 gated (+0.0053 nats a token on validation)" in report.render(gated)
     text = report.render(_asr_records(0.9, 0.71, 30.0))
     assert "| n-best rescoring | 10.00% | 5.00% | 4.50% | 0.900x | 1.00% |" in text
 

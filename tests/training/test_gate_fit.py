@@ -48,13 +48,14 @@ def test_a_gate_learns_which_part_to_trust_from_the_features() -> None:
     rnn, ngram, bucket = parts
     gated = mix_logprobs(rnn, ngram, gate_weights(gate, bucket, phi)).mean()
     assert gated > mix_logprobs(rnn, ngram, table[bucket]).mean() + 0.1  # nats a token
-    chosen, gain = choose_gate(parts, phi, order=1, buckets=False)
+    chosen, gain = choose_gate(parts, phi, order=1, table=table, buckets=False)
     assert chosen is not None and gain > 0.1
 
 
 def test_a_gate_is_not_kept_where_the_features_say_nothing() -> None:
     parts, phi = _parts(4000, informative=False)
-    chosen, gain = choose_gate(parts, phi, order=1, buckets=True)
+    table = np.full(KID_BINS, 0.5)
+    chosen, gain = choose_gate(parts, phi, order=1, table=table, buckets=True)
     assert chosen is None and gain <= 0
 
 
