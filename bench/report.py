@@ -791,7 +791,7 @@ def render(records: list[Rec]) -> str:
     add("")
     add("```sh")
     add("make bench                      # this summary; word runs 240 s, char/sentencepiece 120 s")
-    add("make bench-quality              # the quality stages, 600 s per training run (~95 min)")
+    add("make bench-quality              # the quality stages, 600 s per training run (~120 min)")
     add("BENCH_BUDGET=600 make bench     # 600 s word runs, 300 s char/sentencepiece")
     add("python bench/run.py --help      # stages, budgets, --only")
     add("```")
