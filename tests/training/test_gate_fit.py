@@ -94,3 +94,37 @@ def test_training_tries_a_gate_for_small_vocabularies_only(
     monkeypatch.setattr(mixture, "GATE_MAX_VOCAB", ck.tokenizer.vocab_size - 1)
     fitted = attach_ngram(best, ck.ngram, info, char_corpus, match_len=0)
     assert fitted["gate_gain"] is None and fitted["lambda_from"] == "validation"
+
+
+def test_the_test_splits_features_are_computed_only_for_a_kept_gate(
+    tmp_path: Path, char_corpus: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """φ needs each part's whole distribution: validation's always where a gate is tried,
+    the test split's only once one is kept; the final fit starts from the served table."""
+    cfg = dict(max_steps=5, ngram_order=3, match_len=0, **SMALL)
+    train(TrainConfig(**cfg), char_corpus, tmp_path / "run", progress=False)  # type: ignore[arg-type]
+    best = tmp_path / "run" / "best"
+    ck = load_checkpoint(best)
+    assert ck.ngram is not None
+    asked: list[tuple[int, bool]] = []
+    real = mixture.components_and_features
+
+    def spy(checkpoint, ngram, split, max_tokens=None, features=False):  # type: ignore[no-untyped-def]
+        asked.append((len(split), features))
+        return real(checkpoint, ngram, split, max_tokens, features)
+
+    monkeypatch.setattr(mixture, "components_and_features", spy)
+    tables: list[np.ndarray] = []
+    for keep in (False, True):
+        asked.clear()
+
+        def choose(parts, phi, order, table, buckets, keep=keep):  # type: ignore[no-untyped-def]
+            tables.append(table)
+            return (fit_gate(parts, phi, table, steps=1), 0.01) if keep else (None, -0.01)
+
+        monkeypatch.setattr(mixture, "choose_gate", choose)
+        report = attach_ngram(best, ck.ngram, {"source": "estimated"}, char_corpus, match_len=0)
+        assert [f for _, f in asked] == [True, keep]  # validation, then test
+        assert (report["lambda_gate"] is not None) == keep
+        served = report["lambda_buckets"] or [report["lambda"]] * ck.ngram.buckets()
+        np.testing.assert_allclose(tables[-1], served)
