@@ -50,13 +50,6 @@ def log_features(log_probs: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
     return np.stack([-plogp.sum(axis=-1), lp.max(axis=-1)], axis=-1)
 
 
-def prob_features(probs: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
-    """`log_features` of each row of P (N, V) (0 where a token is never predicted)."""
-    p = np.asarray(probs, np.float64)
-    lp = np.log(p, out=np.full_like(p, -np.inf), where=p > 0)
-    return log_features(lp)
-
-
 @dataclass(frozen=True)
 class MixingGate:
     """λ = σ(bias[bucket] + slopes · φ) (the module's docstring)."""

@@ -16,7 +16,7 @@ from rnnlm.models.batch import sample
 from rnnlm.models.checkpoint import load_checkpoint, save_checkpoint
 from rnnlm.models.engine import Engine
 from rnnlm.models.errors import CheckpointError
-from rnnlm.models.gate import FEATURES, MixingGate, log_features, prob_features
+from rnnlm.models.gate import FEATURES, MixingGate, log_features
 from rnnlm.models.ngram import histories_of
 from rnnlm.models.ngram_next import layout_of
 from rnnlm.models.sampling import SampleParams
@@ -24,6 +24,14 @@ from rnnlm.models.tokenizers import EOS
 from tests.conftest import make_checkpoint
 
 TEXTS = ["the cat sat on the mat.", "a dog", "", "zzq!"]
+
+
+def prob_features(probs: np.ndarray) -> np.ndarray:
+    """`log_features` of each row of P (N, V) (0 where a token is never predicted): the
+    same φ from probabilities, which is how these tests state what they expect."""
+    p = np.asarray(probs, np.float64)
+    lp = np.log(p, out=np.full_like(p, -np.inf), where=p > 0)
+    return log_features(lp)
 
 
 def test_features_are_each_rows_entropy_and_peak() -> None:
